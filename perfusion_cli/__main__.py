@@ -1,0 +1,3 @@
+from perfusion_cli.cli.main import main
+
+main()

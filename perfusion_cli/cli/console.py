@@ -1,0 +1,96 @@
+"""Terminal output for the CLI: the error boundary, Rich progress bars and tables."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from perfusion_cli.errors import PerfusionError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Library errors become one red line and exit 1; Ctrl-C becomes exit 130, never a traceback."""
+    try:
+        yield
+    except PerfusionError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+def boundary(function: Callable) -> Callable:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+class RichProgress:
+    """The library's Progress protocol drawn with Rich: a bar when the total is known, else a spinner."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, description: str, total: int | None = None) -> None:
+        self.stop()
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err_console, transient=False,
+            disable=not err_console.is_terminal and "pytest" in sys.modules,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, status="")
+
+    def advance(self, amount: int = 1, **fields: float | str) -> None:
+        if self._progress is None:
+            return
+        status = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        if status:
+            self._progress.update(self._task, advance=amount, status=status)
+        else:
+            self._progress.update(self._task, advance=amount)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def log(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message, highlight=False)
+        else:
+            err_console.print(message, highlight=False)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    result = Table(title=title, title_justify="left", show_lines=False)
+    for index, column in enumerate(columns):
+        result.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        result.add_row(*[_cell(value) for value in row])
+    return result
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,28 @@
+"""Options shared by several commands, defined once (Typer ``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Recipe = Annotated[Optional[Path], typer.Option(
+    "--recipe", help="TOML recipe; flags override its values. Default: <workspace>/perfusion.toml if present.")]
+DataDir = Annotated[Optional[Path], typer.Argument(
+    help="Prepared data folder. Default: <workspace>/data.", show_default=False)]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: inside the workspace).")]
+Resume = Annotated[Optional[str], typer.Option(
+    "--resume", help="Resume from the latest checkpoint in --out ('latest') or from a checkpoint path.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+MixedPrecision = Annotated[Optional[str], typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps to train for.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Groups per batch and process.")]
+BaseModel = Annotated[Optional[str], typer.Option(
+    "--base-model", help="Hugging Face id, local folder, or 'tiny' for the bundled CPU backbones.")]
+CheckpointEvery = Annotated[Optional[int], typer.Option("--checkpoint-every", help="Steps between checkpoints.")]
+KeepLast = Annotated[Optional[int], typer.Option("--keep-last", help="Checkpoints to keep.")]
+SkipBadShards = Annotated[Optional[bool], typer.Option(
+    "--skip-bad-shards/--no-skip-bad-shards", help="Skip unreadable shards (counted) instead of stopping.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]

@@ -1,0 +1,68 @@
+"""``perfusion prepare``: raw logs or the synthetic marketplace → shards + manifest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from perfusion_cli.cli import context, options
+from perfusion_cli.cli.console import RichProgress, boundary, console, fail, table
+from perfusion_cli.data.prepare import prepare, prepare_synthetic
+
+
+@boundary
+def prepare_command(
+    ctx: typer.Context,
+    logs: Annotated[Optional[Path], typer.Argument(
+        help="Logs folder (merchants.jsonl, sessions.jsonl, images) or a Pick-a-Pic .parquet file/folder.",
+        show_default=False)] = None,
+    out: options.Out = None,
+    synthetic: Annotated[bool, typer.Option(
+        "--synthetic", help="Write the embedded synthetic marketplace to OUT/raw, then prepare it.")] = False,
+    format: Annotated[Optional[str], typer.Option("--format", help="logs or pickapic.")] = None,
+    min_records: Annotated[Optional[int], typer.Option(
+        "--min-records", help="Merchants with fewer valid groups are held out (default 10).")] = None,
+    merchants: Annotated[Optional[int], typer.Option("--merchants", help="Synthetic: merchants.")] = None,
+    sessions_per_merchant: Annotated[Optional[int], typer.Option(
+        "--sessions-per-merchant", help="Synthetic: sessions per merchant.")] = None,
+    seed: options.Seed = None,
+    recipe: options.Recipe = None,
+) -> None:
+    """Validate raw logs and write WebDataset shards + manifest; bad rows go to quarantine.jsonl."""
+    if synthetic == (logs is not None):
+        raise fail("give either LOGS_DIR or --synthetic (one of them)")
+    config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
+    out = out or context.workspace(ctx).data
+    started = time.perf_counter()
+    progress = RichProgress()
+    try:
+        if synthetic:
+            synthetic_config = context.section(ctx, recipe, "synthetic", {
+                "merchants": merchants, "sessions_per_merchant": sessions_per_merchant, "seed": seed})
+            manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line())
+        else:
+            manifest = prepare(logs, out, config, progress, context.command_line())
+    finally:
+        progress.stop()
+    print_summary(manifest, out, time.perf_counter() - started)
+
+
+def print_summary(manifest: dict, out: Path, seconds: float) -> None:
+    rows = [[split, info["groups"], info["candidates"], info["merchants"], len(info["shards"])]
+            for split, info in manifest["splits"].items()]
+    console.print(table("prepared groups", ["split", "groups", "candidates", "merchants", "shards"], rows))
+    accounting = manifest["accounting"]
+    kept_out = [[f"quarantined: {reason}", count] for reason, count in manifest["quarantine"]["reasons"].items()]
+    kept_out += [[f"held out: {reason}", count] for reason, count in manifest["held_out"]["reasons"].items()]
+    if kept_out:
+        console.print(table("rows kept out", ["reason", "rows"], kept_out))
+    console.print(
+        f"input rows {accounting['session_rows']} = in shards {accounting['in_shards']} + quarantined "
+        f"{accounting['quarantined']} + held out {accounting['held_out']}  "
+        f"({'balanced' if accounting['balanced'] else 'NOT BALANCED'})", highlight=False)
+    console.print(f"merchants: {manifest['merchants']}; merchant rows quarantined: "
+                  f"{accounting['merchants_quarantined']}", highlight=False)
+    console.print(f"wrote {out} in {seconds:.1f} s", highlight=False)

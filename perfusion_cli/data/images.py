@@ -1,0 +1,82 @@
+"""Image checks shared by every input format: path safety, size limits, a full decode."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from perfusion_cli.data import records as R
+
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int
+    max_bytes: int
+
+
+class ImageProblem(Exception):
+    """Raised by the checks below; ``reason`` is a quarantine code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root/relative`` if it stays inside ``root`` (symbolic links followed), else ImageProblem."""
+    if not relative or os.path.isabs(relative) or "\x00" in relative:
+        raise ImageProblem(R.IMAGE_PATH_ESCAPES, f"image path {relative!r} must be relative to the logs folder")
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, relative))
+    if os.path.commonpath([real_root, target]) != real_root:
+        raise ImageProblem(R.IMAGE_PATH_ESCAPES, f"image path {relative!r} leaves the logs folder")
+    return Path(target)
+
+
+def check_image_bytes(data: bytes, limits: ImageLimits, name: str) -> str:
+    """Decode ``data`` fully; returns the file extension to store it under."""
+    if len(data) == 0:
+        raise ImageProblem(R.IMAGE_EMPTY, f"{name} is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageProblem(R.IMAGE_TOO_LARGE, f"{name} has {len(data)} bytes (limit {limits.max_bytes})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > limits.max_pixels:
+                    raise ImageProblem(R.IMAGE_TOO_LARGE,
+                                       f"{name} is {width}x{height} (limit {limits.max_pixels} pixels)")
+                if width == 0 or height == 0:
+                    raise ImageProblem(R.IMAGE_EMPTY, f"{name} is {width}x{height}")
+                image.load()
+                kind = image.format or ""
+    except ImageProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageProblem(R.IMAGE_TOO_LARGE, f"{name}: {exc}") from None
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise ImageProblem(R.IMAGE_CORRUPT, f"{name} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if kind not in EXTENSIONS:
+        raise ImageProblem(R.IMAGE_CORRUPT, f"{name} has unsupported format {kind or 'unknown'}")
+    return EXTENSIONS[kind]
+
+
+def read_image_file(root: Path, relative: str, limits: ImageLimits) -> tuple[str, bytes]:
+    """Read and check one image referenced from a log row; returns (extension, bytes)."""
+    path = resolve_inside(root, relative)
+    if not path.is_file():
+        raise ImageProblem(R.IMAGE_MISSING, f"image {relative!r} does not exist")
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise ImageProblem(R.IMAGE_TOO_LARGE, f"image {relative!r} has {size} bytes (limit {limits.max_bytes})")
+    data = path.read_bytes()
+    return check_image_bytes(data, limits, f"image {relative!r}"), data

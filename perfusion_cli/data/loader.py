@@ -1,0 +1,203 @@
+"""Streaming groups out of the shards, padded to a fixed group size (DESIGN §3).
+
+Two streams:
+
+- ``train_batches``: an endless stream cut into epochs of ``steps_per_epoch`` batches. Each epoch
+  resamples shards (``ResampledShards``) with a seed made of (seed, epoch, rank, worker), so every
+  rank gets the same number of batches, no rank waits at an epoch's end, and batch ``n`` is the same
+  batch whether or not the run was interrupted before it (``--resume`` relies on that).
+- ``eval_batches``: one pass over a split, shards divided with ``split_by_node``/``split_by_worker``.
+
+Decoding (PNG → tensor) runs in DataLoader workers when ``num_workers`` > 0.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass, fields
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from perfusion_cli.data.shards import load_manifest, shard_paths
+from perfusion_cli.errors import DataError
+
+
+@dataclass
+class GroupBatch:
+    """B groups padded to K candidates. Padded slots have ``valid`` False and zero images."""
+
+    images: torch.Tensor  # [B, K, 3, H, W] float in [0, 1]
+    valid: torch.Tensor  # [B, K] bool
+    selected: torch.Tensor  # [B, K] bool
+    features: torch.Tensor  # [B, F] long
+    prompts: list[str]
+    merchant_ids: list[str]
+    session_ids: list[str]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "GroupBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("images", "valid", "selected", "features"):
+            moved[name] = moved[name].to(device, non_blocking=True)
+        return GroupBatch(**moved)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Where the groups come from and how they are shaped."""
+
+    data_dir: Path
+    split: str
+    batch_size: int
+    group_size: int
+    resolution: int
+    num_workers: int = 0
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    skip_bad_shards: bool = False
+
+
+def load_image(data: bytes, resolution: int) -> torch.Tensor:
+    """Decode, resize the shorter side to ``resolution``, centre-crop; returns [3, R, R] in [0, 1]."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = resolution / min(width, height)
+        if (width, height) != (resolution, resolution):
+            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+            image = image.resize(size, Image.BICUBIC)
+            left = (size[0] - resolution) // 2
+            top = (size[1] - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def choose_candidates(selected: list[bool], group_size: int, key: str) -> list[int]:
+    """Indices of at most ``group_size`` candidates, keeping at least one positive and one negative."""
+    if len(selected) <= group_size:
+        return list(range(len(selected)))
+    rng = random.Random(key)
+    positives = [i for i, s in enumerate(selected) if s]
+    negatives = [i for i, s in enumerate(selected) if not s]
+    chosen = {rng.choice(positives), rng.choice(negatives)}
+    rest = [i for i in range(len(selected)) if i not in chosen]
+    chosen.update(rng.sample(rest, group_size - len(chosen)))
+    return sorted(chosen)
+
+
+def decode_group(sample: dict, group_size: int, resolution: int) -> dict:
+    """A raw WebDataset sample → tensors for one group."""
+    meta = json.loads(sample["json"])
+    images = {}
+    for name, value in sample.items():
+        head, _, _ = name.partition(".")
+        if head.isdigit():
+            images[int(head)] = value
+    if sorted(images) != list(range(len(meta["selected"]))):
+        raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')} is incomplete: "
+                        f"{len(images)} images for {len(meta['selected'])} labels (truncated shard?)")
+    keep = choose_candidates(meta["selected"], group_size, sample["__key__"])
+    stacked = torch.zeros(group_size, 3, resolution, resolution)
+    valid = torch.zeros(group_size, dtype=torch.bool)
+    selected = torch.zeros(group_size, dtype=torch.bool)
+    for slot, index in enumerate(keep):
+        stacked[slot] = load_image(images[index], resolution)
+        valid[slot] = True
+        selected[slot] = bool(meta["selected"][index])
+    return {"images": stacked, "valid": valid, "selected": selected,
+            "features": torch.tensor(meta["features"], dtype=torch.long), "prompt": meta["prompt"],
+            "merchant_id": meta["merchant_id"], "session_id": meta["session_id"]}
+
+
+def collate(groups: list[dict]) -> GroupBatch:
+    return GroupBatch(
+        images=torch.stack([g["images"] for g in groups]),
+        valid=torch.stack([g["valid"] for g in groups]),
+        selected=torch.stack([g["selected"] for g in groups]),
+        features=torch.stack([g["features"] for g in groups]),
+        prompts=[g["prompt"] for g in groups],
+        merchant_ids=[g["merchant_id"] for g in groups],
+        session_ids=[g["session_id"] for g in groups],
+    )
+
+
+class _ShardErrors:
+    """WebDataset exception handler: a clear error naming the shard, or a skip that is counted."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.skipped = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        if self.skip:
+            self.skipped += 1
+            return True
+        where = next((str(a) for a in exn.args[1:] if isinstance(a, str) and a.endswith(".tar")), "a shard")
+        raise DataError(f"cannot read {where}: {exn.args[0] if exn.args else exn} — re-run "
+                        f"`perfusion prepare`, or pass --skip-bad-shards to skip unreadable shards") from None
+
+
+def _shards(spec: StreamSpec) -> list[str]:
+    paths, _ = shard_paths(spec.data_dir, load_manifest(spec.data_dir), spec.split, spec.skip_bad_shards)
+    return paths
+
+
+def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int,
+              handler: _ShardErrors) -> wds.DataPipeline:
+    decode = wds.map(lambda sample: decode_group(sample, spec.group_size, spec.resolution))
+    batch = wds.batched(spec.batch_size, collation_fn=collate, partial=not training)
+    if training:
+        return wds.DataPipeline(
+            wds.ResampledShards(shards, seed=wds.utils.make_seed(spec.seed, epoch), deterministic=True),
+            wds.tarfile_to_samples(handler=handler),
+            wds.detshuffle(spec.shuffle_buffer, initial=min(100, spec.shuffle_buffer),
+                           seed=wds.utils.make_seed(spec.seed, epoch, *wds.utils.pytorch_worker_info()[:1])),
+            decode, batch,
+        )
+    return wds.DataPipeline(
+        wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker,
+        wds.tarfile_to_samples(handler=handler), decode, batch,
+    )
+
+
+def _loader(pipeline: wds.DataPipeline, num_workers: int) -> DataLoader:
+    # A private generator keeps DataLoader start-up from drawing on the global torch RNG, which the
+    # training step owns (noise, timesteps) and which --resume restores.
+    return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0), persistent_workers=False)
+
+
+def count_groups(data_dir: str | Path, split: str) -> int:
+    return int(load_manifest(data_dir)["splits"][split]["groups"])
+
+
+def train_batches(spec: StreamSpec, steps_per_epoch: int, start: int = 0) -> Iterator[GroupBatch]:
+    """Endless batches, from global batch index ``start`` on (same batches as an uninterrupted run)."""
+    shards = _shards(spec)
+    if not shards:
+        raise DataError(f"split '{spec.split}' of {spec.data_dir} has no groups to train on")
+    handler = _ShardErrors(spec.skip_bad_shards)
+    epoch, offset = divmod(start, steps_per_epoch)
+    while True:
+        loader = _loader(_pipeline(spec, shards, training=True, epoch=epoch, handler=handler), spec.num_workers)
+        yield from islice(loader, offset, steps_per_epoch)
+        epoch, offset = epoch + 1, 0
+
+
+def eval_batches(spec: StreamSpec) -> Iterator[GroupBatch]:
+    """One pass over a split (this rank's share of its shards)."""
+    shards = _shards(spec)
+    handler = _ShardErrors(spec.skip_bad_shards)
+    yield from _loader(_pipeline(spec, shards, training=False, epoch=0, handler=handler), spec.num_workers)

@@ -1,0 +1,240 @@
+"""Raw marketplace logs (DESIGN §3): ``merchants.jsonl``, ``sessions.jsonl`` and image files.
+
+Every line is validated; a bad line becomes a ``Rejection`` with its line number and reason, never an
+exception and never a silent skip. Blank lines are not rows and are only counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from perfusion_cli.data import records as R
+from perfusion_cli.data.images import ImageLimits, ImageProblem, read_image_file
+from perfusion_cli.data.records import GroupRecord, Rejection
+from perfusion_cli.errors import DataError
+from perfusion_cli.io import sha256_file
+
+MERCHANTS_FILE = "merchants.jsonl"
+SESSIONS_FILE = "sessions.jsonl"
+_RAW_SNIPPET = 300
+
+
+class RowError(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class JsonlStats:
+    rows: int = 0
+    blank_lines: int = 0
+
+
+def iter_jsonl(path: Path, stats: JsonlStats) -> Iterator[tuple[int, dict | None, Rejection | None]]:
+    """Yield (line number, object, None) or (line number, None, rejection) for every non-blank line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                stats.blank_lines += 1
+                continue
+            stats.rows += 1
+            snippet = raw[:_RAW_SNIPPET].decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, Rejection(path.name, number, R.INVALID_UTF8, str(exc), snippet)
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, None, Rejection(path.name, number, R.INVALID_JSON, str(exc), snippet)
+                continue
+            if not isinstance(obj, dict):
+                yield number, None, Rejection(path.name, number, R.NOT_AN_OBJECT,
+                                              f"expected a JSON object, got {type(obj).__name__}", snippet)
+                continue
+            yield number, obj, None
+
+
+def _identifier(obj: dict, key: str) -> str:
+    if key not in obj or obj[key] is None:
+        raise RowError(f"{R.MISSING_FIELD}:{key}", f"field '{key}' is missing")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RowError(f"{R.BAD_TYPE}:{key}", f"field '{key}' must be a string or an integer")
+    value = str(value).strip()
+    if not value:
+        raise RowError(f"{R.BAD_VALUE}:{key}", f"field '{key}' is empty")
+    return value
+
+
+def parse_timestamp(value: Any) -> float:
+    """Seconds since the epoch from a number or an ISO-8601 string (naive times are UTC)."""
+    if isinstance(value, bool):
+        raise RowError(f"{R.BAD_TYPE}:timestamp", "timestamp must be a number or an ISO-8601 string")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise RowError(f"{R.BAD_TYPE}:timestamp", f"timestamp {value!r} is not ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = moment.timestamp()
+    else:
+        raise RowError(f"{R.BAD_TYPE}:timestamp", "timestamp must be a number or an ISO-8601 string")
+    if not math.isfinite(seconds):
+        raise RowError(f"{R.BAD_VALUE}:timestamp", f"timestamp {value!r} is not finite")
+    return seconds
+
+
+def _candidates(obj: dict) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    if "candidates" not in obj or obj["candidates"] is None:
+        raise RowError(f"{R.MISSING_FIELD}:candidates", "field 'candidates' is missing")
+    candidates = obj["candidates"]
+    if not isinstance(candidates, list):
+        raise RowError(f"{R.BAD_TYPE}:candidates", "field 'candidates' must be a list")
+    images, selected = [], []
+    for index, candidate in enumerate(candidates):
+        if not isinstance(candidate, dict):
+            raise RowError(f"{R.BAD_TYPE}:candidates", f"candidate {index} must be an object")
+        if not isinstance(candidate.get("image"), str):
+            raise RowError(f"{R.BAD_TYPE}:candidates", f"candidate {index} needs an 'image' path string")
+        if not isinstance(candidate.get("selected"), bool):
+            raise RowError(f"{R.BAD_TYPE}:candidates", f"candidate {index} needs 'selected': true or false")
+        images.append(candidate["image"])
+        selected.append(candidate["selected"])
+    if len(images) < 2:
+        raise RowError(R.TOO_FEW_CANDIDATES, f"a group needs at least 2 candidates, got {len(images)}")
+    if not any(selected):
+        raise RowError(R.NO_POSITIVE, "no candidate is selected")
+    if all(selected):
+        raise RowError(R.NO_NEGATIVE, "every candidate is selected")
+    return tuple(images), tuple(selected)
+
+
+def _feature_value(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RowError(f"{R.BAD_VALUE}:{key}", f"feature '{key}' is not finite")
+        return value
+    raise RowError(f"{R.BAD_TYPE}:{key}", f"feature '{key}' must be a string, number, boolean or null")
+
+
+@dataclass
+class LogsSource:
+    """Reads and validates a logs folder. ``scan`` is pass one; ``read_images`` serves pass two."""
+
+    root: Path
+    limits: ImageLimits
+    merchant_stats: JsonlStats = field(default_factory=JsonlStats)
+    session_stats: JsonlStats = field(default_factory=JsonlStats)
+    kind: str = "logs"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if not self.root.is_dir():
+            raise DataError(f"logs folder not found: {self.root}")
+        for name in (SESSIONS_FILE, MERCHANTS_FILE):
+            if not (self.root / name).is_file():
+                raise DataError(f"no {name} in {self.root} — a logs folder holds {MERCHANTS_FILE}, "
+                                f"{SESSIONS_FILE} and the images they reference (docs/data-format.md)")
+
+    @property
+    def sessions_file(self) -> str:
+        return SESSIONS_FILE
+
+    def merchants(self) -> tuple[dict[str, dict], list[Rejection]]:
+        """Valid merchant profiles by id, and the rejected merchant rows."""
+        profiles: dict[str, dict] = {}
+        rejections: list[Rejection] = []
+        first_line: dict[str, int] = {}
+        path = self.root / MERCHANTS_FILE
+        for number, obj, rejection in iter_jsonl(path, self.merchant_stats):
+            if rejection:
+                rejections.append(rejection)
+                continue
+            try:
+                merchant_id = _identifier(obj, "merchant_id")
+                if merchant_id in profiles:
+                    raise RowError(R.DUPLICATE_MERCHANT,
+                                   f"merchant_id {merchant_id!r} first seen on line {first_line[merchant_id]}")
+                features = {key: _feature_value(key, value) for key, value in obj.items() if key != "merchant_id"}
+            except RowError as exc:
+                rejections.append(Rejection(MERCHANTS_FILE, number, exc.reason, exc.detail, _snippet(obj)))
+                continue
+            profiles[merchant_id] = features
+            first_line[merchant_id] = number
+        return profiles, rejections
+
+    def scan(self, known_merchants: set[str]) -> Iterator[GroupRecord | Rejection]:
+        """Validate every session line, images included, in file order."""
+        first_line: dict[str, int] = {}
+        path = self.root / SESSIONS_FILE
+        for number, obj, rejection in iter_jsonl(path, self.session_stats):
+            if rejection:
+                yield rejection
+                continue
+            try:
+                record = self._validate(number, obj, known_merchants)
+                if record.session_id in first_line:
+                    raise RowError(R.DUPLICATE_SESSION, f"session_id {record.session_id!r} first seen on "
+                                                        f"line {first_line[record.session_id]}")
+            except RowError as exc:
+                yield Rejection(SESSIONS_FILE, number, exc.reason, exc.detail, _snippet(obj))
+                continue
+            first_line[record.session_id] = number
+            yield record
+
+    def _validate(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord:
+        session_id = _identifier(obj, "session_id")
+        merchant_id = _identifier(obj, "merchant_id")
+        if merchant_id not in known_merchants:
+            raise RowError(R.UNKNOWN_MERCHANT, f"merchant_id {merchant_id!r} is not in {MERCHANTS_FILE}")
+        prompt = obj.get("prompt")
+        if prompt is None:
+            raise RowError(f"{R.MISSING_FIELD}:prompt", "field 'prompt' is missing")
+        if not isinstance(prompt, str):
+            raise RowError(f"{R.BAD_TYPE}:prompt", "field 'prompt' must be a string")
+        if not prompt.strip():
+            raise RowError(R.EMPTY_PROMPT, "field 'prompt' is empty")
+        if obj.get("timestamp") is None:
+            raise RowError(f"{R.MISSING_FIELD}:timestamp", "field 'timestamp' is missing")
+        timestamp = parse_timestamp(obj["timestamp"])
+        images, selected = _candidates(obj)
+        for index, image in enumerate(images):
+            try:
+                read_image_file(self.root, image, self.limits)
+            except ImageProblem as exc:
+                raise RowError(exc.reason, f"candidate {index}: {exc.detail}") from None
+        return GroupRecord(number, session_id, merchant_id, prompt.strip(), timestamp, images, selected)
+
+    def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
+        try:
+            return [read_image_file(self.root, image, self.limits) for image in record.images]
+        except ImageProblem as exc:
+            raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: "
+                            f"{exc.detail}") from None
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "files": {name: sha256_file(self.root / name) for name in (MERCHANTS_FILE, SESSIONS_FILE)},
+            "merchant_rows": self.merchant_stats.rows,
+            "session_rows": self.session_stats.rows,
+            "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,
+        }
+
+
+def _snippet(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)[:_RAW_SNIPPET]

@@ -1,0 +1,192 @@
+"""``perfusion prepare``: raw logs (or Pick-a-Pic parquet) → validated, split, sharded data.
+
+Pass one validates every row (images decoded) and keeps only light references; splits and the
+vocabulary are planned from those; pass two reads the accepted rows again, in input order, and writes
+the shards. Output files:
+
+    DATA_DIR/shards/<split>-NNNNNN.tar   one sample per group
+    DATA_DIR/quarantine.jsonl            every rejected row with its line and reason
+    DATA_DIR/held_out.jsonl              valid rows kept out on purpose (ties, too few records)
+    DATA_DIR/merchants.jsonl             every valid merchant: role, profile, feature ids
+    DATA_DIR/manifest.json               counts, splits, vocabulary, checksums; written last
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from perfusion_cli import __version__
+from perfusion_cli.config import PrepareConfig, SyntheticConfig
+from perfusion_cli.data.images import ImageLimits
+from perfusion_cli.data.logs import LogsSource
+from perfusion_cli.data.pickapic import PickAPicSource
+from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection
+from perfusion_cli.data.shards import FORMAT, MANIFEST, SHARD_DIR, SplitWriter
+from perfusion_cli.data.splits import SPLITS, plan_splits
+from perfusion_cli.data.synthetic import write_marketplace
+from perfusion_cli.data.vocab import FeatureVocab, build_vocab
+from perfusion_cli.errors import DataError
+from perfusion_cli.io import TMP_SUFFIX, atomic_write_bytes, atomic_write_json
+from perfusion_cli.progress import NullProgress, Progress
+
+QUARANTINE = "quarantine.jsonl"
+HELD_OUT = "held_out.jsonl"
+MERCHANTS = "merchants.jsonl"
+
+
+def open_source(path: str | Path, config: PrepareConfig) -> LogsSource | PickAPicSource:
+    limits = ImageLimits(config.max_image_pixels, config.max_image_bytes)
+    path = Path(path)
+    if config.format == "pickapic" or path.suffix == ".parquet":
+        return PickAPicSource(path, limits)
+    return LogsSource(path, limits)
+
+
+def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
+            progress: Progress | None = None, command: str = "") -> dict:
+    """Prepare ``source_path`` into ``out``; returns the manifest."""
+    progress = progress or NullProgress()
+    source = open_source(source_path, config)
+    out = Path(out)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, the folder reads as unprepared
+    for leftover in (out / SHARD_DIR).glob(f"*{TMP_SUFFIX}"):  # torn shards of a killed earlier run
+        leftover.unlink()
+
+    profiles, merchant_rejections = source.merchants()
+    records, rejections, held = _scan(source, set(profiles), progress)
+    if not records:
+        _write_jsonl(out / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
+        reasons = Counter(r.reason for r in rejections).most_common(3)
+        top = ", ".join(f"{reason} ×{count}" for reason, count in reasons) or "the input has no rows"
+        raise DataError(f"no valid groups in {source_path} ({top}); every rejected row is listed in "
+                        f"{out / QUARANTINE}")
+    plan = plan_splits(records, config, source.sessions_file)
+    if not any(split == "train" for split in plan.assignment.values()):
+        raise DataError(f"no merchant has --min-records {config.min_records} valid groups or more: all "
+                        f"{len(records)} valid groups would be held out — lower --min-records")
+    held = sorted(held + plan.held_out, key=lambda h: h.row)
+    training = [m for m, role in plan.roles.items() if role == "train"]
+    vocab = build_vocab(profiles, training, config.numeric_buckets)
+    splits = _write_shards(source, records, plan.assignment, vocab, profiles, out, config, progress)
+
+    _write_jsonl(out / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
+    _write_jsonl(out / HELD_OUT, [h.to_json() for h in held])
+    _write_jsonl(out / MERCHANTS, _merchant_table(profiles, records, plan.roles, vocab))
+    manifest = _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections,
+                         held, plan)
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: PrepareConfig,
+                      progress: Progress | None = None, command: str = "") -> dict:
+    """Write the synthetic marketplace to ``out/raw`` and prepare it into ``out`` by the same path."""
+    progress = progress or NullProgress()
+    progress.start("drawing the synthetic marketplace", None)
+    raw = write_marketplace(Path(out) / "raw", synthetic)
+    progress.stop()
+    return prepare(raw, out, config, progress, command)
+
+
+def _scan(source, merchants: set[str], progress: Progress):
+    records: list[GroupRecord] = []
+    rejections: list[Rejection] = []
+    held: list[HeldOut] = []
+    progress.start("validating rows", None)
+    for item in source.scan(merchants):
+        if isinstance(item, GroupRecord):
+            records.append(item)
+        elif isinstance(item, HeldOut):
+            held.append(item)
+        else:
+            rejections.append(item)
+        progress.advance(1)
+    progress.stop()
+    return records, rejections, held
+
+
+def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, out: Path,
+                  config: PrepareConfig, progress: Progress) -> dict[str, SplitWriter]:
+    writers = {split: SplitWriter(out / SHARD_DIR, split, config.shard_size) for split in SPLITS}
+    progress.start("writing shards", len(assignment))
+    try:
+        for record in records:
+            split = assignment.get(record.row)
+            if split is None:
+                continue
+            meta = {
+                "row": record.row, "session_id": record.session_id, "merchant_id": record.merchant_id,
+                "prompt": record.prompt, "timestamp": record.timestamp, "selected": list(record.selected),
+                "features": vocab.encode(record.merchant_id, profiles[record.merchant_id]),
+            }
+            writers[split].write(f"r{record.row:09d}", meta, source.read_images(record))
+            progress.advance(1)
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        progress.stop()
+    keep = {shard.name for writer in writers.values() for shard in writer.shards}
+    for stale in (out / SHARD_DIR).glob("*.tar"):
+        if stale.name not in keep:
+            stale.unlink()
+    return writers
+
+
+def _merchant_table(profiles, records, roles, vocab: FeatureVocab) -> list[dict]:
+    counts = Counter(record.merchant_id for record in records)
+    return [{"merchant_id": merchant_id, "role": roles.get(merchant_id, "no_sessions"),
+             "groups": counts.get(merchant_id, 0), "features": profiles[merchant_id],
+             "feature_ids": vocab.encode(merchant_id, profiles[merchant_id])}
+            for merchant_id in sorted(profiles)]
+
+
+def _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held,
+              plan) -> dict:
+    described = source.describe()
+    in_shards = sum(writer.groups for writer in splits.values())
+    accounting = {
+        "session_rows": described["session_rows"],
+        "in_shards": in_shards,
+        "quarantined": len(rejections),
+        "held_out": len(held),
+        "identity": "session_rows == in_shards + quarantined + held_out",
+        "balanced": described["session_rows"] == in_shards + len(rejections) + len(held),
+        "merchant_rows": described["merchant_rows"],
+        "merchants_quarantined": len(merchant_rejections),
+        "blank_lines": described["blank_lines"],
+    }
+    if not accounting["balanced"]:  # pragma: no cover - would be a bug in this module
+        raise DataError(f"internal accounting error, nothing written as final: {accounting}")
+    merchants_in: dict[str, set[str]] = {split: set() for split in splits}
+    for record in records:
+        if record.row in plan.assignment:
+            merchants_in[plan.assignment[record.row]].add(record.merchant_id)
+    split_info = {split: {**writer.summary(), "merchants": len(merchants_in[split])}
+                  for split, writer in splits.items()}
+    return {
+        "format": FORMAT,
+        "created_by": {"command": command, "version": __version__},
+        "source": described,
+        "settings": asdict(config),
+        "features": vocab.to_json(),
+        "max_candidates": max(len(record.images) for record in records),
+        "splits": split_info,
+        "merchants": dict(sorted(Counter(plan.roles.values()).items())),
+        "accounting": accounting,
+        "quarantine": {"rows": len(rejections) + len(merchant_rejections),
+                       "reasons": dict(sorted(Counter(r.reason for r in rejections + merchant_rejections).items()))},
+        "held_out": {"rows": len(held), "reasons": dict(sorted(Counter(h.reason for h in held).items()))},
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
+                                     for row in rows).encode("utf-8"))

@@ -1,0 +1,152 @@
+"""The synthetic marketplace (DESIGN §7): merchants, hidden tastes, sessions, written as raw logs.
+
+Each merchant has profile features (category, style, region, price level, followers, shop age) and a
+hidden taste (``oracle.Taste``) that depends on those features plus an idiosyncratic part:
+
+- preferred hue: the style's hue plus a personal offset;
+- preferred lightness: the region's lightness plus a personal offset;
+- pattern preference: the style's, pulled towards plain by a high price level, plus noise;
+- scale preference: the category's, plus noise.
+
+A session is one prompt ("linen dress") with K candidates drawn from the population distribution;
+the merchant selects the 1–2 with the highest oracle utility after Gumbel noise. ``followers`` and
+``shop_age_years`` carry no taste at all: a model has to learn to ignore them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from perfusion_cli.data.drawing import ITEM_MATERIALS, draw, random_design
+from perfusion_cli.data.oracle import Taste, oracle_utility, utility_of, measure  # noqa: F401 (re-export)
+from perfusion_cli.config import SyntheticConfig
+from perfusion_cli.io import atomic_write_bytes, atomic_write_json
+
+CATEGORY_ITEMS = {
+    "womenswear": ("dress", "skirt", "t-shirt"),
+    "menswear": ("t-shirt", "trousers", "hoodie"),
+    "kidswear": ("t-shirt", "hoodie", "dress", "trousers"),
+    "accessories": ("handbag",),
+}
+CATEGORY_SCALE = {"womenswear": 0.3, "menswear": -0.2, "kidswear": -0.5, "accessories": 0.6}
+STYLE_HUE = {"minimalist": 0.60, "bohemian": 0.07, "streetwear": 0.33, "classic": 0.97, "romantic": 0.86}
+STYLE_PATTERN = {"minimalist": -0.8, "bohemian": 0.8, "streetwear": 0.3, "classic": -0.4, "romantic": 0.5}
+REGION_LIGHTNESS = {"nordic": 0.35, "mediterranean": 0.7, "continental": 0.5, "coastal": 0.6}
+SELECTION_NOISE = 0.3  # Gumbel scale; utilities span about ±2
+SESSION_DAYS = 180
+
+
+@dataclass(frozen=True)
+class Merchant:
+    merchant_id: str
+    category: str
+    style: str
+    region: str
+    price_level: float
+    followers: int
+    shop_age_years: float
+    taste: Taste
+
+    def profile(self) -> dict:
+        return {"merchant_id": self.merchant_id, "category": self.category, "style": self.style,
+                "region": self.region, "price_level": self.price_level, "followers": self.followers,
+                "shop_age_years": self.shop_age_years}
+
+
+def make_merchant(rng: np.random.Generator, index: int) -> Merchant:
+    category = str(rng.choice(list(CATEGORY_ITEMS)))
+    style = str(rng.choice(list(STYLE_HUE)))
+    region = str(rng.choice(list(REGION_LIGHTNESS)))
+    price_level = float(np.round(np.exp(rng.normal(3.5, 0.6)), 2))
+    price_z = (np.log(price_level) - 3.5) / 0.6
+    taste = Taste(
+        hue=float((STYLE_HUE[style] + rng.normal(0, 0.08)) % 1.0),
+        lightness=float(np.clip(REGION_LIGHTNESS[region] + rng.normal(0, 0.06), 0.25, 0.8)),
+        pattern=float(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + rng.normal(0, 0.25), -1, 1)),
+        scale=float(np.clip(CATEGORY_SCALE[category] + rng.normal(0, 0.35), -1, 1)),
+    )
+    return Merchant(
+        merchant_id=f"m{index:04d}", category=category, style=style, region=region,
+        price_level=price_level, followers=int(rng.integers(10, 100_000)),
+        shop_age_years=float(np.round(rng.uniform(0.1, 12), 1)), taste=taste,
+    )
+
+
+def choose_selected(utilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1 or 2 positives: the top candidates by utility plus Gumbel noise."""
+    n_positive = 1 if rng.uniform() < 0.6 else 2
+    noisy = utilities + rng.gumbel(0.0, SELECTION_NOISE, size=utilities.shape)
+    selected = np.zeros(len(utilities), dtype=bool)
+    selected[np.argsort(-noisy)[:n_positive]] = True
+    return selected
+
+
+def sessions_for(merchant: Merchant, index: int, config: SyntheticConfig) -> int:
+    """Most merchants log the configured number of sessions; one in eight is new and logs few."""
+    if index % 8 == 7:
+        return max(3, config.sessions_per_merchant // 4)
+    return config.sessions_per_merchant
+
+
+def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
+    """Write raw logs (DESIGN §3) plus ``truth.json`` under ``out``; returns ``out``."""
+    out = Path(out)
+    rng = np.random.default_rng(config.seed)
+    merchants = [make_merchant(rng, index) for index in range(config.merchants)]
+    sessions = []
+    for index, merchant in enumerate(merchants):
+        start = float(rng.uniform(0, 30)) * 86400
+        times = np.sort(rng.uniform(0, SESSION_DAYS * 86400, size=sessions_for(merchant, index, config)))
+        for number, offset in enumerate(times):
+            item = str(rng.choice(CATEGORY_ITEMS[merchant.category]))
+            material = str(rng.choice(ITEM_MATERIALS[item]))
+            designs = [random_design(rng, item, material) for _ in range(config.group_size)]
+            images = [draw(design, config.resolution) for design in designs]
+            utilities = np.array([oracle_utility(merchant.taste, image) for image in images])
+            selected = choose_selected(utilities, rng)
+            session_id = f"{merchant.merchant_id}-s{number:03d}"
+            candidates = []
+            for k, image in enumerate(images):
+                relative = f"images/{merchant.merchant_id}/{session_id}-{k}.png"
+                _write_png(out / relative, image)
+                candidates.append({"image": relative, "selected": bool(selected[k])})
+            sessions.append({
+                "session_id": session_id, "merchant_id": merchant.merchant_id, "prompt": designs[0].prompt,
+                "timestamp": round(1.7e9 + start + float(offset), 3), "candidates": candidates,
+            })
+    sessions.sort(key=lambda row: (row["timestamp"], row["session_id"]))
+    _write_jsonl(out / "merchants.jsonl", [merchant.profile() for merchant in merchants])
+    _write_jsonl(out / "sessions.jsonl", sessions)
+    atomic_write_json(out / "truth.json", {
+        "merchants": {m.merchant_id: {**m.taste.to_dict(), "style": m.style} for m in merchants},
+        "config": {"merchants": config.merchants, "sessions_per_merchant": config.sessions_per_merchant,
+                   "group_size": config.group_size, "resolution": config.resolution, "seed": config.seed},
+    })
+    return out
+
+
+def load_truth(path: str | Path) -> dict[str, Taste]:
+    """Merchant id → Taste from a ``truth.json`` (in a raw folder or a prepared data folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "truth.json" if (path / "truth.json").exists() else path / "raw" / "truth.json"
+    with open(path, encoding="utf-8") as handle:
+        merchants = json.load(handle)["merchants"]
+    return {merchant_id: Taste.from_mapping(values) for merchant_id, values in merchants.items()}
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    # Raw images are written plainly (no fsync per file): sessions.jsonl, which references them, is
+    # written last and atomically, so an interrupted run never leaves a log pointing at a torn image.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG", compress_level=1)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    atomic_write_bytes(path, text.encode("utf-8"))

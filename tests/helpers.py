@@ -1,0 +1,68 @@
+"""Builders for test inputs: small logs folders written by hand, and tiny synthetic marketplaces."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from perfusion_cli.config import PrepareConfig, SyntheticConfig
+from perfusion_cli.data.prepare import prepare, prepare_synthetic
+
+
+def png_bytes(colour=(200, 30, 30), size=16) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_image(root: Path, relative: str, data: bytes | None = None) -> str:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes() if data is None else data)
+    return relative
+
+
+def session(session_id: str, merchant: str = "m1", prompt: str = "linen dress", timestamp: float = 0.0,
+            images: tuple[str, ...] = ("images/a.png", "images/b.png"), selected=(True, False)) -> dict:
+    return {"session_id": session_id, "merchant_id": merchant, "prompt": prompt, "timestamp": timestamp,
+            "candidates": [{"image": i, "selected": s} for i, s in zip(images, selected)]}
+
+
+def write_logs(root: Path, merchants: list, sessions: list, extra_images: tuple[str, ...] = ()) -> Path:
+    """Write merchants.jsonl and sessions.jsonl; a list item that is a str/bytes is written verbatim."""
+    root.mkdir(parents=True, exist_ok=True)
+    for relative in ("images/a.png", "images/b.png", *extra_images):
+        if not (root / relative).exists():
+            write_image(root, relative)
+    for name, rows in (("merchants.jsonl", merchants), ("sessions.jsonl", sessions)):
+        with open(root / name, "wb") as handle:
+            for row in rows:
+                if isinstance(row, bytes):
+                    handle.write(row + b"\n")
+                elif isinstance(row, str):
+                    handle.write(row.encode("utf-8") + b"\n")
+                else:
+                    handle.write(json.dumps(row).encode("utf-8") + b"\n")
+    return root
+
+
+def many_sessions(merchant: str, count: int, start: int = 0) -> list[dict]:
+    return [session(f"{merchant}-{i}", merchant, timestamp=float(start + i)) for i in range(count)]
+
+
+def tiny_market(out: Path, merchants: int = 8, sessions: int = 12, seed: int = 0, **prepare_kw) -> dict:
+    """A prepared tiny synthetic marketplace in ``out``; returns the manifest."""
+    return prepare_synthetic(out, SyntheticConfig(merchants=merchants, sessions_per_merchant=sessions, seed=seed),
+                             PrepareConfig(**prepare_kw))
+
+
+def prepare_logs(root: Path, out: Path, **prepare_kw) -> dict:
+    return prepare(root, out, PrepareConfig(**prepare_kw))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
