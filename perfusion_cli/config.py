@@ -149,8 +149,8 @@ class BaseTrainConfig:
 
     images: int = 12000
     clip_steps: int = 1500
-    vae_steps: int = 1500
-    unet_steps: int = 6000
+    vae_steps: int = 800
+    unet_steps: int = 4000
     batch_size: int = 64
     seed: int = 0
     num_threads: int = 0

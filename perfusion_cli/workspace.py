@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from perfusion_cli.errors import DataError, CheckpointError
+from perfusion_cli.errors import CheckpointError
 
 ENV_VAR = "PERFUSION_HOME"
 
@@ -48,14 +48,6 @@ class Workspace:
     @property
     def outputs(self) -> Path:
         return self.root / "outputs"
-
-
-def require_data(path: Path) -> Path:
-    """The prepared-data folder, or an error naming the command that makes it."""
-    if not (path / "manifest.json").is_file():
-        raise DataError(f"no prepared data in {path} — run `perfusion prepare LOGS_DIR` "
-                        f"(or `perfusion prepare --synthetic`) first")
-    return path
 
 
 def require_run(path: Path, command: str) -> Path:

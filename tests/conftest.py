@@ -15,3 +15,15 @@ def market(tmp_path_factory):
     out = tmp_path_factory.mktemp("market")
     manifest = tiny_market(out, merchants=8, sessions=12)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialized tiny CLIP saved in Hugging Face format (no pre-training needed)."""
+    from perfusion_cli.models.tiny import build_tiny_clip, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = build_tokenizer()
+    build_tiny_clip(tokenizer, seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -29,7 +29,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except PerfusionError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
 

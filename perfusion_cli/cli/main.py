@@ -31,6 +31,18 @@ def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:
     ctx.obj = Workspace.resolve(workdir)
+    _quiet_hugging_face()
+
+
+def _quiet_hugging_face() -> None:
+    """Our Rich bars report progress; the libraries' own tqdm bars and info logs would interleave."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 app.command("prepare")(prepare.prepare_command)

@@ -26,3 +26,4 @@ SkipBadShards = Annotated[Optional[bool], typer.Option(
     "--skip-bad-shards/--no-skip-bad-shards", help="Skip unreadable shards (counted) instead of stopping.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in the output folder.")]

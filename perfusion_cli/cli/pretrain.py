@@ -1,12 +1,39 @@
-"""``perfusion pretrain-base``: not implemented yet."""
+"""``perfusion pretrain-base``: train the bundled tiny backbones on the synthetic catalogue."""
 
 from __future__ import annotations
 
-from perfusion_cli.cli.console import boundary
-from perfusion_cli.errors import NotImplementedYet
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from perfusion_cli.cli import context, options
+from perfusion_cli.cli.console import RichProgress, boundary, console, table
+from perfusion_cli.models.backbones import ASSETS
 
 
 @boundary
-def pretrain_command() -> None:
-    """Not implemented yet: tiny base pre-training (issue 4)."""
-    raise NotImplementedYet("`perfusion pretrain-base` is not implemented yet (tiny base pre-training (issue 4))")
+def pretrain_command(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Folder for tiny-clip/ and tiny-sd/.")] = ASSETS,
+    unet_steps: Annotated[Optional[int], typer.Option("--unet-steps")] = None,
+    vae_steps: Annotated[Optional[int], typer.Option("--vae-steps")] = None,
+    clip_steps: Annotated[Optional[int], typer.Option("--clip-steps")] = None,
+    images: Annotated[Optional[int], typer.Option("--images", help="Catalogue images to draw.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads (0: all).")] = None,
+    seed: options.Seed = None,
+    recipe: options.Recipe = None,
+) -> None:
+    """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about an hour)."""
+    from perfusion_cli.training.base import pretrain_base
+
+    config = context.section(ctx, recipe, "pretrain-base", {
+        "unet_steps": unet_steps, "vae_steps": vae_steps, "clip_steps": clip_steps, "images": images,
+        "num_threads": threads, "seed": seed})
+    progress = RichProgress()
+    try:
+        timings = pretrain_base(out, config, progress)
+    finally:
+        progress.stop()
+    console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))
+    console.print(f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}", highlight=False)

@@ -1,12 +1,55 @@
-"""``perfusion train-rm``: not implemented yet."""
+"""``perfusion train-rm``: train PerFusionRM (or a baseline) on prepared data."""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
+from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary
-from perfusion_cli.errors import NotImplementedYet
+from perfusion_cli.cli.training import run_trainer
+from perfusion_cli.data.shards import load_manifest
 
 
 @boundary
-def train_rm_command() -> None:
-    """Not implemented yet: PerFusionRM training (issue 3)."""
-    raise NotImplementedYet("`perfusion train-rm` is not implemented yet (PerFusionRM training (issue 3))")
+def train_rm_command(
+    ctx: typer.Context,
+    data: options.DataDir = None,
+    out: options.Out = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="pl (Plackett-Luce) or bt (Bradley-Terry).")] = None,
+    plugin: Annotated[Optional[bool], typer.Option(
+        "--plugin/--no-plugin", help="--no-plugin: the same CLIP without personalization (baseline).")] = None,
+    shared_plugin: Annotated[Optional[bool], typer.Option(
+        "--shared-plugin/--separate-plugins", help="One merchant encoder for both towers (ablation).")] = None,
+    freeze_backbone: Annotated[Optional[bool], typer.Option(
+        "--freeze-backbone/--train-backbone", help="Train only the plug-ins.")] = None,
+    base_model: options.BaseModel = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the plug-ins.")] = None,
+    backbone_lr: Annotated[Optional[float], typer.Option("--backbone-lr", help="Learning rate of CLIP.")] = None,
+    batch_size: options.BatchSize = None,
+    max_steps: options.MaxSteps = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
+    mixed_precision: options.MixedPrecision = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validations.")] = None,
+    checkpoint_every: options.CheckpointEvery = None,
+    keep_last: options.KeepLast = None,
+    seed: options.Seed = None,
+    skip_bad_shards: options.SkipBadShards = None,
+    resume: options.Resume = None,
+    overwrite: options.Overwrite = False,
+    recipe: options.Recipe = None,
+) -> None:
+    """Train the personalized reward model PerFusionRM (DATA_DIR default: <workspace>/data)."""
+    from perfusion_cli.training.rm import train_reward_model
+
+    workspace = context.workspace(ctx)
+    data = data or workspace.data
+    load_manifest(data)  # a missing folder names `perfusion prepare` before anything loads
+    config = context.section(ctx, recipe, "train-rm", {
+        "loss": loss, "plugin": plugin, "shared_plugin": shared_plugin, "freeze_backbone": freeze_backbone,
+        "base_model": base_model, "lr": lr, "backbone_lr": backbone_lr, "batch_size": batch_size,
+        "max_steps": max_steps, "grad_accum": grad_accum, "mixed_precision": mixed_precision,
+        "eval_every": eval_every, "checkpoint_every": checkpoint_every, "keep_last": keep_last, "seed": seed,
+        "skip_bad_shards": skip_bad_shards})
+    run_trainer(train_reward_model, config, data, out or workspace.rm_run, resume, overwrite, context.command_line())

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from perfusion_cli.errors import CheckpointError
+
 OOV = 0
 MERCHANT_ID = "merchant_id"
 
@@ -120,3 +122,10 @@ def quantile_boundaries(values: list[float], buckets: int) -> list[float]:
     quantiles = np.quantile(np.array(finite), np.linspace(0, 1, buckets + 1)[1:-1])
     return sorted({round(float(q), 6) for q in quantiles})
 
+
+
+def check_same_vocabulary(model_features: list[dict], data_features: list[dict], what: str, data_dir) -> None:
+    """A model's feature ids mean something only under the vocabulary it was trained with."""
+    if model_features and model_features != data_features:
+        raise CheckpointError(f"the {what} was trained on data with a different merchant feature vocabulary than "
+                              f"{data_dir}: use the data folder it was trained on")

@@ -1,0 +1,66 @@
+"""Group-level preference losses (DESIGN §5; paper §4.2.2, §4.3.2 and appendix A).
+
+Scores are [B, K]; ``positive`` and ``valid`` are boolean [B, K]. A group's negatives are its valid
+non-positives. Groups without a positive or without a negative contribute nothing; the result is the
+mean over the groups that do contribute (zero, still differentiable, when none does).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _masks(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None):
+    valid = torch.ones_like(positive, dtype=torch.bool) if valid is None else valid.bool()
+    positive = positive.bool() & valid
+    negative = valid & ~positive
+    usable = positive.any(dim=1) & negative.any(dim=1)  # [B]
+    return positive, negative, usable
+
+
+def _mean_over(per_group: torch.Tensor, usable: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    if not bool(usable.any()):
+        return scores.sum() * 0.0
+    return per_group[usable].mean()
+
+
+def plackett_luce_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """L = −(1/|P|) Σ_{p∈P} log( exp(s_p) / (exp(s_p) + Σ_{n∈N} exp(s_n)) ), mean over groups."""
+    positive, negative, usable = _masks(scores, positive, valid)
+    scores = scores.float()
+    negatives = torch.logsumexp(scores.masked_fill(~negative, float("-inf")), dim=1, keepdim=True)  # [B, 1]
+    log_choice = scores - torch.logaddexp(scores, negatives)  # [B, K]
+    per_group = -(log_choice * positive).sum(1) / positive.sum(1).clamp(min=1)
+    return _mean_over(per_group, usable, scores)
+
+
+def bradley_terry_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise baseline: −log σ(s_p − s_n), mean over a group's (p, n) pairs, then over groups."""
+    positive, negative, usable = _masks(scores, positive, valid)
+    scores = scores.float()
+    margins = scores.unsqueeze(2) - scores.unsqueeze(1)  # [B, K(p), K(n)]
+    pairs = positive.unsqueeze(2) & negative.unsqueeze(1)
+    per_group = -(F.logsigmoid(margins) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)
+    return _mean_over(per_group, usable, scores)
+
+
+def implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor, beta: float) -> torch.Tensor:
+    """r_i = −(β/2)·(‖ε − ε_θ‖² − ‖ε − ε_ref‖²), errors [B, K] as per-candidate mean squared errors."""
+    return -0.5 * beta * (model_err.float() - ref_err.float())
+
+
+def group_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, positive: torch.Tensor, beta: float,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The group generalization of Diffusion-DPO: Plackett-Luce over implicit rewards.
+
+    With one positive and one negative it equals Diffusion-DPO's
+    ``-logsigmoid(-0.5 * beta * (model_diff - ref_diff))``, so β keeps its meaning (5000 for SD 1.5).
+    """
+    return plackett_luce_loss(implicit_rewards(model_err, ref_err, beta), positive, valid)
+
+
+def pairwise_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, positive: torch.Tensor, beta: float,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Diffusion-DPO applied to every (positive, negative) pair of a group (the ``--loss pairwise`` baseline)."""
+    return bradley_terry_loss(implicit_rewards(model_err, ref_err, beta), positive, valid)

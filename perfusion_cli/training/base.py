@@ -1,0 +1,202 @@
+"""``perfusion pretrain-base``: train the tiny backbones on the synthetic catalogue, once.
+
+An untrained tiny diffusion model draws noise, and an untrained CLIP knows nothing, so the embedded
+default needs small bases that have learned the catalogue (every product type, colour and pattern,
+with no merchant taste). This trains, in order:
+
+1. a tiny CLIP, contrastively, on (caption, image) pairs — "dark blue striped linen dress";
+2. a tiny VAE (64×64×3 ↔ 16×16×4), on reconstruction with a small KL term;
+3. a tiny U-Net on cached latents, ε-prediction under SD's schedule, conditioned on the CLIP text
+   tower (frozen), with prompts ("linen dress"), captions, and 10% empty text for guidance; an EMA
+   of its weights is what is saved.
+
+It writes ``OUT/tiny-clip`` (CLIPModel + tokenizer) and ``OUT/tiny-sd`` (a StableDiffusionPipeline
+folder), weights as fp16 safetensors (a few MB). ``--base-model tiny`` loads them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
+from transformers import CLIPTextModel
+
+from perfusion_cli.config import BaseTrainConfig
+from perfusion_cli.data.drawing import ITEM_MATERIALS, ITEMS, draw, random_design
+from perfusion_cli.io import atomic_dir
+from perfusion_cli.models.backbones import clip_pixels, tokenize
+from perfusion_cli.models.tiny import (IMAGE_SIZE, build_tiny_clip, build_tiny_unet, build_tiny_vae, build_tokenizer,
+                                       tiny_noise_scheduler)
+from perfusion_cli.progress import NullProgress, Progress
+
+
+@dataclass
+class Catalogue:
+    images: np.ndarray  # [N, 64, 64, 3] uint8
+    prompts: list[str]
+    captions: list[str]
+
+    def tensor(self, index: np.ndarray) -> torch.Tensor:
+        """[n, 3, 64, 64] in [0, 1]."""
+        return torch.from_numpy(self.images[index]).permute(0, 3, 1, 2).float() / 255.0
+
+
+def make_catalogue(size: int, seed: int) -> Catalogue:
+    rng = np.random.default_rng(seed)
+    images, prompts, captions = [], [], []
+    for _ in range(size):
+        item = ITEMS[int(rng.integers(len(ITEMS)))]
+        material = ITEM_MATERIALS[item][int(rng.integers(len(ITEM_MATERIALS[item])))]
+        design = random_design(rng, item, material)
+        images.append(draw(design, IMAGE_SIZE))
+        prompts.append(design.prompt)
+        captions.append(design.caption())
+    return Catalogue(np.stack(images), prompts, captions)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _optimize(loss: torch.Tensor, optimizer, schedule, progress: Progress, clip_norm: float = 0.0) -> None:
+    loss.backward()
+    if clip_norm:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    progress.advance(1, loss=loss.item())
+
+
+def pretrain_clip(catalogue: Catalogue, tokenizer, config: BaseTrainConfig, progress: Progress):
+    clip = build_tiny_clip(tokenizer, seed=config.seed)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=2e-3, weight_decay=0.1)
+    schedule = _cosine(optimizer, config.clip_steps)
+    rng = np.random.default_rng(config.seed + 1)
+    progress.start("pre-training tiny CLIP", config.clip_steps)
+    for _ in range(config.clip_steps):
+        index = rng.choice(len(catalogue.images), size=config.batch_size * 2, replace=False)
+        ids, mask, _ = tokenize(tokenizer, [catalogue.captions[i] for i in index])
+        pixels = clip_pixels(catalogue.tensor(index), IMAGE_SIZE)
+        loss = clip(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
+        _optimize(loss, optimizer, schedule, progress)
+    progress.stop()
+    return clip.eval()
+
+
+def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progress):
+    vae = build_tiny_vae(seed=config.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = _cosine(optimizer, config.vae_steps)
+    rng = np.random.default_rng(config.seed + 2)
+    progress.start("pre-training tiny VAE", config.vae_steps)
+    for _ in range(config.vae_steps):
+        x = catalogue.tensor(rng.choice(len(catalogue.images), size=config.batch_size // 2, replace=False)) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        _optimize(loss, optimizer, schedule, progress)
+    progress.stop()
+    vae.eval()
+    with torch.no_grad():
+        sample = catalogue.tensor(np.arange(min(512, len(catalogue.images)))) * 2 - 1
+        latents = vae.encode(sample).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+@torch.no_grad()
+def _encode_texts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    ids, _, _ = tokenize(tokenizer, texts)
+    return torch.cat([text_encoder(ids[i:i + 256])[0] for i in range(0, len(texts), 256)])
+
+
+def pretrain_unet(catalogue: Catalogue, vae, text_encoder, tokenizer, config: BaseTrainConfig, progress: Progress):
+    scheduler = tiny_noise_scheduler()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(catalogue.tensor(np.arange(i, min(i + 256, len(catalogue.images)))) * 2 - 1)
+                             .latent_dist.mean for i in range(0, len(catalogue.images), 256)])
+        latents = latents * vae.config.scaling_factor
+    texts = sorted({"", *catalogue.prompts, *catalogue.captions})
+    row = {text: i for i, text in enumerate(texts)}
+    embeddings = _encode_texts(text_encoder, tokenizer, texts)
+    prompt_rows = torch.tensor([row[p] for p in catalogue.prompts])
+    caption_rows = torch.tensor([row[c] for c in catalogue.captions])
+
+    unet = build_tiny_unet(text_encoder.config.hidden_size, seed=config.seed)
+    ema = EMAModel(unet.parameters(), decay=0.999)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-2)
+    schedule = _cosine(optimizer, config.unet_steps, warmup=200)
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    progress.start("pre-training tiny U-Net", config.unet_steps)
+    for _ in range(config.unet_steps):
+        index = torch.randint(len(latents), (config.batch_size,), generator=generator)
+        choice = torch.rand(config.batch_size, generator=generator)
+        text = torch.where(choice < 0.45, prompt_rows[index], caption_rows[index])
+        text = torch.where(choice > 0.9, torch.full_like(text, row[""]), text)
+        noise = torch.randn(latents[index].shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
+        noisy = scheduler.add_noise(latents[index], noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps, embeddings[text]).sample, noise)
+        _optimize(loss, optimizer, schedule, progress, clip_norm=1.0)
+        ema.step(unet.parameters())
+    progress.stop()
+    ema.copy_to(unet.parameters())
+    return unet.eval(), scheduler
+
+
+def text_encoder_from_clip(clip) -> CLIPTextModel:
+    """The CLIP text tower as a standalone ``CLIPTextModel`` (what SD uses as its text encoder)."""
+    encoder = CLIPTextModel(clip.text_model.config)
+    encoder.load_state_dict(clip.text_model.state_dict())
+    return encoder.eval()
+
+
+def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress | None = None) -> dict:
+    """Train and save the tiny bases; returns timings and final losses."""
+    progress = progress or NullProgress()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    started = time.perf_counter()
+    progress.start("drawing the catalogue", None)
+    catalogue = make_catalogue(config.images, config.seed)
+    progress.stop()
+    tokenizer = build_tokenizer()
+    timings = {}
+    clock = time.perf_counter()
+    clip = pretrain_clip(catalogue, tokenizer, config, progress)
+    timings["clip_s"] = time.perf_counter() - clock
+    with atomic_dir(out / "tiny-clip") as folder:
+        clip.to(torch.float16).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    clip.float()
+    clock = time.perf_counter()
+    vae = pretrain_vae(catalogue, config, progress)
+    timings["vae_s"] = time.perf_counter() - clock
+    text_encoder = text_encoder_from_clip(clip)
+    clock = time.perf_counter()
+    unet, scheduler = pretrain_unet(catalogue, vae, text_encoder, tokenizer, config, progress)
+    timings["unet_s"] = time.perf_counter() - clock
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler.from_config(scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(out / "tiny-sd") as folder:
+        pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    timings["total_s"] = time.perf_counter() - started
+    return timings

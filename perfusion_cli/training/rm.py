@@ -1,0 +1,87 @@
+"""``perfusion train-rm``: PerFusionRM on groups with the Plackett-Luce loss (DESIGN §4-§6).
+
+The CLIP backbone and the plug-ins train together (``--freeze-backbone`` trains only the plug-ins),
+with their own learning rates: new, zero-initialized plug-ins want a much larger step than a
+pre-trained backbone. ``--no-plugin`` trains the same CLIP on the same groups and loss without
+personalization, the PickScore-style baseline; ``--loss bt`` swaps in pairwise Bradley-Terry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+
+from perfusion_cli.config import RMTrainConfig
+from perfusion_cli.data.loader import StreamSpec
+from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.errors import ConfigError, CheckpointError
+from perfusion_cli.evaluation.ranking import ranking_metrics, score_split
+from perfusion_cli.losses import bradley_terry_loss, plackett_luce_loss
+from perfusion_cli.models.reward import RewardSettings, create_reward_model, save_reward_model
+from perfusion_cli.progress import Progress
+from perfusion_cli.training.loop import TrainTask, create_accelerator, run_training
+
+LOSSES = {"pl": plackett_luce_loss, "bt": bradley_terry_loss}
+
+
+def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, resume: str | None = None,
+                       progress: Progress | None = None, command: str = "") -> dict:
+    accelerator = create_accelerator(config)
+    manifest = load_manifest(data_dir)
+    settings = RewardSettings([f["size"] for f in manifest["features"]], features=manifest["features"],
+                              plugin=config.plugin, shared_plugin=config.shared_plugin,
+                              plugin_hidden=config.plugin_hidden, merchant=config.merchant)
+    model = create_reward_model(config.base_model, settings)
+    module = model.module.to(accelerator.device)
+    if config.gradient_checkpointing:
+        module.clip.gradient_checkpointing_enable()
+    if config.freeze_backbone:
+        module.clip.requires_grad_(False)
+    plugin = [p for name, p in module.named_parameters() if not name.startswith("clip.")]
+    backbone = [p for p in module.clip.parameters() if p.requires_grad]
+    if not plugin and not backbone:
+        raise ConfigError("--no-plugin with --freeze-backbone leaves nothing to train")
+    groups = [g for g in ({"params": plugin, "lr": config.lr},
+                          {"params": backbone, "lr": config.backbone_lr or config.lr}) if g["params"]]
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    loss_fn = LOSSES[config.loss]
+    truncated = {"prompts": 0}
+
+    def loss(wrapped, batch):
+        ids, mask, cut = model.tokens(batch.prompts, accelerator.device)
+        truncated["prompts"] += cut
+        scores = wrapped(ids, mask, batch.images, batch.features, batch.valid)
+        return loss_fn(scores, batch.selected, batch.valid), {"truncated_prompts": truncated["prompts"]}
+
+    def trainable_state() -> dict[str, torch.Tensor]:
+        return {name: p for name, p in module.named_parameters() if name in trainable}
+
+    def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
+        if set(state) != trainable:
+            raise CheckpointError("the checkpoint's weights do not match this model: resume with the settings "
+                                  "the run started with")
+        module.load_state_dict(state, strict=False)
+
+    def evaluate() -> dict[str, float]:
+        module.eval()
+        scores = score_split(model, data_dir, "val", batch_size=config.batch_size, device=accelerator.device,
+                             max_groups=config.eval_max_groups, skip_bad_shards=config.skip_bad_shards)
+        gathered = gather_object([scores])
+        merged = gathered[0]
+        for part in gathered[1:]:
+            merged = merged.extend(part)
+        metrics = ranking_metrics(merged)
+        return {"map": metrics["map"], "gauc": metrics["gauc"]}
+
+    spec = StreamSpec(Path(data_dir), "train", config.batch_size, config.group_size, module.image_size,
+                      num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                      skip_bad_shards=config.skip_bad_shards)
+    task = TrainTask(model=module, param_groups=groups, loss=loss, trainable_state=trainable_state,
+                     load_trainable_state=load_trainable_state, save_final=lambda path: save_reward_model(model, path),
+                     evaluate=evaluate)
+    meta = {"kind": "reward", "command": command, "base_model": config.base_model, "config": asdict(config),
+            "data": {"path": str(Path(data_dir).resolve()), "source": manifest["source"]}}
+    return run_training(task, config, spec, Path(run_dir), resume, meta, accelerator, progress)

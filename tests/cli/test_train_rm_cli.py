@@ -1,0 +1,73 @@
+"""``perfusion train-rm`` and ``perfusion eval rm`` through the CLI, in a workspace."""
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from perfusion_cli.cli.main import app
+
+runner = CliRunner()
+TINY = """
+[train-rm]
+base_model = "tiny"
+batch_size = 4
+max_steps = 2
+lr = 1e-3
+plugin_hidden = 16
+eval_every = 2
+[train-rm.merchant]
+embed_dim = 4
+mlp_dims = [16]
+user_dim = 8
+"""
+
+
+def _workspace(tmp_path, market):
+    data_dir, _ = market
+    shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    (tmp_path / "perfusion.toml").write_text(TINY)
+    return tmp_path
+
+
+def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
+    ws = _workspace(tmp_path, market)
+    result = runner.invoke(app, ["--workdir", str(ws), "train-rm"])
+    assert result.exit_code == 0, result.output
+    assert (ws / "runs" / "rm" / "model" / "reward.json").is_file()
+    assert json.loads((ws / "runs" / "rm" / "run.json").read_text())["steps"] == 2
+    result = runner.invoke(app, ["--workdir", str(ws), "eval", "rm", "--split", "val", "--json", str(ws / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert "GAUC" in result.output
+    report = json.loads((ws / "e.json").read_text())
+    assert set(report) >= {"map", "gauc", "n_groups", "n_merchants"} and report["split"] == "val"
+
+
+def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, market):
+    ws = _workspace(tmp_path, market)
+    assert runner.invoke(app, ["--workdir", str(ws), "train-rm"]).exit_code == 0
+    result = runner.invoke(app, ["--workdir", str(ws), "train-rm"])
+    assert result.exit_code == 1 and "already holds a run: pass --resume latest" in result.output
+    result = runner.invoke(app, ["--workdir", str(ws), "train-rm", "--overwrite", "--no-plugin"])
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_inputs_name_the_command_that_makes_them(tmp_path):
+    result = runner.invoke(app, ["--workdir", str(tmp_path), "train-rm"])
+    assert result.exit_code == 1
+    assert "no prepared data in" in result.output and "run `perfusion prepare LOGS_DIR`" in result.output
+    (tmp_path / "data").mkdir()
+    result = runner.invoke(app, ["--workdir", str(tmp_path), "eval", "rm"])
+    assert result.exit_code == 1 and "perfusion prepare" in result.output
+
+
+def test_eval_rm_without_a_trained_model_names_train_rm(tmp_path, market):
+    ws = _workspace(tmp_path, market)
+    result = runner.invoke(app, ["--workdir", str(ws), "eval", "rm"])
+    assert result.exit_code == 1 and "run `perfusion train-rm` first" in result.output
+
+
+def test_nothing_to_train_is_a_clear_error(tmp_path, market):
+    ws = _workspace(tmp_path, market)
+    result = runner.invoke(app, ["--workdir", str(ws), "train-rm", "--no-plugin", "--freeze-backbone"])
+    assert result.exit_code == 1 and "leaves nothing to train" in result.output

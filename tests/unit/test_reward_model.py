@@ -1,0 +1,108 @@
+"""PerFusionRM: zero-initialized plug-ins equal CLIP; plug-ins personalize; save → load is exact."""
+
+import pytest
+import torch
+from torch import nn
+
+from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
+from perfusion_cli.models.merchant import CrossNetwork, MerchantEncoder
+from perfusion_cli.models.reward import (PerFusionRM, RewardModel, RewardSettings, load_reward_model,
+                                         save_reward_model)
+
+CARDS = [5, 3, 4]
+MERCHANT = MerchantEncoderConfig(embed_dim=4, cross_layers=2, mlp_dims=[16], user_dim=8)
+
+
+def _inputs(seed=0, batch=3, group=4):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, group, 3, 64, 64, generator=generator)
+    features = torch.stack([torch.randint(0, c, (batch,), generator=generator) for c in CARDS], 1)
+    valid = torch.ones(batch, group, dtype=torch.bool)
+    valid[0, -1] = False
+    return ["linen dress", "red silk skirt", "wool hoodie"][:batch], images, features, valid
+
+
+def _model(tiny_clip_dir, **settings):
+    clip, tokenizer = load_clip(str(tiny_clip_dir))
+    return RewardModel(PerFusionRM(clip, RewardSettings(CARDS, merchant=MERCHANT, plugin_hidden=16, **settings)).eval(),
+                       tokenizer)
+
+
+def _clip_scores(clip, tokenizer, prompts, images):
+    """Plain CLIP, written independently of PerFusionRM: logit_scale · cos."""
+    ids, mask, _ = tokenize(tokenizer, prompts)
+    text = clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    pixels = clip_pixels(images.flatten(0, 1), 64)
+    image = clip.get_image_features(pixel_values=pixels).pooler_output
+    text = text / text.norm(dim=-1, keepdim=True)
+    image = (image / image.norm(dim=-1, keepdim=True)).view(*images.shape[:2], -1)
+    return clip.logit_scale.exp() * torch.einsum("bp,bkp->bk", text, image)
+
+
+def _perturb(module: nn.Module):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for plugin in (module.text_plugin, module.vision_plugin):
+            for adapter in plugin.adapters:
+                adapter.net[-1].weight.copy_(torch.randn(adapter.net[-1].weight.shape, generator=generator) * 0.3)
+
+
+@torch.no_grad()
+def test_untrained_plugin_leaves_clip_scores_unchanged(tiny_clip_dir):
+    model = _model(tiny_clip_dir)
+    prompts, images, features, valid = _inputs()
+    expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
+    scores = model.score(prompts, images, features, valid)
+    assert torch.allclose(scores[valid], expected[valid], atol=1e-5)
+    assert (scores[~valid] == 0).all()
+
+
+@torch.no_grad()
+def test_a_trained_plugin_makes_scores_depend_on_the_merchant(tiny_clip_dir):
+    model = _model(tiny_clip_dir)
+    _perturb(model.module)
+    prompts, images, features, valid = _inputs()
+    other = (features + 1) % torch.tensor(CARDS)
+    a = model.score(prompts, images, features, valid)
+    b = model.score(prompts, images, other, valid)
+    assert (a - b)[valid].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@torch.no_grad()
+def test_save_then_load_gives_identical_scores(tiny_clip_dir, tmp_path, shared):
+    model = _model(tiny_clip_dir, shared_plugin=shared)
+    _perturb(model.module)
+    assert (model.module.text_merchant is model.module.vision_merchant) == shared
+    save_reward_model(model, tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    prompts, images, features, valid = _inputs(3)
+    assert torch.equal(model.score(prompts, images, features, valid), loaded.score(prompts, images, features, valid))
+    assert (loaded.module.text_merchant is loaded.module.vision_merchant) == shared
+
+
+@torch.no_grad()
+def test_zero_shot_scores_equal_plain_clip(tiny_clip_dir):
+    model = load_reward_model(f"zero-shot:{tiny_clip_dir}")
+    prompts, images, features, valid = _inputs()
+    expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
+    assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
+
+
+def test_cross_network_is_dcn_v2():
+    torch.manual_seed(0)
+    cross = CrossNetwork(6, 2)
+    x0 = torch.randn(3, 6)
+    x1 = x0 * (x0 @ cross.layers[0].weight.T + cross.layers[0].bias) + x0
+    x2 = x0 * (x1 @ cross.layers[1].weight.T + cross.layers[1].bias) + x1
+    assert torch.allclose(cross(x0), x2, atol=1e-6)
+
+
+def test_merchant_encoder_rejects_ids_outside_its_vocabulary():
+    encoder = MerchantEncoder(CARDS, MERCHANT)
+    assert encoder(torch.tensor([[4, 2, 3]])).shape == (1, 8)
+    with pytest.raises(Exception, match="different vocabulary"):
+        encoder(torch.tensor([[5, 0, 0]]))
+    with pytest.raises(Exception, match="expects 3 merchant features, the data has 2"):
+        encoder(torch.tensor([[1, 1]]))
