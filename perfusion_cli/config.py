@@ -122,7 +122,6 @@ class GenerateConfig:
     guidance: float = 7.5
     resolution: int = 0
     rerank: bool = False
-    reward: str = ""
     personalization: bool = True
     cold_start: Literal["", "mean", "features"] = ""
     device: str = "auto"

@@ -51,7 +51,8 @@ class Workspace:
 
 
 def require_run(path: Path, command: str) -> Path:
-    """A finished run folder, or an error naming the command that makes it."""
-    if not (path / "run.json").is_file():
+    """A finished run folder (or its model/ folder), or an error naming the command that makes it."""
+    path = Path(path)
+    if not (path / "run.json").is_file() and not (path.parent / "run.json").is_file():
         raise CheckpointError(f"no trained model in {path} — run `perfusion {command}` first")
     return path

@@ -27,3 +27,22 @@ def tiny_clip_dir(tmp_path_factory):
     build_tiny_clip(tokenizer, seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A randomly initialized tiny Stable-Diffusion folder (diffusers layout), made from the tiny configs."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from perfusion_cli.models.tiny import (build_tiny_clip, build_tiny_unet, build_tiny_vae, build_tokenizer,
+                                           tiny_noise_scheduler)
+    from perfusion_cli.training.base import text_encoder_from_clip
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tokenizer = build_tokenizer()
+    pipeline = StableDiffusionPipeline(
+        vae=build_tiny_vae(), text_encoder=text_encoder_from_clip(build_tiny_clip(tokenizer)), tokenizer=tokenizer,
+        unet=build_tiny_unet(), scheduler=DDIMScheduler.from_config(tiny_noise_scheduler().config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return folder

@@ -1,12 +1,60 @@
-"""``perfusion generate``: not implemented yet."""
+"""``perfusion generate --merchant ID "PROMPT"``: images in a merchant's taste."""
 
 from __future__ import annotations
 
-from perfusion_cli.cli.console import boundary
-from perfusion_cli.errors import NotImplementedYet
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from perfusion_cli.cli import context, options
+from perfusion_cli.cli.console import boundary, console, fail, table
 
 
 @boundary
-def generate_command() -> None:
-    """Not implemented yet: generation (issue 4)."""
-    raise NotImplementedYet("`perfusion generate` is not implemented yet (generation (issue 4))")
+def generate_command(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to design, e.g. \"linen dress\".")],
+    merchant: Annotated[str, typer.Option("--merchant", help="Merchant id (from the prepared data).")],
+    n: Annotated[Optional[int], typer.Option("--n", help="Images to generate.")] = None,
+    seed: options.Seed = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", help="Default: the training resolution.")] = None,
+    rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="Order by PerFusionRM score.")] = None,
+    personalization: Annotated[Optional[bool], typer.Option(
+        "--personalization/--no-personalization", help="--no-personalization: the base model, same seeds.")] = None,
+    cold_start: Annotated[Optional[str], typer.Option(
+        "--cold-start", help="For an unknown merchant: mean, or features (with --features).")] = None,
+    features: Annotated[Optional[list[str]], typer.Option(
+        "--features", help="key=value profile for --cold-start features (repeat, or space/comma separated).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Generator run (default <workspace>/runs/gen).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data (default <workspace>/data).")] = None,
+    reward: Annotated[Optional[str], typer.Option(
+        "--reward", help="Reward model for scores/--rerank (default <workspace>/runs/rm when it exists).")] = None,
+    out: options.Out = None,
+    device: options.Device = None,
+    recipe: options.Recipe = None,
+) -> None:
+    """Generate product designs for one merchant; PNGs + metadata.json."""
+    from perfusion_cli.data.shards import load_manifest
+    from perfusion_cli.generation import generate
+    from perfusion_cli.workspace import require_run
+
+    workspace = context.workspace(ctx)
+    data = data or workspace.data
+    load_manifest(data)
+    run = require_run(model or workspace.gen_run, "train-gen")
+    if reward is None and (workspace.rm_run / "run.json").is_file():
+        reward = str(workspace.rm_run)
+    config = context.section(ctx, recipe, "generate", {
+        "n": n, "seed": seed, "steps": steps, "guidance": guidance, "resolution": resolution, "rerank": rerank,
+        "personalization": personalization, "cold_start": cold_start, "device": device})
+    if features and config.cold_start != "features":
+        raise fail("--features only applies with --cold-start features")
+    metadata = generate(run, data, merchant, prompt, config, out or workspace.outputs, features, reward)
+    rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
+             "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
+    console.print(table(f"{merchant}: {prompt!r} ({'personalized' if metadata['personalized'] else 'base model'})",
+                        ["image", "seed", "PerFusionRM", "oracle"], rows))
+    console.print(f"wrote {metadata['folder']}", highlight=False)

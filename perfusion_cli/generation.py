@@ -1,0 +1,160 @@
+"""``perfusion generate``: images for one merchant and prompt, PNGs plus ``metadata.json``.
+
+The merchant is looked up in the prepared data's ``merchants.jsonl`` and encoded with the vocabulary
+the generator was trained with. An unknown merchant is an error unless ``cold_start`` says how to
+build u: ``mean`` (the average u of the training merchants) or ``features`` (a profile given as
+``key=value`` pairs; its ``merchant_id`` maps to the out-of-vocabulary id). Image i uses seed
+``seed + i``, so ``--no-personalization`` with the same seeds gives the base model's counterparts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perfusion_cli.config import GenerateConfig
+from perfusion_cli.data.prepare import MERCHANTS
+from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.synthetic import load_truth, oracle_utility
+from perfusion_cli.data.vocab import FeatureVocab, check_same_vocabulary
+from perfusion_cli.errors import ConfigError, DataError
+from perfusion_cli.io import atomic_dir
+from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.pipeline import PerFusionPipeline
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here")
+    return torch.device(name)
+
+
+def read_merchants(data_dir: Path) -> dict[str, dict]:
+    with open(Path(data_dir) / MERCHANTS, encoding="utf-8") as handle:
+        return {row["merchant_id"]: row for row in map(json.loads, handle)}
+
+
+def parse_profile(pairs: list[str], vocab: FeatureVocab) -> dict:
+    """``["style=bohemian", "price_level=40"]`` → a profile typed by the vocabulary's feature kinds."""
+    kinds = {feature.name: feature.kind for feature in vocab.features}
+    profile = {}
+    for pair in (p for item in pairs for p in re.split(r"[,\s]+", item.strip()) if p):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--features expects key=value pairs, got {pair!r}")
+        if key not in kinds or key == "merchant_id":
+            known = ", ".join(k for k in kinds if k != "merchant_id")
+            raise ConfigError(f"--features: unknown feature {key!r} (the model knows: {known})")
+        if kinds[key] == "numeric":
+            try:
+                profile[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"--features: {key} is numeric, got {value!r}") from None
+        else:
+            profile[key] = value
+    return profile
+
+
+def merchant_condition(pipeline: PerFusionPipeline, data_dir: Path, merchant: str, config: GenerateConfig,
+                       profile_pairs: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+    """(features [1, F] or None, embedding [1, d_u] or None, a description for the metadata)."""
+    vocab = FeatureVocab.from_json(pipeline.branch.config.features)
+    merchants = read_merchants(data_dir)
+    if merchant in merchants:
+        ids = vocab.encode(merchant, merchants[merchant]["features"])
+        return torch.tensor([ids]), None, {"source": "prepared data", "role": merchants[merchant]["role"]}
+    if not config.cold_start:
+        raise DataError(f"unknown merchant {merchant!r}: it is not in {Path(data_dir) / MERCHANTS} — pass "
+                        f"--cold-start mean, or --cold-start features --features key=value …")
+    if config.cold_start == "features":
+        if not profile_pairs:
+            raise ConfigError("--cold-start features needs the merchant's profile: --features key=value …")
+        profile = parse_profile(profile_pairs, vocab)
+        return torch.tensor([vocab.encode(merchant, profile)]), None, {"source": "cold start: features",
+                                                                        "profile": profile}
+    training = [row["feature_ids"] for row in merchants.values() if row["role"] == "train"]
+    with torch.no_grad():
+        u = pipeline.branch.merchant(torch.tensor(training, device=pipeline.device)).mean(0, keepdim=True)
+    return None, u, {"source": "cold start: mean of training merchants", "merchants": len(training)}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
+
+
+def generate(run_dir: Path, data_dir: Path, merchant: str, prompt: str, config: GenerateConfig, out_root: Path,
+             profile_pairs: list[str] | None = None, reward_source: str | None = None) -> dict:
+    """Generate, score (reward model; oracle on synthetic data), rerank if asked, write; returns metadata."""
+    manifest = load_manifest(data_dir)
+    if config.n < 1:
+        raise ConfigError("--n must be at least 1")
+    device = pick_device(config.device)
+    pipeline = PerFusionPipeline.from_run(run_dir, device)
+    check_same_vocabulary(pipeline.branch.config.features, manifest["features"], "generator", data_dir)
+    features, embedding, source = merchant_condition(pipeline, data_dir, merchant, config, profile_pairs or [])
+    seeds = [config.seed + i for i in range(config.n)]
+    personal = {"features": features.repeat(config.n, 1), "merchant_embedding": None} if features is not None else \
+        {"features": None, "merchant_embedding": embedding.repeat(config.n, 1)}
+    if not config.personalization:
+        personal = {"features": None, "merchant_embedding": None}
+    resolution = config.resolution or None
+    images = pipeline([prompt] * config.n, **personal, num_inference_steps=config.steps,
+                      guidance_scale=config.guidance, height=resolution, width=resolution,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt").images
+    scores = _reward_scores(reward_source, manifest, prompt, images, features, config)
+    oracle = _oracle(data_dir, merchant, images)
+    order = list(range(config.n))
+    if config.rerank:
+        order = sorted(order, key=lambda i: -scores["values"][i])
+    folder = out_root / _slug(merchant) / f"{_slug(prompt)}-seed{config.seed}{'' if config.personalization else '-base'}"
+    entries = []
+    with atomic_dir(folder) as tmp:
+        for rank, index in enumerate(order):
+            name = f"{rank:02d}-seed{seeds[index]}.png"
+            array = np.round(images[index].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+            Image.fromarray(array).save(tmp / name)
+            entries.append({"file": name, "seed": seeds[index], "rank": rank,
+                            "reward": scores["values"][index] if scores["values"] else None,
+                            "oracle": oracle[index] if oracle else None})
+        metadata = {"merchant": merchant, "prompt": prompt, "seed": config.seed, "personalized": config.personalization,
+                    "merchant_source": source, "model": str(run_dir), "reward_model": scores["model"],
+                    "reward_note": scores["note"], "reranked": config.rerank, "settings": asdict(config),
+                    "images": entries}
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    metadata["folder"] = str(folder)
+    return metadata
+
+
+def _reward_scores(source, manifest, prompt, images, features, config) -> dict:
+    if not source:
+        if config.rerank:
+            raise ConfigError("--rerank needs a reward model: train one (`perfusion train-rm`) or pass --reward")
+        return {"model": None, "values": [], "note": "no reward model given"}
+    reward = load_reward_model(source, images.device)
+    check_same_vocabulary(reward.module.settings.features, manifest["features"], "reward model", "the data")
+    note = "PerFusionRM score of (merchant, prompt, image)"
+    if features is None:
+        features = torch.zeros(1, len(manifest["features"]), dtype=torch.long)
+        note += "; cold start by mean: scored as an unknown merchant (all features out of vocabulary)"
+    with torch.no_grad():
+        values = reward.score([prompt], images.unsqueeze(0), features.to(images.device)).squeeze(0)
+    return {"model": str(source), "values": [float(v) for v in values], "note": note}
+
+
+def _oracle(data_dir: Path, merchant: str, images: torch.Tensor) -> list[float] | None:
+    """The synthetic marketplace's hidden-taste utility, when the data is synthetic and knows the merchant."""
+    truth_file = Path(data_dir) / "raw" / "truth.json"
+    if not truth_file.is_file():
+        return None
+    truth = load_truth(truth_file)
+    if merchant not in truth:
+        return None
+    return [oracle_utility(truth[merchant], image.cpu().numpy()) for image in images]

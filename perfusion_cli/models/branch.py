@@ -1,0 +1,91 @@
+"""The personalized branch of PerFusion (DESIGN §4; paper §4.3.1, fig. 4).
+
+A ``ControlNetModel.from_unet`` copy of the frozen U-Net's encoder and middle block (zero 1×1 convs
+on every residual), whose condition is the merchant instead of an image:
+
+    u = MerchantEncoder(features)                       [B, d_u]
+    grid = Linear(u) viewed as [B, c, g, g]             a small spatial grid
+    cond = bilinear upsample of grid to the latent size  [B, c, h, w]
+    ControlNet: conv_in(z_t) + ZeroConv1x1(cond) → down blocks → mid → zero convs → residuals
+
+The residuals are added to the frozen U-Net's skip connections and middle block. Because the 1×1
+conv and every residual conv start at zero, an untrained branch leaves the U-Net's prediction exactly
+unchanged. The merchant grid is upsampled to whatever latent size the sample has, so generation at
+another resolution needs no retraining of the conditioning.
+
+This is a diffusers ``ModelMixin``: ``save_pretrained`` writes ``config.json`` (the ControlNet's
+config, the merchant encoder's settings and the feature vocabulary) and safetensors weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.models.merchant import MerchantEncoder
+
+
+def _public(config) -> dict:
+    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in dict(config).items()
+            if not key.startswith("_")}
+
+
+class PersonalizedBranch(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, controlnet_config: dict, cardinalities: list[int], features: list | None = None,
+                 embed_dim: int = 16, cross_layers: int = 3, mlp_dims: list[int] | tuple = (256,), user_dim: int = 128,
+                 dropout: float = 0.0, grid_size: int = 8, grid_channels: int = 16):
+        super().__init__()
+        self.merchant = MerchantEncoder(cardinalities, MerchantEncoderConfig(
+            embed_dim=embed_dim, cross_layers=cross_layers, mlp_dims=list(mlp_dims), user_dim=user_dim,
+            dropout=dropout))
+        self.to_grid = nn.Linear(user_dim, grid_channels * grid_size * grid_size)
+        self.controlnet = ControlNetModel.from_config({**controlnet_config, "conditioning_channels": grid_channels})
+        first = self.controlnet.config.block_out_channels[0]
+        self.controlnet.controlnet_cond_embedding = nn.Conv2d(grid_channels, first, kernel_size=1)
+        nn.init.zeros_(self.controlnet.controlnet_cond_embedding.weight)
+        nn.init.zeros_(self.controlnet.controlnet_cond_embedding.bias)
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, features: list[dict], merchant: MerchantEncoderConfig,
+                  grid_size: int = 8, grid_channels: int = 16) -> "PersonalizedBranch":
+        """A branch whose ControlNet copies ``unet``'s encoder and middle block weights."""
+        source = ControlNetModel.from_unet(unet)
+        branch = cls(controlnet_config=_public(source.config), cardinalities=[f["size"] for f in features],
+                     features=features, embed_dim=merchant.embed_dim, cross_layers=merchant.cross_layers,
+                     mlp_dims=list(merchant.mlp_dims), user_dim=merchant.user_dim, dropout=merchant.dropout,
+                     grid_size=grid_size, grid_channels=grid_channels)
+        copied = {k: v for k, v in source.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        missing, unexpected = branch.controlnet.load_state_dict(copied, strict=False)
+        assert not unexpected and all(k.startswith("controlnet_cond_embedding.") for k in missing)
+        return branch.to(device=unet.device)
+
+    def condition(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """features: [B, F] → the merchant condition [B, c, h, w] at latent size ``size``."""
+        return self.condition_from_embedding(self.merchant(features), size)
+
+    def condition_from_embedding(self, u: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """u: [B, d_u] (a merchant's, or e.g. the population mean for a cold start) → [B, c, h, w]."""
+        grid_size, channels = self.config.grid_size, self.config.grid_channels
+        grid = self.to_grid(u).view(-1, channels, grid_size, grid_size)
+        return F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                features: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+                scale: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals for the frozen U-Net: (down-block residuals, mid-block residual).
+
+        Pass ``features`` [B, F], or a precomputed ``cond`` [B, c, h, w] (one per sample in the batch).
+        """
+        if cond is None:
+            cond = self.condition(features, sample.shape[-2:])
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=cond.to(sample.dtype),
+                                    conditioning_scale=scale, return_dict=False)
+        return down, mid

@@ -1,0 +1,113 @@
+"""PerFusionPipeline: text-to-image with a merchant's personalized branch (DESIGN §2, §4).
+
+A diffusers ``DiffusionPipeline`` that registers the frozen Stable-Diffusion components and the
+``PersonalizedBranch``; ``save_pretrained`` / ``from_pretrained`` write and read the whole thing.
+``from_run`` assembles one from a ``train-gen`` run folder (its branch plus the base model it was
+trained on), which is what ``perfusion generate`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from PIL import Image
+
+from perfusion_cli.errors import CheckpointError
+from perfusion_cli.models.backbones import load_sd, tokenize
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.training.gen import GEN_FILE
+
+
+class PerFusionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->branch->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, branch: PersonalizedBranch):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, branch=branch)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
+        folder = Path(run_dir)
+        folder = folder / "model" if (folder / "model" / GEN_FILE).is_file() else folder
+        if not (folder / GEN_FILE).is_file():
+            raise CheckpointError(f"no trained generator in {run_dir} — run `perfusion train-gen` first")
+        settings = json.loads((folder / GEN_FILE).read_text())
+        sd = load_sd(settings["base_model"], dtype)
+        branch = PersonalizedBranch.from_pretrained(folder / "branch", torch_dtype=dtype, use_safetensors=True)
+        scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
+        pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch)
+        pipeline.default_resolution = int(settings["resolution"])
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(device)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, int]:
+        ids, _, truncated = tokenize(self.tokenizer, prompts)
+        return self.text_encoder(ids.to(self.device))[0], truncated
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], features: torch.Tensor | None = None,
+                 merchant_embedding: torch.Tensor | None = None, num_inference_steps: int = 30,
+                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 personalization_scale: float = 1.0, output_type: str = "pil") -> ImagePipelineOutput:
+        """Images for prompts; personalized by ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
+
+        With neither, this samples the frozen base model: the same seeds then give the
+        non-personalized counterpart of a personalized image.
+        """
+        # 1. inputs
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts)
+        size = getattr(self, "default_resolution", self.unet.config.sample_size * self.vae_scale_factor)
+        height, width = height or size, width or size
+        personalized = features is not None or merchant_embedding is not None
+        guided = guidance_scale > 1.0
+        # 2. text: [uncond; cond] for classifier-free guidance
+        text, _ = self.encode_prompt(prompts)
+        if guided:
+            empty, _ = self.encode_prompt([""] * batch)
+            text = torch.cat([empty, text])
+        # 3. timesteps and initial noise
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            generators = generator if isinstance(generator, list) else [generator] * batch
+            latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
+        latents = latents.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        # 4. the merchant condition, once; applied to both halves of the guidance batch
+        cond = None
+        if personalized:
+            u = merchant_embedding if merchant_embedding is not None else self.branch.merchant(features.to(self.device))
+            cond = self.branch.condition_from_embedding(u.to(self.device, self.branch.dtype), shape[-2:])
+            cond = torch.cat([cond, cond]) if guided else cond
+        # 5. denoising loop
+        for t in self.scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            residuals = {}
+            if personalized:
+                down, mid = self.branch(model_input, t, text, cond=cond, scale=personalization_scale)
+                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            noise = self.unet(model_input, t, text, **residuals).sample
+            if guided:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + guidance_scale * (conditional - unconditional)
+            latents = self.scheduler.step(noise, t, latents).prev_sample
+        # 6. decode
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        images = (images / 2 + 0.5).clamp(0, 1).float()
+        if output_type == "pt":
+            return ImagePipelineOutput(images=images)
+        array = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return ImagePipelineOutput(images=array)
+        return ImagePipelineOutput(images=[Image.fromarray(np.round(a * 255).astype(np.uint8)) for a in array])

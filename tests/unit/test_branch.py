@@ -1,0 +1,125 @@
+"""The personalized branch and the frozen U-Net's split forward pass."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig
+from perfusion_cli.data.loader import GroupBatch
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.tiny import build_tiny_unet
+from perfusion_cli.models.unet_halves import decode, encode, supports_split
+from perfusion_cli.training.gen import GroupDPOObjective, create_frozen
+
+FEATURES = [{"name": "merchant_id", "kind": "categorical", "values": ["a", "b"], "boundaries": [], "size": 3},
+            {"name": "style", "kind": "categorical", "values": ["x", "y"], "boundaries": [], "size": 3}]
+MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
+
+
+def _sd_like_unet():
+    """Cross-attention in the first blocks and a plain last block, as SD 1.5 lays them out."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=4, norm_num_groups=16).eval()
+
+
+@pytest.mark.parametrize("build", [build_tiny_unet, _sd_like_unet])
+@pytest.mark.parametrize("size", [(16, 16), (12, 20)])
+@torch.no_grad()
+def test_split_forward_equals_the_unet_with_and_without_residuals(build, size):
+    unet = build().eval()
+    assert supports_split(unet)
+    dim = unet.config.cross_attention_dim
+    x, t, text = torch.randn(2, 4, *size), torch.tensor([3, 900]), torch.randn(2, 5, dim)
+    encoding = encode(unet, x, t, text)
+    assert torch.allclose(decode(unet, encoding), unet(x, t, text).sample, atol=1e-5)
+    residuals = [torch.randn_like(s) * 0.1 for s in encoding.skips]
+    mid = torch.randn_like(encoding.mid) * 0.1
+    expected = unet(x, t, text, down_block_additional_residuals=residuals, mid_block_additional_residual=mid).sample
+    assert torch.allclose(decode(unet, encoding, residuals, mid), expected, atol=1e-5)
+
+
+@torch.no_grad()
+def test_an_untrained_branch_leaves_the_noise_prediction_unchanged():
+    unet = build_tiny_unet().eval()
+    branch = PersonalizedBranch.from_unet(unet, FEATURES, MERCHANT, grid_size=4, grid_channels=8).eval()
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
+    down, mid = branch(x, t, text, features=torch.tensor([[1, 2], [2, 1], [0, 0]]))
+    personalized = unet(x, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert torch.equal(personalized, unet(x, t, text).sample)
+    # the ControlNet copies the U-Net's encoder weights
+    assert torch.equal(branch.controlnet.down_blocks[0].resnets[0].conv1.weight,
+                       unet.down_blocks[0].resnets[0].conv1.weight)
+
+
+def _batch(groups=2, k=3, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    valid = torch.ones(groups, k, dtype=torch.bool)
+    valid[1, 2] = False
+    selected = torch.zeros(groups, k, dtype=torch.bool)
+    selected[:, 0] = True
+    return GroupBatch(images=torch.rand(groups, k, 3, size, size, generator=generator), valid=valid,
+                      selected=selected, features=torch.tensor([[1, 1], [2, 2]])[:groups],
+                      prompts=["linen dress", "wool hoodie"][:groups], merchant_ids=["a", "b"][:groups],
+                      session_ids=[f"s{i}" for i in range(groups)])
+
+
+def _objective(tiny_sd_dir, **overrides):
+    config = GenTrainConfig(base_model=str(tiny_sd_dir), resolution=64, beta=500.0, **overrides)
+    frozen = create_frozen(config, torch.device("cpu"))
+    branch = PersonalizedBranch.from_unet(frozen.sd.unet, FEATURES, MERCHANT, grid_size=4, grid_channels=8)
+    return GroupDPOObjective(frozen, config), frozen, branch
+
+
+def test_one_train_step_moves_only_the_branch(tiny_sd_dir):
+    objective, frozen, branch = _objective(tiny_sd_dir)
+    frozen_before = {name: copy.deepcopy(module.state_dict()) for name, module in
+                     (("unet", frozen.sd.unet), ("vae", frozen.sd.vae), ("text", frozen.sd.text_encoder))}
+    branch_before = copy.deepcopy(branch.state_dict())
+    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    loss, logs = objective(branch, _batch())
+    assert torch.isfinite(loss) and logs["ref_err"] > 0
+    loss.backward()
+    optimizer.step()
+    for name, module in (("unet", frozen.sd.unet), ("vae", frozen.sd.vae), ("text", frozen.sd.text_encoder)):
+        assert not any(p.requires_grad for p in module.parameters()), name
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, frozen_before[name][key]), f"{name}.{key} moved"
+    moved = [k for k, v in branch.state_dict().items() if not torch.equal(v, branch_before[k])]
+    assert any("controlnet_down_blocks" in k for k in moved), "the zero convs on the residuals train first"
+
+
+def test_sharing_the_frozen_encoder_gives_the_same_loss_and_gradients(tiny_sd_dir):
+    results = []
+    for share in (True, False):
+        objective, frozen, branch = _objective(tiny_sd_dir, share_encoder=share)
+        assert frozen.share_encoder is share
+        with torch.no_grad():  # make the branch non-trivial, identically in both runs
+            generator = torch.Generator().manual_seed(3)
+            for p in branch.parameters():
+                p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+        torch.manual_seed(0)
+        loss, _ = objective(branch, _batch())
+        loss.backward()
+        results.append((loss.detach(), branch.to_grid.weight.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_group_noise_and_timestep_are_shared_within_a_group(tiny_sd_dir, monkeypatch):
+    objective, frozen, branch = _objective(tiny_sd_dir)
+    seen = {}
+    original = frozen.predictions
+
+    def spy(branch_, noisy, timesteps, text, features):
+        seen["timesteps"] = timesteps
+        return original(branch_, noisy, timesteps, text, features)
+
+    monkeypatch.setattr(frozen, "predictions", spy)
+    objective(branch, _batch())
+    assert seen["timesteps"][:3].unique().numel() == 1 and seen["timesteps"][3:].unique().numel() == 1
