@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from accelerate import PartialState
+
 from perfusion_cli.cli.console import RichProgress, console, table
 from perfusion_cli.training.loop import prepare_run_dir
 
@@ -17,6 +19,8 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
         summary = train(config, data_dir, run_dir, resume=resume, progress=progress, command=command)
     finally:
         progress.stop()
+    if not PartialState().is_main_process:
+        return summary
     final = summary["final"]
     rows = [[key, value] for key, value in final.items() if key not in ("seconds", "lr")]
     rows += [["steps", summary["steps"]], ["seconds", summary["seconds"]],

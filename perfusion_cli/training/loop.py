@@ -88,8 +88,10 @@ class StopSignals:
 
 
 def create_accelerator(config: TrainLoopConfig) -> Accelerator:
+    """The Accelerator for a run; also seeds every RNG, so models built next are initialized identically."""
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a CUDA device; use bf16 or no on a CPU")
+    set_seed(config.seed)
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                        cpu=not torch.cuda.is_available())
 
@@ -140,8 +142,8 @@ def steps_per_epoch(config: TrainLoopConfig, data_dir: Path, world_size: int) ->
 def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, run_dir: Path, resume: str | None,
                  meta: dict, accelerator: Accelerator, progress: Progress | None = None) -> dict:
     """Train ``task`` for ``config.max_steps`` optimizer steps; returns the run summary (also ``run.json``)."""
-    progress = progress or NullProgress()
     main = accelerator.is_main_process
+    progress = progress if (progress and main) else NullProgress()
     run_dir = Path(run_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,37 @@
+"""Two processes on one CPU machine (torchrun → Accelerate over gloo): equal batches, rank 0 writes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.smoke.test_crash_safety import RECIPE, _env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train-rm", "train-gen"])
+def test_two_processes_train_with_equal_batches_and_one_writer(tmp_path, market, tiny_sd_dir, command):
+    data_dir, _ = market
+    shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    (tmp_path / "perfusion.toml").write_text(RECIPE.format(sd=tiny_sd_dir))
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "perfusion_cli", "--workdir", str(tmp_path), command, "--out", str(out), "--max-steps", "4",
+            "--checkpoint-every", "2"]
+    if command == "train-rm":
+        args += ["--eval-every", "2"]
+    result = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["batches_per_process"] == [4, 4]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert steps == [1, 2, 3, 4], "each step logged once, by rank 0 only"
+    assert result.stdout.count("training") == 1, "one summary table, from rank 0"
+    checkpoint = out / "checkpoints" / "step-00000004"
+    assert (checkpoint / "rng-0.json").is_file() and (checkpoint / "rng-1.json").is_file()
+    if command == "train-rm":
+        assert sum(1 for row in rows if row.get("split") == "val") == 2
