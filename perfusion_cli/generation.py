@@ -25,6 +25,7 @@ from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.data.vocab import FeatureVocab, check_same_vocabulary
 from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.io import atomic_dir
+from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
 
@@ -101,6 +102,7 @@ def generate(run_dir: Path, data_dir: Path, merchant: str, prompt: str, config: 
     check_same_vocabulary(pipeline.branch.config.features, manifest["features"], "generator", data_dir)
     features, embedding, source = merchant_condition(pipeline, data_dir, merchant, config, profile_pairs or [])
     seeds = [config.seed + i for i in range(config.n)]
+    _, _, truncated = tokenize(pipeline.tokenizer, [prompt])
     personal = {"features": features.repeat(config.n, 1), "merchant_embedding": None} if features is not None else \
         {"features": None, "merchant_embedding": embedding.repeat(config.n, 1)}
     if not config.personalization:
@@ -124,7 +126,9 @@ def generate(run_dir: Path, data_dir: Path, merchant: str, prompt: str, config: 
             entries.append({"file": name, "seed": seeds[index], "rank": rank,
                             "reward": scores["values"][index] if scores["values"] else None,
                             "oracle": oracle[index] if oracle else None})
-        metadata = {"merchant": merchant, "prompt": prompt, "seed": config.seed, "personalized": config.personalization,
+        metadata = {"merchant": merchant, "prompt": prompt, "prompt_truncated": bool(truncated),
+                    "prompt_token_limit": min(pipeline.tokenizer.model_max_length, 77),
+                    "seed": config.seed, "personalized": config.personalization,
                     "merchant_source": source, "model": str(run_dir), "reward_model": scores["model"],
                     "reward_note": scores["note"], "reranked": config.rerank, "settings": asdict(config),
                     "images": entries}

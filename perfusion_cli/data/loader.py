@@ -98,7 +98,17 @@ def choose_candidates(selected: list[bool], group_size: int, key: str) -> list[i
 
 
 def decode_group(sample: dict, group_size: int, resolution: int) -> dict:
-    """A raw WebDataset sample → tensors for one group."""
+    """A raw WebDataset sample → tensors for one group; a damaged sample is a DataError naming its shard."""
+    try:
+        return _decode_group(sample, group_size, resolution)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')} cannot be decoded "
+                        f"({type(exc).__name__}: {exc}) — re-run `perfusion prepare`, or pass --skip-bad-shards") from None
+
+
+def _decode_group(sample: dict, group_size: int, resolution: int) -> dict:
     meta = json.loads(sample["json"])
     images = {}
     for name, value in sample.items():
@@ -144,6 +154,8 @@ class _ShardErrors:
         if self.skip:
             self.skipped += 1
             return True
+        if isinstance(exn, DataError):
+            raise exn
         where = next((str(a) for a in exn.args[1:] if isinstance(a, str) and a.endswith(".tar")), "a shard")
         raise DataError(f"cannot read {where}: {exn.args[0] if exn.args else exn} — re-run "
                         f"`perfusion prepare`, or pass --skip-bad-shards to skip unreadable shards") from None
@@ -156,7 +168,7 @@ def _shards(spec: StreamSpec) -> list[str]:
 
 def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int,
               handler: _ShardErrors) -> wds.DataPipeline:
-    decode = wds.map(lambda sample: decode_group(sample, spec.group_size, spec.resolution))
+    decode = wds.map(lambda sample: decode_group(sample, spec.group_size, spec.resolution), handler=handler)
     batch = wds.batched(spec.batch_size, collation_fn=collate, partial=not training)
     if training:
         return wds.DataPipeline(

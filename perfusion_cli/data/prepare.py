@@ -188,5 +188,6 @@ def _manifest(source, config, command, vocab, splits, records, rejections, merch
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
-                                     for row in rows).encode("utf-8"))
+    # ASCII-escaped: raw U+0085 or U+2028 inside a quarantined snippet would split the line for readers
+    # that treat them as line breaks (Python's str.splitlines does).
+    atomic_write_bytes(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("ascii"))
