@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,8 +19,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def say(message: str) -> None:
+    """A plain line on stdout: no Rich markup or highlighting (messages may contain [brackets])."""
+    console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print("[bold red]error:[/bold red] " + escape(message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -76,9 +82,9 @@ class RichProgress:
 
     def log(self, message: str) -> None:
         if self._progress is not None:
-            self._progress.console.print(message, highlight=False)
+            self._progress.console.print(message, highlight=False, markup=False)
         else:
-            err_console.print(message, highlight=False)
+            err_console.print(message, highlight=False, markup=False)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

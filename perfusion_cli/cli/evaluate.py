@@ -1,4 +1,4 @@
-"""``perfusion eval rm|gen``: metrics tables on screen, ``--json`` for machines."""
+"""``perfusion eval rm|gen``: metrics tables on screen, ``--json`` for machines, ``--report`` for people."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import boundary, console, table
-from perfusion_cli.errors import NotImplementedYet
+from perfusion_cli.cli.console import boundary, console, say, table
 from perfusion_cli.io import atomic_write_json
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate the reward model (rm) or the generator (gen).")
@@ -46,6 +45,68 @@ def eval_rm_command(
 
 @app.command("gen")
 @boundary
-def eval_gen_command() -> None:
-    """Not implemented yet: generation metrics (issue 5)."""
-    raise NotImplementedYet("`perfusion eval gen` is not implemented yet (issue 5)")
+def eval_gen_command(
+    ctx: typer.Context,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Generator run (default <workspace>/runs/gen).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data (default <workspace>/data).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="test, val or cold_start.")] = None,
+    n_per_prompt: Annotated[Optional[int], typer.Option("--n-per-prompt", help="Images per pair and model.")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="At most this many pairs (0: all).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance")] = None,
+    seed: options.Seed = None,
+    clip_model: Annotated[Optional[str], typer.Option(
+        "--clip-model", help="CLIP for CLIP score and FID features (default: tiny for tiny runs, else ViT-L/14).")] = None,
+    aesthetic_weights: Annotated[Optional[str], typer.Option(
+        "--aesthetic-weights", help="LAION improved-aesthetic-predictor weights (.pth or .safetensors).")] = None,
+    reward: Annotated[Optional[str], typer.Option(
+        "--reward", help="Reward model run (default <workspace>/runs/rm when it exists).")] = None,
+    fid_inception: Annotated[Optional[str], typer.Option(
+        "--fid-inception", help="Local inception-2015-12-05.pt for Inception FID (else CLIP-feature FID).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML report here.")] = None,
+    json_out: options.JsonOut = None,
+    device: options.Device = None,
+    recipe: options.Recipe = None,
+) -> None:
+    """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""
+    from perfusion_cli.cli.console import RichProgress
+    from perfusion_cli.data.shards import load_manifest
+    from perfusion_cli.evaluation.generation import evaluate_generator
+    from perfusion_cli.workspace import require_run
+
+    workspace = context.workspace(ctx)
+    data = data or workspace.data
+    load_manifest(data)
+    run = require_run(model or workspace.gen_run, "train-gen")
+    if reward is None and (workspace.rm_run / "run.json").is_file():
+        reward = str(workspace.rm_run)
+    config = context.section(ctx, recipe, "eval-gen", {
+        "split": split, "n_per_prompt": n_per_prompt, "max_pairs": max_pairs, "steps": steps, "guidance": guidance,
+        "seed": seed, "clip_model": clip_model, "aesthetic_weights": aesthetic_weights, "device": device})
+    progress = RichProgress()
+    try:
+        summary = evaluate_generator(run, data, config, report, reward, fid_inception, progress)
+    finally:
+        progress.stop()
+    print_generation_summary(summary)
+    if json_out:
+        atomic_write_json(json_out, summary)
+
+
+def print_generation_summary(summary: dict) -> None:
+    metrics = list(summary["win_rate"])
+    rows = [[model, *[values[m] if values[m] is not None else "n/a" for m in metrics]]
+            for model, values in summary["models"].items()]
+    rows.append(["win rate", *[v if v is not None else "n/a" for v in summary["win_rate"].values()]])
+    console.print(table(f"generation on {summary['split']}: {summary['pairs']} pairs, {summary['merchants']} "
+                        f"merchants, {summary['images_per_pair']} image(s) each", ["", *metrics], rows))
+    fid = summary["fid"]
+    if "base" in fid:
+        say(f"FID ({fid['features']}; {fid['generated_images']} generated vs {fid['reference_images']} "
+            f"reference images): base {fid['base']:.3f}, PerFusion {fid['perfusion']:.3f}")
+    else:
+        say(f"FID: n/a — {fid['unavailable']}")
+    for metric, reason in summary["unavailable"].items():
+        say(f"{metric}: n/a — {reason}")
+    if summary.get("report"):
+        say(f"report: {summary['report']}")

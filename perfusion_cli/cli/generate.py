@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import boundary, console, fail, table
+from perfusion_cli.cli.console import boundary, console, fail, say, table
 
 
 @boundary
@@ -57,4 +57,4 @@ def generate_command(
              "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
     console.print(table(f"{merchant}: {prompt!r} ({'personalized' if metadata['personalized'] else 'base model'})",
                         ["image", "seed", "PerFusionRM", "oracle"], rows))
-    console.print(f"wrote {metadata['folder']}", highlight=False)
+    say(f"wrote {metadata['folder']}")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import RichProgress, boundary, console, fail, table
+from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 from perfusion_cli.data.prepare import prepare, prepare_synthetic
 
 
@@ -59,10 +59,8 @@ def print_summary(manifest: dict, out: Path, seconds: float) -> None:
     kept_out += [[f"held out: {reason}", count] for reason, count in manifest["held_out"]["reasons"].items()]
     if kept_out:
         console.print(table("rows kept out", ["reason", "rows"], kept_out))
-    console.print(
-        f"input rows {accounting['session_rows']} = in shards {accounting['in_shards']} + quarantined "
+    say(f"input rows {accounting['session_rows']} = in shards {accounting['in_shards']} + quarantined "
         f"{accounting['quarantined']} + held out {accounting['held_out']}  "
-        f"({'balanced' if accounting['balanced'] else 'NOT BALANCED'})", highlight=False)
-    console.print(f"merchants: {manifest['merchants']}; merchant rows quarantined: "
-                  f"{accounting['merchants_quarantined']}", highlight=False)
-    console.print(f"wrote {out} in {seconds:.1f} s", highlight=False)
+        f"({'balanced' if accounting['balanced'] else 'NOT BALANCED'})")
+    say(f"merchants: {manifest['merchants']}; merchant rows quarantined: {accounting['merchants_quarantined']}")
+    say(f"wrote {out} in {seconds:.1f} s")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import RichProgress, boundary, console, table
+from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
 from perfusion_cli.models.backbones import ASSETS
 
 
@@ -36,4 +36,4 @@ def pretrain_command(
     finally:
         progress.stop()
     console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))
-    console.print(f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}", highlight=False)
+    say(f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}")

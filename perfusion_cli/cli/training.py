@@ -7,7 +7,7 @@ from typing import Callable
 
 from accelerate import PartialState
 
-from perfusion_cli.cli.console import RichProgress, console, table
+from perfusion_cli.cli.console import RichProgress, console, say, table
 from perfusion_cli.training.loop import prepare_run_dir
 
 
@@ -26,5 +26,5 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
     rows += [["steps", summary["steps"]], ["seconds", summary["seconds"]],
              ["batches per process", ", ".join(map(str, summary["batches_per_process"]))]]
     console.print(table(f"{summary['kind']} training", ["", "value"], rows))
-    console.print(f"saved {run_dir / 'model'} (log: {run_dir / 'metrics.jsonl'})", highlight=False)
+    say(f"saved {run_dir / 'model'} (log: {run_dir / 'metrics.jsonl'})")
     return summary

@@ -37,8 +37,8 @@ def _load(what: str, base: str, loader, *args, **kwargs):
         return loader(*args, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if Path(base).exists() else (" (a hub id needs network access; pass --base-model with a local "
-                                               "folder, or 'tiny' for the bundled CPU models)")
+        hint = "" if Path(base).exists() else (" (a hub id needs network access; pass a local folder instead, or "
+                                               "'tiny' for the bundled CPU models)")
         raise CheckpointError(f"cannot load {what} from {base!r}: {first}{hint}") from None
 
 

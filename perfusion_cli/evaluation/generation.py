@@ -1,0 +1,242 @@
+"""``perfusion eval gen``: personalized vs base generation on held-out (merchant, prompt) pairs.
+
+For every pair, ``n_per_prompt`` images come from the personalized model and the same number from
+the base model with the same seeds. Each image gets every score that can be computed (CLIP,
+Aesthetic, PerFusionRM, oracle); per model we report means, FID against the real candidates of the
+evaluated sessions, and per metric the win rate of personalized over base: the share of pairs whose
+personalized images score higher on average. A metric that cannot be computed stays in the result
+with the reason, rather than vanishing.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perfusion_cli.config import DEFAULT_CLIP, EvalGenConfig
+from perfusion_cli.data.loader import StreamSpec, eval_batches
+from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.synthetic import load_truth, oracle_utility
+from perfusion_cli.data.vocab import check_same_vocabulary
+from perfusion_cli.errors import PerfusionError
+from perfusion_cli.evaluation.fid import compute_fid
+from perfusion_cli.evaluation.report import write_report
+from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
+from perfusion_cli.generation import pick_device
+from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.progress import NullProgress, Progress
+from perfusion_cli.training.gen import GEN_FILE
+
+MODELS = ("base", "perfusion")
+METRICS = ("clip", "aesthetic", "perfusionrm", "oracle")
+
+
+@dataclass
+class EvalPair:
+    merchant_id: str
+    prompt: str
+    features: list[int]
+    references: torch.Tensor  # real candidates of one session with this pair, [k, 3, H, W]
+
+
+@dataclass
+class Generated:
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # model → [P, n, 3, H, W]
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric → model → [P, n]
+
+
+def held_out_pairs(data_dir: Path, split: str, limit: int, resolution: int) -> list[EvalPair]:
+    """Distinct (merchant, prompt) pairs of a split, interleaved across merchants, at most ``limit``."""
+    manifest = load_manifest(data_dir)
+    spec = StreamSpec(Path(data_dir), split, 32, manifest["max_candidates"], resolution)
+    by_merchant: dict[str, dict[str, EvalPair]] = defaultdict(dict)
+    for batch in eval_batches(spec):
+        for row in range(len(batch)):
+            merchant, prompt = batch.merchant_ids[row], batch.prompts[row]
+            if prompt not in by_merchant[merchant]:
+                by_merchant[merchant][prompt] = EvalPair(merchant, prompt, batch.features[row].tolist(),
+                                                         batch.images[row][batch.valid[row]])
+    queues = [list(pairs.values()) for _, pairs in sorted(by_merchant.items())]
+    pairs: list[EvalPair] = []
+    while any(queues) and (not limit or len(pairs) < limit):
+        for queue in queues:
+            if queue and (not limit or len(pairs) < limit):
+                pairs.append(queue.pop(0))
+    return pairs
+
+
+def _generate(pipeline: PerFusionPipeline, pairs: list[EvalPair], config: EvalGenConfig, personalized: bool,
+              progress: Progress) -> torch.Tensor:
+    jobs = [(p, j) for p in range(len(pairs)) for j in range(config.n_per_prompt)]
+    out = []
+    for start in range(0, len(jobs), 16):
+        chunk = jobs[start:start + 16]
+        features = torch.tensor([pairs[p].features for p, _ in chunk]) if personalized else None
+        images = pipeline([pairs[p].prompt for p, _ in chunk], features=features, num_inference_steps=config.steps,
+                          guidance_scale=config.guidance, output_type="pt",
+                          generator=[torch.Generator().manual_seed(config.seed + j) for _, j in chunk]).images
+        out.append(images.cpu())
+        progress.advance(len(chunk))
+    return torch.cat(out).view(len(pairs), config.n_per_prompt, *out[0].shape[1:])
+
+
+def _scorers(config: EvalGenConfig, base_model: str, device, reward_source: str | None, truth_file: Path,
+             manifest: dict) -> tuple[dict, dict]:
+    """The scorers that can run, and for the others the reason why not."""
+    scorers, reasons = {}, {}
+    clip_name = config.clip_model or ("tiny" if base_model == "tiny" else DEFAULT_CLIP)
+    try:
+        scorers["clip"] = ClipScorer(clip_name, device)
+    except PerfusionError as exc:
+        reasons["clip"] = str(exc)
+    if not config.aesthetic_weights:
+        reasons["aesthetic"] = ("no --aesthetic-weights given (the LAION improved-aesthetic-predictor .pth for "
+                                "CLIP ViT-L/14)")
+    elif "clip" in scorers:
+        try:
+            scorers["aesthetic"] = AestheticScorer(AestheticHead.from_file(config.aesthetic_weights), scorers["clip"])
+        except PerfusionError as exc:
+            reasons["aesthetic"] = str(exc)
+    else:
+        reasons["aesthetic"] = "needs the CLIP model, which did not load"
+    if reward_source:
+        try:
+            reward = load_reward_model(reward_source, device)
+            check_same_vocabulary(reward.module.settings.features, manifest["features"], "reward model", "the data")
+            scorers["perfusionrm"] = reward
+        except PerfusionError as exc:
+            reasons["perfusionrm"] = str(exc)
+    else:
+        reasons["perfusionrm"] = "no reward model (train one with `perfusion train-rm`, or pass --reward)"
+    if truth_file.is_file():
+        scorers["oracle"] = load_truth(truth_file)
+    else:
+        reasons["oracle"] = "not synthetic data (no raw/truth.json): there is no hidden taste to measure"
+    return scorers, reasons
+
+
+@torch.no_grad()
+def _score(metric: str, scorer, pairs: list[EvalPair], images: torch.Tensor) -> np.ndarray:
+    """images [P, n, 3, H, W] → scores [P, n]."""
+    count, n = images.shape[:2]
+    flat = images.flatten(0, 1)
+    prompts = [pairs[p].prompt for p in range(count) for _ in range(n)]
+    if metric == "clip":
+        values = torch.cat([scorer.clip_score(prompts[i:i + 64], flat[i:i + 64]).cpu() for i in range(0, len(flat), 64)])
+    elif metric == "aesthetic":
+        values = torch.cat([scorer(flat[i:i + 64]).cpu() for i in range(0, len(flat), 64)])
+    elif metric == "perfusionrm":
+        features = torch.tensor([pair.features for pair in pairs])
+        values = scorer.score([p.prompt for p in pairs], images.to(scorer.module.clip.device),
+                              features.to(scorer.module.clip.device)).cpu()
+    else:
+        values = torch.tensor([oracle_utility(scorer[pairs[p].merchant_id], images[p, j].numpy())
+                               if pairs[p].merchant_id in scorer else float("nan")
+                               for p in range(count) for j in range(n)])
+    return values.float().view(count, n).numpy()
+
+
+def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag: str, seed: int) -> list[list[str]]:
+    names = []
+    for p, pair in enumerate(pairs):
+        row = []
+        for j in range(images.shape[1]):
+            name = f"{p:03d}-{pair.merchant_id}-seed{seed + j}-{tag}.png"
+            array = np.round(images[p, j].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            Image.fromarray(array).save(folder / name)
+            row.append(name)
+        names.append(row)
+    return names
+
+
+def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, report_dir: Path | None = None,
+                       reward_source: str | None = None, inception: str | None = None,
+                       progress: Progress | None = None) -> dict:
+    progress = progress or NullProgress()
+    device = pick_device(config.device)
+    manifest = load_manifest(data_dir)
+    pipeline = PerFusionPipeline.from_run(run_dir, device)
+    check_same_vocabulary(pipeline.branch.config.features, manifest["features"], "generator", data_dir)
+    resolution = pipeline.default_resolution
+    pairs = held_out_pairs(data_dir, config.split, config.max_pairs, resolution)
+    if not pairs:
+        raise PerfusionError(f"split {config.split!r} of {data_dir} has no groups to evaluate on")
+    result = Generated()
+    progress.start("generating (base and personalized)", 2 * len(pairs) * config.n_per_prompt)
+    for model, personalized in (("base", False), ("perfusion", True)):
+        result.images[model] = _generate(pipeline, pairs, config, personalized, progress)
+    progress.stop()
+    base_model = _base_model_name(run_dir)
+    scorers, reasons = _scorers(config, base_model, device, reward_source, Path(data_dir) / "raw" / "truth.json",
+                                manifest)
+    for metric, scorer in scorers.items():
+        result.scores[metric] = {model: _score(metric, scorer, pairs, result.images[model]) for model in MODELS}
+    summary = _summarize(result, reasons, pairs, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(report_dir) / "images" if report_dir else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {model: _save_images(result.images[model], folder, pairs, model, config.seed) for model in MODELS}
+        summary["fid"] = _fid(result, pairs, folder, Path(scratch), device, scorers.get("clip"), inception)
+        if report_dir:
+            summary["report"] = str(write_report(Path(report_dir), summary, pairs, files, result, run_dir,
+                                                 reward_source))
+    return summary
+
+
+def _base_model_name(run_dir: Path) -> str:
+    folder = Path(run_dir) / "model" if (Path(run_dir) / "model" / GEN_FILE).is_file() else Path(run_dir)
+    return json.loads((folder / GEN_FILE).read_text())["base_model"]
+
+
+def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: EvalGenConfig) -> dict:
+    models = {model: {} for model in MODELS}
+    win_rate = {}
+    for metric in METRICS:
+        if metric not in result.scores:
+            for model in MODELS:
+                models[model][metric] = None
+            win_rate[metric] = None
+            continue
+        per_pair = {model: np.nanmean(result.scores[metric][model], axis=1) for model in MODELS}
+        for model in MODELS:
+            models[model][metric] = float(np.nanmean(per_pair[model]))
+        comparable = ~np.isnan(per_pair["base"]) & ~np.isnan(per_pair["perfusion"])
+        wins = per_pair["perfusion"][comparable] > per_pair["base"][comparable]
+        win_rate[metric] = float(wins.mean()) if comparable.any() else None
+    return {"split": config.split, "pairs": len(pairs), "merchants": len({p.merchant_id for p in pairs}),
+            "images_per_pair": config.n_per_prompt, "steps": config.steps, "guidance": config.guidance,
+            "seed": config.seed, "models": models, "win_rate": win_rate, "unavailable": reasons}
+
+
+def _fid(result: Generated, pairs: list[EvalPair], generated: Path, scratch: Path, device, clip, inception) -> dict:
+    if clip is None and not inception:
+        return {"unavailable": "needs a CLIP model or --fid-inception"}
+    reference = scratch / "reference"
+    reference.mkdir(exist_ok=True)
+    for p, pair in enumerate(pairs):
+        for k, image in enumerate(pair.references):
+            array = np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            Image.fromarray(array).save(reference / f"{p:03d}-{k}.png")
+    out = {"reference": "the real candidates of the evaluated sessions"}
+    for model in MODELS:
+        folder = scratch / f"fid-{model}"
+        folder.mkdir(exist_ok=True)
+        for file in generated.glob(f"*-{model}.png"):
+            (folder / file.name).symlink_to(file.resolve())
+        try:
+            measured = compute_fid(folder, reference, device, clip, inception)
+        except PerfusionError as exc:
+            return {"unavailable": str(exc)}
+        out[model] = measured.value
+        out["features"] = measured.features
+        out["generated_images"] = measured.generated
+        out["reference_images"] = measured.reference
+    return out
