@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO ?= demo
+PERFUSION := ../$(BIN)/perfusion
 
 .PHONY: install test demo clean
 
@@ -18,9 +19,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The whole job on the synthetic marketplace with the bundled tiny models, in the workspace $(DEMO)/.
 demo: $(STAMP)
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	cd $(DEMO) && ../$(BIN)/perfusion prepare --synthetic
+	rm -rf $(DEMO) && mkdir -p $(DEMO) && cp recipes/tiny-cpu.toml $(DEMO)/perfusion.toml
+	cd $(DEMO) && $(PERFUSION) prepare --synthetic
+	cd $(DEMO) && $(PERFUSION) train-rm
+	cd $(DEMO) && $(PERFUSION) eval rm --checkpoint runs/rm --checkpoint zero-shot:tiny --json outputs/eval-rm.json
+	cd $(DEMO) && $(PERFUSION) train-gen --group-size 5
+	cd $(DEMO) && $(PERFUSION) eval gen --report outputs/report --json outputs/eval-gen.json
+	cd $(DEMO) && $(PERFUSION) generate --merchant m0001 "linen dress" --rerank
+	@echo "report: $(DEMO)/outputs/report/index.html"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -161,6 +161,9 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, run
         scheduler.load_state_dict(checkpoint.scheduler)
         set_rng_state(checkpoint.rng)
         start = checkpoint.step
+        if start >= config.max_steps:
+            raise ConfigError(f"{checkpoint.path} is at step {start}, already at --max-steps {config.max_steps}: "
+                              f"raise --max-steps to train further")
         log.keep_until(start)
         progress.log(f"resumed from {checkpoint.path} at step {start}")
     per_epoch = steps_per_epoch(config, spec.data_dir, accelerator.num_processes)

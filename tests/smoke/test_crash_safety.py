@@ -161,3 +161,14 @@ def test_checkpoints_that_are_not_safetensors_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="is not a perfusion checkpoint"):
         load_checkpoint(tmp_path / "empty", 0)
+
+
+def test_resuming_a_finished_run_asks_for_more_steps(market, tmp_path):
+    from perfusion_cli.errors import ConfigError
+
+    data_dir, _ = market
+    config = RMTrainConfig(base_model="tiny", batch_size=4, max_steps=2, checkpoint_every=2, plugin_hidden=8,
+                           merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[8], user_dim=8))
+    train_reward_model(config, data_dir, tmp_path / "rm")
+    with pytest.raises(ConfigError, match="is at step 2, already at --max-steps 2: raise --max-steps"):
+        train_reward_model(config, data_dir, tmp_path / "rm", resume="latest")
