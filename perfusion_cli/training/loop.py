@@ -139,6 +139,53 @@ def steps_per_epoch(config: TrainLoopConfig, data_dir: Path, world_size: int) ->
     return max(1, math.ceil(groups / (config.batch_size * world_size * config.grad_accum)))
 
 
+def _resume(task: TrainTask, optimizer, scheduler, run_dir: Path, resume: str, accelerator: Accelerator,
+            log: MetricsLog, config: TrainLoopConfig, progress: Progress) -> int:
+    """Restore weights, optimizer, scheduler and this process's RNG; returns the step to continue from."""
+    checkpoint = load_checkpoint(find_checkpoint(run_dir, resume), accelerator.process_index)
+    if checkpoint.step >= config.max_steps:
+        raise ConfigError(f"{checkpoint.path} is at step {checkpoint.step}, already at --max-steps "
+                          f"{config.max_steps}: raise --max-steps to train further")
+    task.load_trainable_state(checkpoint.model)
+    optimizer.optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    set_rng_state(checkpoint.rng)
+    log.keep_until(checkpoint.step)
+    progress.log(f"resumed from {checkpoint.path} at step {checkpoint.step}")
+    return checkpoint.step
+
+
+class _Counted:
+    """An iterator that counts what it hands out (the batches this process actually consumed)."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+        self.count = 0
+
+    def __next__(self):
+        item = next(self.iterator)
+        self.count += 1
+        return item
+
+
+def _optimizer_step(task: TrainTask, model, optimizer, stream, accelerator: Accelerator, config: TrainLoopConfig,
+                    trainable: list) -> tuple[torch.Tensor, dict[str, float]]:
+    """``grad_accum`` micro-batches, then one optimizer update; returns (mean loss, last logs)."""
+    total = torch.zeros((), device=accelerator.device)
+    logs: dict[str, float] = {}
+    for _ in range(config.grad_accum):
+        batch = next(stream).to(accelerator.device)
+        with accelerator.accumulate(model):
+            loss, logs = task.loss(model, batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.detach().float() / config.grad_accum
+    return total, logs
+
+
 def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, run_dir: Path, resume: str | None,
                  meta: dict, accelerator: Accelerator, progress: Progress | None = None) -> dict:
     """Train ``task`` for ``config.max_steps`` optimizer steps; returns the run summary (also ``run.json``)."""
@@ -153,25 +200,11 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, run
                               num_training_steps=config.max_steps)
     model, optimizer = accelerator.prepare(task.model, optimizer)
     log = MetricsLog(run_dir / METRICS, main)
-    start = 0
-    if resume:
-        checkpoint = load_checkpoint(find_checkpoint(run_dir, resume), accelerator.process_index)
-        task.load_trainable_state(checkpoint.model)
-        optimizer.optimizer.load_state_dict(checkpoint.optimizer)
-        scheduler.load_state_dict(checkpoint.scheduler)
-        set_rng_state(checkpoint.rng)
-        start = checkpoint.step
-        if start >= config.max_steps:
-            raise ConfigError(f"{checkpoint.path} is at step {start}, already at --max-steps {config.max_steps}: "
-                              f"raise --max-steps to train further")
-        log.keep_until(start)
-        progress.log(f"resumed from {checkpoint.path} at step {start}")
+    start = _resume(task, optimizer, scheduler, run_dir, resume, accelerator, log, config, progress) if resume else 0
     per_epoch = steps_per_epoch(config, spec.data_dir, accelerator.num_processes)
-    stream = train_batches(spec, per_epoch * config.grad_accum, start=start * config.grad_accum)
+    stream = _Counted(train_batches(spec, per_epoch * config.grad_accum, start=start * config.grad_accum))
     trainable = [p for group in task.param_groups for p in group["params"]]
     last_checkpoint: Path | None = None
-    batches = 0
-    logs: dict[str, float] = {}
     evaluation: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -185,45 +218,31 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, run
     with StopSignals() as signals:
         for step in range(start + 1, config.max_steps + 1):
             model.train()
-            total = torch.zeros((), device=accelerator.device)
-            for _ in range(config.grad_accum):
-                batch = next(stream).to(accelerator.device)
-                batches += 1
-                with accelerator.accumulate(model):
-                    loss, logs = task.loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                total += loss.detach().float() / config.grad_accum
+            total, logs = _optimizer_step(task, model, optimizer, stream, accelerator, config, trainable)
             scheduler.step()
-            flags = torch.tensor([0.0 if torch.isfinite(total) else 1.0, 1.0 if signals.received else 0.0],
-                                 device=accelerator.device)
-            flags = accelerator.reduce(flags, "max")
+            flags = accelerator.reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0,
+                                                     1.0 if signals.received else 0.0], device=accelerator.device), "max")
             if flags[0] > 0:
                 where = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else ""
                 raise TrainingError(f"the loss became {total.item()} at step {step}: training stopped, nothing after "
                                     f"the last checkpoint was saved{where} (try a lower --lr, or --resume)")
-            mean_loss = accelerator.reduce(total, "mean").item()
-            row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step, "loss": accelerator.reduce(total, "mean").item(), "lr": scheduler.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - started, 3), **logs}
             if step % max(1, config.log_every) == 0 or step == config.max_steps:
                 log.write(row)
             if task.evaluate and config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
                 evaluation = task.evaluate()
                 log.write({"step": step, "split": "val", **evaluation})
-            progress.advance(1, loss=mean_loss, **{k: v for k, v in evaluation.items() if isinstance(v, float)})
-            stopping = flags[1] > 0
-            if stopping or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            progress.advance(1, loss=row["loss"], **{k: v for k, v in evaluation.items() if isinstance(v, float)})
+            if flags[1] > 0 or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 last_checkpoint = checkpoint(step)
-            if stopping:
+            if flags[1] > 0:
                 name, code = StopSignals.NAMES.get(signals.received or signal.SIGTERM, ("a signal", 143))
                 progress.stop()
                 raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved to {last_checkpoint} — "
                                   f"continue with --resume latest", code)
     progress.stop()
-    counts = [int(c) for c in accelerator.gather(torch.tensor([batches], device=accelerator.device)).tolist()]
+    counts = [int(c) for c in accelerator.gather(torch.tensor([stream.count], device=accelerator.device)).tolist()]
     summary = {**meta, "version": __version__, "steps": config.max_steps, "resumed_from": start or None,
                "seconds": round(time.perf_counter() - started, 2), "final": {**row, **evaluation},
                "batches_per_process": counts, "processes": accelerator.num_processes}

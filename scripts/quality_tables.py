@@ -1,0 +1,101 @@
+"""Reproduce the quality tables of docs/benchmarks.md on the synthetic marketplace (tiny recipe, CPU).
+
+    .venv/bin/python scripts/quality_tables.py [--workdir bench] [--part rm|gen|all]
+
+Runs the real CLI in a fresh workspace: prepare; train-rm as PerFusionRM, --no-plugin, --loss bt and
+--shared-plugin; eval rm on test and cold_start (with zero-shot CLIP); train-gen with the group
+loss (K=5) and pairwise; eval gen for each. Prints markdown tables with wall times; every raw
+result is left as JSON in the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PERFUSION = [sys.executable, "-m", "perfusion_cli"]
+RM_VARIANTS = {"PerFusionRM": [], "no plug-in (PickScore-style)": ["--no-plugin"], "PerFusionRM, BT loss": ["--loss", "bt"],
+               "PerFusionRM, shared plug-in": ["--shared-plugin"]}
+GEN_VARIANTS = {"group (K=5)": ["--loss", "group"], "pairwise": ["--loss", "pairwise"]}
+
+
+def run(workdir: Path, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([*PERFUSION, "--workdir", str(workdir), *args], check=True)
+    return time.perf_counter() - started
+
+
+def slug(name: str) -> str:
+    """Run folder name; PerFusionRM itself goes to the workspace default runs/rm, which eval gen reads."""
+    return "rm" if name == "PerFusionRM" else "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def reward_part(workdir: Path) -> None:
+    seconds = {name: run(workdir, "train-rm", "--out", f"runs/{slug(name)}", "--overwrite", *flags)
+               for name, flags in RM_VARIANTS.items()}
+    checkpoints = [a for name in RM_VARIANTS for a in ("--checkpoint", f"runs/{slug(name)}")]
+    for split in ("test", "cold_start"):
+        run(workdir, "eval", "rm", "--split", split, *checkpoints, "--checkpoint", "zero-shot:tiny",
+            "--json", f"eval-rm-{split}.json")
+    tables = {split: json.loads((workdir / f"eval-rm-{split}.json").read_text()) for split in ("test", "cold_start")}
+    print("\n| model | test MAP | test GAUC | cold-start MAP | cold-start GAUC | train wall time |")
+    print("|---|---|---|---|---|---|")
+    names = [*RM_VARIANTS, "zero-shot tiny CLIP"]
+    for index, name in enumerate(names):
+        test, cold = tables["test"][index], tables["cold_start"][index]
+        wall = f"{seconds[name]:.0f} s" if name in seconds else "–"
+        print(f"| {name} | {test['map']:.3f} | {test['gauc']:.3f} | {cold['map']:.3f} | {cold['gauc']:.3f} | {wall} |")
+    print(f"\n({tables['test'][0]['n_groups']} test groups / {tables['test'][0]['n_merchants']} merchants; "
+          f"{tables['cold_start'][0]['n_groups']} cold-start groups / {tables['cold_start'][0]['n_merchants']} merchants)")
+
+
+def generator_part(workdir: Path) -> None:
+    rows = []
+    for name, flags in GEN_VARIANTS.items():
+        wall = run(workdir, "train-gen", "--out", f"runs/gen-{slug(name)}", "--overwrite", "--group-size", "5", *flags)
+        report = f"outputs/report-{slug(name)}"
+        run(workdir, "eval", "gen", "--model", f"runs/gen-{slug(name)}", "--report", report,
+            "--json", f"eval-gen-{slug(name)}.json")
+        rows.append((name, wall, json.loads((workdir / f"eval-gen-{slug(name)}.json").read_text())))
+    print("\n| generator | oracle: base | oracle: PerFusion | oracle win rate | PerFusionRM: base | PerFusionRM: "
+          "PerFusion | RM win rate | CLIP score base / PerFusion | FID base / PerFusion | train wall time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, wall, summary in rows:
+        base, mine, win, fid = summary["models"]["base"], summary["models"]["perfusion"], summary["win_rate"], summary["fid"]
+        print(f"| {name} | {base['oracle']:.3f} | {mine['oracle']:.3f} | {win['oracle']:.2f} | {base['perfusionrm']:.2f} "
+              f"| {mine['perfusionrm']:.2f} | {win['perfusionrm']:.2f} | {base['clip']:.1f} / {mine['clip']:.1f} "
+              f"| {fid.get('base', float('nan')):.3f} / {fid.get('perfusion', float('nan')):.3f} | {wall:.0f} s |")
+    summary = rows[0][2]
+    print(f"\n({summary['pairs']} held-out pairs, {summary['merchants']} merchants, {summary['images_per_pair']} "
+          f"images per pair and model; FID features: {summary['fid'].get('features')})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench"))
+    parser.add_argument("--part", choices=["rm", "gen", "all"], default="all")
+    parser.add_argument("--fresh", action="store_true", help="delete the workspace first")
+    args = parser.parse_args()
+    workdir = args.workdir.resolve()
+    if args.fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "recipes" / "tiny-cpu.toml", workdir / "perfusion.toml")
+    if not (workdir / "data" / "manifest.json").is_file():
+        print(f"prepare: {run(workdir, 'prepare', '--synthetic'):.0f} s")
+    if args.part in ("rm", "all"):
+        reward_part(workdir)
+    if args.part in ("gen", "all"):
+        if not (workdir / "runs" / "rm" / "run.json").is_file():
+            run(workdir, "train-rm", "--overwrite")
+        generator_part(workdir)
+
+
+if __name__ == "__main__":
+    main()
