@@ -36,7 +36,7 @@ from perfusion_cli.models.backbones import SDComponents
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.progress import NullProgress, Progress
-from perfusion_cli.training.gen import FrozenSD, GroupDPOObjective
+from perfusion_cli.training.gen import FrozenSD, GroupDPOObjective, diffusion_target
 
 
 @contextmanager
@@ -149,8 +149,9 @@ def _dpo_step(frozen: FrozenSD, trainable_unet, optimizer, batch, beta: float) -
     with torch.no_grad():
         reference = frozen.sd.unet(noisy, timesteps, text).sample
     prediction = trainable_unet(noisy, timesteps, text).sample
+    target = diffusion_target(scheduler, latents, noise, timesteps).float()
     errors = lambda p: torch.zeros(valid.shape, device=p.device).masked_scatter(  # noqa: E731
-        valid, (p.float() - noise).pow(2).mean(dim=(1, 2, 3)))
+        valid, (p.float() - target).pow(2).mean(dim=(1, 2, 3)))
     loss = pairwise_dpo_loss(errors(prediction), errors(reference), batch.selected, beta, valid)
     loss.backward()
     optimizer.step()

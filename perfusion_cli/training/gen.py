@@ -111,7 +111,8 @@ class FrozenSD:
         return personalized, reference
 
 
-def _target(scheduler, latents, noise, timesteps):
+def diffusion_target(scheduler, latents, noise, timesteps):
+    """What the U-Net predicts: ε, or the velocity for v-prediction models (SD 2.x)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
@@ -152,7 +153,7 @@ class GroupDPOObjective:
         noise = torch.randn((len(batch), *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(batch),), device=device)[rows]
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = _target(self.scheduler, latents, noise, timesteps).float()
+        target = diffusion_target(self.scheduler, latents, noise, timesteps).float()
         with self.autocast():
             personalized, reference = self.frozen.predictions(branch, noisy, timesteps, text[rows],
                                                               batch.features[rows])

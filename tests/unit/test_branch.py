@@ -123,3 +123,18 @@ def test_group_noise_and_timestep_are_shared_within_a_group(tiny_sd_dir, monkeyp
     monkeypatch.setattr(frozen, "predictions", spy)
     objective(branch, _batch())
     assert seen["timesteps"][:3].unique().numel() == 1 and seen["timesteps"][3:].unique().numel() == 1
+
+
+def test_the_training_target_follows_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    from perfusion_cli.training.gen import diffusion_target
+
+    latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    timesteps = torch.tensor([10, 400, 900])
+    epsilon = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon")
+    assert torch.equal(diffusion_target(epsilon, latents, noise, timesteps), noise)
+    velocity = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    alpha_bar = velocity.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    expected = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents  # v = √ᾱ·ε − √(1−ᾱ)·x₀
+    assert torch.allclose(diffusion_target(velocity, latents, noise, timesteps), expected, atol=1e-6)

@@ -1,0 +1,53 @@
+"""The bundled tiny Stable-Diffusion base draws recognizable products: a silhouette in a colour."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+from perfusion_cli.data.drawing import BACKGROUND
+from perfusion_cli.data.oracle import measure
+from perfusion_cli.models.backbones import resolve
+
+PROMPTS = ["linen dress", "denim trousers", "leather handbag", "wool hoodie"]
+
+
+@pytest.fixture(scope="module")
+def samples():
+    pipeline = StableDiffusionPipeline.from_pretrained(resolve("tiny", "sd"), torch_dtype=torch.float32)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    images = {}
+    for prompt in PROMPTS:
+        out = pipeline([prompt] * 4, num_inference_steps=20, guidance_scale=3.0, height=64, width=64,
+                       generator=[torch.Generator().manual_seed(s) for s in range(4)], output_type="np")
+        images[prompt] = np.round(out.images * 255).astype(np.uint8)
+    return images
+
+
+def _mask(image: np.ndarray) -> np.ndarray:
+    return np.abs(image.astype(np.float32) - BACKGROUND).max(axis=-1) > 24
+
+
+@pytest.mark.slow
+def test_samples_are_a_coloured_silhouette_on_the_background(samples):
+    good = 0
+    for prompt, images in samples.items():
+        for image in images:
+            features = measure(image)
+            corners = np.concatenate([image[:4, :4], image[:4, -4:], image[-4:, :4], image[-4:, -4:]]).reshape(-1, 3)
+            background_corners = np.abs(corners.astype(np.float32) - BACKGROUND).max() < 30
+            coverage = _mask(image).mean()
+            good += features.present and background_corners and 0.08 < coverage < 0.85 and features.saturation > 0.15
+    assert good >= 0.8 * sum(len(v) for v in samples.values()), f"only {good} recognizable products"
+
+
+@pytest.mark.slow
+def test_the_prompt_decides_the_silhouette(samples):
+    masks = {prompt: np.mean([_mask(image) for image in images], axis=0) > 0.5 for prompt, images in samples.items()}
+
+    def iou(a, b):
+        return (masks[a] & masks[b]).sum() / max(1, (masks[a] | masks[b]).sum())
+
+    assert iou("leather handbag", "denim trousers") < 0.6
+    assert iou("linen dress", "wool hoodie") < 0.8
