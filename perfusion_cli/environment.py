@@ -12,11 +12,22 @@ PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "
             "clean-fid", "torchmetrics", "xformers")
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe() -> dict[str, str]:
     import torch
 
     info = {"perfusion": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu cores": str(os.cpu_count()), "cuda": "no"}
+            "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "cuda": "no"}
     if torch.cuda.is_available():
         info["cuda"] = f"{torch.version.cuda}: " + ", ".join(
             torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

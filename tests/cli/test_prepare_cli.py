@@ -13,13 +13,15 @@ def invoke(*args, env=None):
     return result, result.output
 
 
-def test_prepare_synthetic_writes_the_workspace_data_folder(tmp_path):
-    result, out = invoke("--workdir", tmp_path, "prepare", "--synthetic", "--merchants", 8,
-                         "--sessions-per-merchant", 12)
+def test_prepare_synthetic_writes_the_workspace_data_folder(tmp_path, monkeypatch):
+    args = ["--workdir", str(tmp_path), "prepare", "--synthetic", "--merchants", "8",
+            "--sessions-per-merchant", "12"]
+    monkeypatch.setattr("sys.argv", ["/venv/bin/perfusion", *args])  # as the console script sees it
+    result, out = invoke(*args)
     assert result.exit_code == 0, out
     assert "balanced" in out and "prepared groups" in out
     manifest = load_manifest(tmp_path / "data")
-    assert manifest["created_by"]["command"].startswith("perfusion ")
+    assert manifest["created_by"]["command"] == "perfusion " + " ".join(args)
     assert (tmp_path / "data" / "raw" / "truth.json").is_file()
 
 
