@@ -27,7 +27,8 @@ GEN_VARIANTS = {"group (K=5)": ["--loss", "group"], "pairwise": ["--loss", "pair
 
 def run(workdir: Path, *args: str) -> float:
     started = time.perf_counter()
-    subprocess.run([*PERFUSION, "--workdir", str(workdir), *args], check=True)
+    # run inside the workspace: relative --out/--json paths are relative to the current directory
+    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir)
     return time.perf_counter() - started
 
 

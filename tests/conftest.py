@@ -18,6 +18,16 @@ def market(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def medium_market(tmp_path_factory):
+    """A larger prepared marketplace (24 merchants x 24 sessions) for the tests that learn taste."""
+    from tests.helpers import tiny_market
+
+    out = tmp_path_factory.mktemp("medium")
+    tiny_market(out, merchants=24, sessions=24, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A randomly initialized tiny CLIP saved in Hugging Face format (no pre-training needed)."""
     from perfusion_cli.models.tiny import build_tiny_clip, build_tokenizer

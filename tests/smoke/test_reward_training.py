@@ -9,7 +9,6 @@ from perfusion_cli.config import MerchantEncoderConfig, RMTrainConfig
 from perfusion_cli.evaluation.ranking import evaluate_reward_model, score_split
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.training.rm import train_reward_model
-from tests.helpers import tiny_market
 
 SMALL = dict(base_model="tiny", batch_size=8, lr=1e-3, backbone_lr=1e-4, plugin_hidden=32, log_every=1,
              merchant=MerchantEncoderConfig(embed_dim=8, mlp_dims=[32], user_dim=16))
@@ -39,13 +38,6 @@ def test_freeze_backbone_moves_only_the_plugins(market, tmp_path):
     moved = [n for n, p in trained.named_parameters() if not n.startswith("clip.") and p.abs().sum() > 0
              and "net.2" in n]
     assert moved, "the zero-initialized last layers of the adaptive networks have been trained"
-
-
-@pytest.fixture(scope="module")
-def medium_market(tmp_path_factory):
-    out = tmp_path_factory.mktemp("medium")
-    tiny_market(out, merchants=24, sessions=24, seed=1)
-    return out
 
 
 @pytest.mark.slow
