@@ -69,11 +69,20 @@ def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array
 
 
+def _differs_from_background(pixels: np.ndarray) -> np.ndarray:
+    return np.abs(pixels - BACKGROUND).max(axis=-1) > 24.0
+
+
+def product_mask(image: Image.Image | np.ndarray) -> np.ndarray:
+    """[H, W] bool: the pixels that differ from the background, i.e. the product the oracle reads."""
+    return _differs_from_background(_as_array(image))
+
+
 def measure(image: Image.Image | np.ndarray) -> ImageFeatures:
     """Read the product's colour, busyness and size off the pixels."""
     pixels = _as_array(image)
     size = pixels.shape[0]
-    mask = np.abs(pixels - BACKGROUND).max(axis=-1) > 24.0
+    mask = _differs_from_background(pixels)
     if mask.mean() < _MIN_PIXELS:
         return ImageFeatures(present=False)
     mean = pixels[mask].mean(axis=0) / 255.0

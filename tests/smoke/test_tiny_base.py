@@ -6,7 +6,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from perfusion_cli.data.drawing import BACKGROUND
-from perfusion_cli.data.oracle import measure
+from perfusion_cli.data.oracle import measure, product_mask
 from perfusion_cli.models.backbones import resolve
 
 PROMPTS = ["linen dress", "denim trousers", "leather handbag", "wool hoodie"]
@@ -25,10 +25,6 @@ def samples():
     return images
 
 
-def _mask(image: np.ndarray) -> np.ndarray:
-    return np.abs(image.astype(np.float32) - BACKGROUND).max(axis=-1) > 24
-
-
 @pytest.mark.slow
 def test_samples_are_a_coloured_silhouette_on_the_background(samples):
     good = 0
@@ -38,14 +34,14 @@ def test_samples_are_a_coloured_silhouette_on_the_background(samples):
             corners = np.concatenate([image[:4, :4], image[:4, -4:], image[-4:, :4], image[-4:, -4:]]).reshape(-1, 3)
             # the tiny VAE tints the border by up to ~45 levels; a product in the corner is >100 away
             background_corners = np.abs(corners.astype(np.float32) - BACKGROUND).max() < 48
-            coverage = _mask(image).mean()
+            coverage = product_mask(image).mean()
             good += features.present and background_corners and 0.08 < coverage < 0.85 and features.saturation > 0.15
     assert good >= 0.8 * sum(len(v) for v in samples.values()), f"only {good} recognizable products"
 
 
 @pytest.mark.slow
 def test_the_prompt_decides_the_silhouette(samples):
-    masks = {prompt: np.mean([_mask(image) for image in images], axis=0) > 0.5 for prompt, images in samples.items()}
+    masks = {prompt: np.mean([product_mask(image) for image in images], axis=0) > 0.5 for prompt, images in samples.items()}
 
     def iou(a, b):
         return (masks[a] & masks[b]).sum() / max(1, (masks[a] | masks[b]).sum())
