@@ -26,17 +26,16 @@ import psutil
 import torch
 from diffusers import DDPMScheduler
 
-from perfusion_cli.config import GenTrainConfig
+from perfusion_cli.config import BenchConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, train_batches
-from perfusion_cli.data.shards import load_manifest
-from perfusion_cli.environment import describe
-from perfusion_cli.generation import pick_device
-from perfusion_cli.losses import pairwise_dpo_loss
+from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.environment import describe, pick_device
 from perfusion_cli.models.backbones import SDComponents
-from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
+from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.progress import NullProgress, Progress
-from perfusion_cli.training.gen import FrozenSD, GroupDPOObjective, diffusion_target
 
 
 @contextmanager
@@ -135,57 +134,45 @@ def bench_generation(pipeline: PerFusionPipeline, features: torch.Tensor, steps:
     return out
 
 
-def _dpo_step(frozen: FrozenSD, trainable_unet, optimizer, batch, beta: float) -> None:
-    """Diffusion-DPO as its authors train it: the whole U-Net is the policy, a frozen copy the reference."""
-    valid = batch.valid
-    keys = [(batch.session_ids[g], k) for g, k in zip(*[t.tolist() for t in torch.nonzero(valid, as_tuple=True)])]
-    latents = frozen.latents(batch.images[valid], keys)
-    rows = torch.arange(len(batch), device=latents.device).repeat_interleave(valid.shape[1])[valid.flatten()]
-    text = frozen.text(batch.prompts)[rows]
-    scheduler = frozen.sd.noise_scheduler
-    noise = torch.randn((len(batch), *latents.shape[1:]), device=latents.device)[rows]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), device=latents.device)[rows]
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    with torch.no_grad():
-        reference = frozen.sd.unet(noisy, timesteps, text).sample
-    prediction = trainable_unet(noisy, timesteps, text).sample
-    target = diffusion_target(scheduler, latents, noise, timesteps).float()
-    errors = lambda p: torch.zeros(valid.shape, device=p.device).masked_scatter(  # noqa: E731
-        valid, (p.float() - target).pow(2).mean(dim=(1, 2, 3)))
-    loss = pairwise_dpo_loss(errors(prediction), errors(reference), batch.selected, beta, valid)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def _trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def bench_train_step(pipeline: PerFusionPipeline, batch, beta: float, repeats: int, progress: Progress) -> dict:
+def _train_step(objective: GroupDPOObjective, policy: torch.nn.Module, batch) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-8)
+
+    def step() -> None:
+        loss, _ = objective(policy, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_train_step(pipeline: PerFusionPipeline, batch, train: GenTrainConfig, repeats: int,
+                     progress: Progress) -> dict:
+    """PerFusion's step (shared and unshared frozen encoder) against Diffusion-DPO's (the whole U-Net is the
+    policy, as its authors train), all through the one ``GroupDPOObjective`` with the recipe's β and loss."""
     device = pipeline.device
     components = SDComponents(pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.unet,
                               DDPMScheduler.from_config(pipeline.scheduler.config), "")
-    out: dict = {"groups": len(batch), "candidates": int(batch.valid.sum())}
+    out: dict = {"groups": len(batch), "candidates": int(batch.valid.sum()), "beta": train.beta, "loss": train.loss}
     branch = copy.deepcopy(pipeline.branch).train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-6)
-    for shared in (True, False):
+    for name, shared in (("perfusion_shared_encoder", True), ("perfusion_two_passes", False)):
         frozen = FrozenSD(components, device, pipeline.unet.dtype, share_encoder=shared, cache=True)
-        objective = GroupDPOObjective(frozen, GenTrainConfig(beta=beta))
-
-        def step() -> None:
-            loss, _ = objective(branch, batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
         with peak_memory(device) as memory:
-            times = timed(step, device, repeats)
-        out["perfusion_shared_encoder" if shared else "perfusion_two_passes"] = {
-            "seconds": times, "median": statistics.median(times), **memory}
+            times = timed(_train_step(GroupDPOObjective(frozen, train), branch, batch), device, repeats)
+        out[name] = {"seconds": times, "median": statistics.median(times), **memory,
+                     "trainable_parameters": _trainable(branch)}
         progress.advance(1)
-    trainable = copy.deepcopy(pipeline.unet).train().requires_grad_(True)
-    unet_optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-8)
+    policy = copy.deepcopy(pipeline.unet).train().requires_grad_(True)
     frozen = FrozenSD(components, device, pipeline.unet.dtype, share_encoder=False, cache=True)
+    objective = GroupDPOObjective(frozen, train, predict=frozen.full_unet_predictions)
     with peak_memory(device) as memory:
-        times = timed(lambda: _dpo_step(frozen, trainable, unet_optimizer, batch, beta), device, repeats)
-    out["diffusion_dpo"] = {"seconds": times, "median": statistics.median(times), **memory}
+        times = timed(_train_step(objective, policy, batch), device, repeats)
+    out["diffusion_dpo"] = {"seconds": times, "median": statistics.median(times), **memory,
+                            "trainable_parameters": _trainable(policy)}
     progress.advance(1)
     out["ratio_perfusion_vs_dpo"] = out["perfusion_shared_encoder"]["median"] / out["diffusion_dpo"]["median"]
     out["ratio_two_passes_vs_shared"] = (out["perfusion_two_passes"]["median"]
@@ -197,9 +184,8 @@ def bench_reward(reward_source: str | None, batch, repeats: int, device, progres
     if not reward_source:
         return {"unavailable": "no reward model (train one, or pass --reward)"}
     reward = load_reward_model(reward_source, device)
-    plain = copy.deepcopy(reward)
-    plain.module.settings = copy.copy(reward.module.settings)
-    plain.module.settings.plugin = False
+    plain = RewardModel(PerFusionRM.from_clip(copy.deepcopy(reward.module.clip), None, plugin=False).eval(),
+                        reward.tokenizer)
     batch = batch.to(device)
     out = {"candidates_per_call": int(batch.valid.sum())}
     for name, model in (("perfusionrm", reward), ("clip_without_plugins", plain)):
@@ -225,23 +211,24 @@ def bench_loader(spec: StreamSpec, batches: int, step_seconds: float) -> dict:
             "train_step_consumes_groups_per_second": consumed, "loader_headroom": produced / consumed}
 
 
-def run_bench(run_dir: Path, data_dir: Path, device_name: str = "auto", reward_source: str | None = None,
-              steps: int = 30, repeats: int = 3, batch_size: int = 4, group_size: int = 5, num_workers: int = 0,
-              beta: float = 5000.0, progress: Progress | None = None, command: str = "") -> dict:
+def run_bench(run_dir: Path, data_dir: Path, config: BenchConfig, train: GenTrainConfig,
+              reward_source: str | None = None, progress: Progress | None = None, command: str = "") -> dict:
+    """``train`` is the recipe's ``[train-gen]``: the train-step comparison uses its β, loss and group size."""
     progress = progress or NullProgress()
-    device = pick_device(device_name)
+    device = pick_device(config.device)
     started = time.perf_counter()
     pipeline = PerFusionPipeline.from_run(run_dir, device)
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), "train", batch_size, group_size, pipeline.default_resolution,
-                      num_workers=num_workers)
+    steps, repeats = config.steps, config.repeats
+    spec = StreamSpec(Path(data_dir), "train", config.batch_size, train.group_size, pipeline.default_resolution,
+                      num_workers=config.num_workers)
     batch = next(train_batches(spec, steps_per_epoch=1)).to(device)
     backends = len(attention_backends())
     progress.start("benchmarking", 2 * backends + 3 + (2 if reward_source else 0))
-    result = {"machine": describe(), "device": str(device), "command": command, "repeats": repeats,
-              "data": str(data_dir), "model": str(run_dir), "features": len(manifest["features"])}
+    result = {"machine": describe(torch_runtime=True), "device": str(device), "command": command, "repeats": repeats,
+              "data": str(data_dir), "model": str(run_dir), "features": len(manifest.vocab.features)}
     result["generation"] = bench_generation(pipeline, batch.features, steps, repeats, progress)
-    result["train_step"] = bench_train_step(pipeline, batch, beta, repeats, progress)
+    result["train_step"] = bench_train_step(pipeline, batch, train, repeats, progress)
     result["reward"] = bench_reward(reward_source, batch, repeats, device, progress)
     result["loader"] = bench_loader(spec, 8, result["train_step"]["perfusion_shared_encoder"]["median"])
     progress.stop()

@@ -1,18 +1,22 @@
 """Recipes: TOML files whose sections configure the commands; flags override recipe values.
 
 Precedence, lowest first: the dataclass defaults below, the recipe's section for the command, then the
-flags a user typed. Unknown sections, unknown keys and wrong types are errors that name the key.
+flags a user typed. Unknown sections, unknown keys, wrong types and values out of range are errors
+that name the key (or the flag). ``None`` means "not set" (TOML has no null: leave the key out).
+
+This module is imported by ``perfusion --help``: it must stay free of heavy imports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Optional, TypeVar
 
 from perfusion_cli.errors import ConfigError
 
@@ -20,66 +24,82 @@ T = TypeVar("T")
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ASSETS = Path(__file__).resolve().parent / "assets"  # the bundled tiny backbones
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"
+TINY_RECIPE = SHIPPED_RECIPES / "tiny-cpu.toml"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field whose value (when set) must lie in a range; checked wherever config is built."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"range": limits})
+    return field(default=default, metadata={"range": limits})
 
 
 @dataclass
 class SyntheticConfig:
     """The synthetic marketplace of DESIGN §7."""
 
-    merchants: int = 64
-    sessions_per_merchant: int = 30
-    group_size: int = 5
-    resolution: int = 64
-    seed: int = 0
+    merchants: int = bounded(64, ge=2)
+    sessions_per_merchant: int = bounded(30, ge=1)
+    group_size: int = bounded(5, ge=2, le=64)
+    resolution: int = bounded(64, ge=16, le=1024)
+    seed: int = bounded(0, ge=0)
 
 
 @dataclass
 class PrepareConfig:
     format: Literal["logs", "pickapic"] = "logs"
-    min_records: int = 10
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    cold_start_fraction: float = 0.1
-    numeric_buckets: int = 8
-    shard_size: int = 500
-    max_image_pixels: int = 4096 * 4096
-    max_image_bytes: int = 32 * 1024 * 1024
+    min_records: int = bounded(10, ge=1)
+    val_fraction: float = bounded(0.1, ge=0, lt=1)
+    test_fraction: float = bounded(0.1, ge=0, lt=1)
+    cold_start_fraction: float = bounded(0.1, ge=0, lt=1)
+    numeric_buckets: int = bounded(8, ge=1)
+    shard_size: int = bounded(500, ge=1)
+    max_image_pixels: int = bounded(4096 * 4096, ge=1)
+    max_image_bytes: int = bounded(32 * 1024 * 1024, ge=1)
+    # An image is resized so its short side is the training resolution and centre-cropped; a very long
+    # thin image would first be blown up to (resolution × resolution·aspect) pixels. Refuse it at prepare.
+    max_aspect_ratio: float = bounded(8.0, ge=1)
 
 
 @dataclass
 class MerchantEncoderConfig:
     """Sparse features → embeddings → DCN-V2 crossing → MLP → u (DESIGN §4)."""
 
-    embed_dim: int = 16
-    cross_layers: int = 3
-    mlp_dims: list[int] = field(default_factory=lambda: [256])
-    user_dim: int = 128
-    dropout: float = 0.0
+    embed_dim: int = bounded(16, ge=1)
+    cross_layers: int = bounded(3, ge=0, le=16)
+    mlp_dims: list[int] = bounded([256], ge=1)
+    user_dim: int = bounded(128, ge=1)
+    dropout: float = bounded(0.0, ge=0, lt=1)
 
 
 @dataclass
 class TrainLoopConfig:
-    """What every training command shares: optimisation, checkpoints and the data stream."""
+    """What every training command shares: optimisation, checkpoints, the data stream, trackers."""
 
-    batch_size: int = 8
-    group_size: int = 5
-    lr: float = 1e-5
-    weight_decay: float = 1e-2
-    warmup_steps: int = 0
-    max_steps: int = 1000
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    batch_size: int = bounded(8, ge=1)
+    group_size: int = bounded(5, ge=2, le=64)
+    lr: float = bounded(1e-5, gt=0, le=1)
+    weight_decay: float = bounded(1e-2, ge=0)
+    warmup_steps: int = bounded(0, ge=0)
+    max_steps: int = bounded(1000, ge=1)
+    grad_accum: int = bounded(1, ge=1)
+    max_grad_norm: Optional[float] = bounded(1.0, gt=0)  # None: no clipping (the norm is still logged)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    steps_per_epoch: int = 0
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    keep_last: int = 2
+    seed: int = bounded(0, ge=0)
+    num_workers: int = bounded(0, ge=0)
+    shuffle_buffer: int = bounded(1000, ge=1)
+    steps_per_epoch: Optional[int] = bounded(None, ge=1)  # None: one pass over the train split
+    log_every: int = bounded(1, ge=1)
+    eval_every: Optional[int] = bounded(None, ge=1)
+    checkpoint_every: Optional[int] = bounded(None, ge=1)  # None: only on a stop signal and at the end
+    keep_last: int = bounded(2, ge=1)
     skip_bad_shards: bool = False
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
 
 @dataclass
@@ -89,70 +109,91 @@ class RMTrainConfig(TrainLoopConfig):
     plugin: bool = True
     shared_plugin: bool = False
     freeze_backbone: bool = False
-    backbone_lr: float = 0.0
-    plugin_hidden: int = 256
+    backbone_lr: Optional[float] = bounded(None, gt=0, le=1)  # None: the plug-ins' lr
+    plugin_hidden: int = bounded(256, ge=1)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
-    lr: float = 1e-5
-    eval_max_groups: int = 0
+    eval_max_groups: Optional[int] = bounded(None, ge=1)
 
 
 @dataclass
 class GenTrainConfig(TrainLoopConfig):
     base_model: str = DEFAULT_SD
-    beta: float = 5000.0
+    beta: float = bounded(5000.0, gt=0)
     loss: Literal["group", "pairwise"] = "group"
     positives: Literal["labels", "reward"] = "labels"
-    reward: str = ""
-    top_k: int = 1
-    resolution: int = 512
+    reward: Optional[str] = None
+    top_k: int = bounded(1, ge=1)
+    resolution: int = bounded(512, ge=8, le=4096)
     attention: Literal["sdpa", "xformers"] = "sdpa"
     share_encoder: bool = True
     cache_latents: bool = False
-    grid_size: int = 8
-    grid_channels: int = 16
+    grid_size: int = bounded(8, ge=1, le=256)
+    grid_channels: int = bounded(16, ge=1)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
-    lr: float = 1e-5
+    # Warn (in the log and on screen) when the branch's denoising error on the training groups exceeds
+    # the frozen reference's by this factor: the model is leaving the reference (reward hacking).
+    warn_error_ratio: float = bounded(1.5, gt=1)
 
 
 @dataclass
 class GenerateConfig:
-    n: int = 4
-    seed: int = 0
-    steps: int = 30
-    guidance: float = 7.5
-    resolution: int = 0
+    n: int = bounded(4, ge=1, le=256)
+    seed: int = bounded(0, ge=0)
+    steps: int = bounded(30, ge=1, le=1000)
+    guidance: float = bounded(7.5, ge=0, le=100)
+    resolution: Optional[int] = bounded(None, ge=8, le=4096)  # None: the training resolution
     rerank: bool = False
     personalization: bool = True
-    cold_start: Literal["", "mean", "features"] = ""
-    device: str = "auto"
+    cold_start: Optional[Literal["mean", "features"]] = None
+    reward: Optional[str] = None  # None: <workspace>/runs/rm when it holds a trained reward model
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class EvalRMConfig:
+    split: str = "test"
+    batch_size: int = bounded(32, ge=1)
+    skip_bad_shards: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
 class EvalGenConfig:
     split: str = "test"
-    n_per_prompt: int = 2
-    max_pairs: int = 64
-    steps: int = 30
-    guidance: float = 7.5
-    seed: int = 0
-    clip_model: str = ""
-    aesthetic_weights: str = ""
-    reward: str = ""
-    fid_reference: str = ""
-    device: str = "auto"
+    n_per_prompt: int = bounded(2, ge=1, le=64)
+    max_pairs: Optional[int] = bounded(64, ge=1)  # None: every pair of the split
+    steps: int = bounded(30, ge=1, le=1000)
+    guidance: float = bounded(7.5, ge=0, le=100)
+    seed: int = bounded(0, ge=0)
+    clip_model: Optional[str] = None  # None: the tiny CLIP for tiny runs, else ViT-L/14
+    aesthetic_weights: Optional[str] = None
+    reward: Optional[str] = None  # None: <workspace>/runs/rm when it holds a trained reward model
+    fid_inception: Optional[str] = None  # None: FID on the evaluation CLIP's image features
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class BenchConfig:
+    """``perfusion bench``; the train-step comparison also reads β and K from ``[train-gen]``."""
+
+    steps: int = bounded(30, ge=1, le=1000)
+    repeats: int = bounded(3, ge=1)
+    batch_size: int = bounded(4, ge=1)
+    num_workers: int = bounded(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
 class BaseTrainConfig:
     """Pre-training of the tiny base backbones on the synthetic catalogue (tiny models only)."""
 
-    images: int = 12000
-    clip_steps: int = 1500
-    vae_steps: int = 800
-    unet_steps: int = 4000
-    batch_size: int = 64
-    seed: int = 0
-    num_threads: int = 0
+    images: int = bounded(12000, ge=1)
+    clip_steps: int = bounded(1500, ge=0)
+    vae_steps: int = bounded(800, ge=0)
+    unet_steps: int = bounded(4000, ge=0)
+    batch_size: int = bounded(64, ge=1)
+    seed: int = bounded(0, ge=0)
+    num_threads: Optional[int] = bounded(None, ge=1)  # None: every core
 
 
 SECTIONS: dict[str, type] = {
@@ -161,22 +202,36 @@ SECTIONS: dict[str, type] = {
     "train-rm": RMTrainConfig,
     "train-gen": GenTrainConfig,
     "generate": GenerateConfig,
+    "eval-rm": EvalRMConfig,
     "eval-gen": EvalGenConfig,
+    "bench": BenchConfig,
     "pretrain-base": BaseTrainConfig,
 }
+
+
+def recipe_file(name: str | Path) -> Path:
+    """A recipe path, or the name of a shipped recipe (``tiny-cpu``, ``sd15-industrial``, …)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SHIPPED_RECIPES.glob("*.toml")))
+    raise ConfigError(f"recipe not found: {name} (a TOML file, or a shipped recipe: {known})")
 
 
 def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Read a recipe; every section and key is checked against the dataclasses above."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
+    path = recipe_file(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe {path} cannot be read: {exc.strerror or exc}") from None
     recipe: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if section not in SECTIONS:
@@ -190,23 +245,42 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
 
 def build(cls: type[T], values: dict[str, Any], overrides: dict[str, Any] | None = None,
           where: str = "config") -> T:
-    """Instantiate ``cls`` from recipe ``values`` then ``overrides`` (None values are ignored)."""
+    """Instantiate ``cls`` from recipe ``values`` then ``overrides`` (flags; None values are not given).
+
+    A bad recipe value is named by its key and section; a bad flag by its flag (``--max-steps``).
+    """
     merged = dict(values)
+    flags = set()
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
-    return _build(cls, merged, where)
+            flags.add(key)
+    return _build(cls, merged, where, flags)
 
 
-def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+def _build(cls: type[T], values: dict[str, Any], where: str, flags: set[str] = frozenset()) -> T:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(names))})")
-        kwargs[key] = _check(hints[key], value, f"{where}: key '{key}'")
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        name = f"--{key.replace('_', '-')}" if key in flags else f"{where}: key '{key}'"
+        checked = _check(hints[key], value, name)
+        _check_range(checked, fields[key].metadata.get("range", {}), name)
+        kwargs[key] = checked
     return cls(**kwargs)
+
+
+def _check_range(value: Any, limits: dict[str, float], where: str) -> None:
+    if value is None or not limits:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        for op, bound in limits.items():
+            ok = {"ge": item >= bound, "gt": item > bound, "le": item <= bound, "lt": item < bound}[op]
+            if not ok:
+                sign = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}[op]
+                raise ConfigError(f"{where} must be {sign} {bound:g}, got {item!r}")
 
 
 def _check(hint: Any, value: Any, where: str) -> Any:
@@ -226,16 +300,15 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         (inner,) = typing.get_args(hint)[:1]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        if not value:
+            raise ConfigError(f"{where} must not be empty")
         return [_check(inner, item, where) for item in value]
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            try:
-                return _check(option, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} has the wrong type: {value!r}")
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _check(inner, value, where)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -247,10 +320,14 @@ def _check(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        if not value.strip() or "\x00" in value:
+            raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover - a programming error
 

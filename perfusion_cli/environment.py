@@ -1,15 +1,22 @@
-"""The machine and library versions, for bug reports and benchmark records."""
+"""The machine: library versions and hardware (for bug reports and benchmark records), device choice.
+
+``describe()`` reads versions from package metadata and GPUs from ``nvidia-smi``, so ``perfusion env``
+answers without importing torch; ``describe(torch_runtime=True)`` adds what torch itself sees.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 
 from perfusion_cli import __version__
+from perfusion_cli.errors import ConfigError
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "webdataset", "safetensors",
-            "clean-fid", "torchmetrics", "xformers")
+            "clean-fid", "torchmetrics", "xformers", "tensorboard", "wandb")
 
 
 def cpu_model() -> str:
@@ -23,17 +30,41 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe() -> dict[str, str]:
-    import torch
+def gpus() -> str:
+    if not shutil.which("nvidia-smi"):
+        return "none (no nvidia-smi)"
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "nvidia-smi failed"
+    return "; ".join(listed.splitlines()) or "none"
 
+
+def describe(torch_runtime: bool = False) -> dict[str, str]:
     info = {"perfusion": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "cuda": "no"}
-    if torch.cuda.is_available():
-        info["cuda"] = f"{torch.version.cuda}: " + ", ".join(
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "gpus": gpus()}
     for package in PACKAGES:
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             info[package] = "not installed"
+    if torch_runtime:
+        import torch
+
+        info["torch cuda"] = "no" if not torch.cuda.is_available() else f"{torch.version.cuda}: " + ", ".join(
+            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        info["torch threads"] = str(torch.get_num_threads())
     return info
+
+
+def pick_device(name: str = "auto"):
+    """``auto`` → CUDA when available, else the CPU; ``cuda`` without a GPU is a ConfigError."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)

@@ -4,9 +4,15 @@
 class PerfusionError(Exception):
     """Base class: the message is written for the user, not for a developer."""
 
+    exit_code = 1
+
 
 class DataError(PerfusionError):
     """Input data is missing, unusable or inconsistent."""
+
+
+class VocabularyMismatch(DataError):
+    """A model's merchant feature ids refer to another vocabulary than the data's."""
 
 
 class ConfigError(PerfusionError):
@@ -19,7 +25,3 @@ class CheckpointError(PerfusionError):
 
 class TrainingError(PerfusionError):
     """Training cannot go on (a non-finite loss, say)."""
-
-
-class NotImplementedYet(PerfusionError):
-    """A command that exists with its options but does not work yet."""

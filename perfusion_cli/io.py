@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from perfusion_cli.errors import ConfigError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -85,6 +87,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Create ``path`` if needed and prove it writable, or fail with one message naming it and why."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test.{os.getpid()}{TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -2,14 +2,15 @@
 
 A diffusers ``DiffusionPipeline`` that registers the frozen Stable-Diffusion components and the
 ``PersonalizedBranch``; ``save_pretrained`` / ``from_pretrained`` write and read the whole thing.
-``from_run`` assembles one from a ``train-gen`` run folder (its branch plus the base model it was
-trained on), which is what ``perfusion generate`` uses.
+``from_run`` assembles one from a ``train-gen`` run (its ``model/`` is the branch, whose config names
+the base model and resolution it was trained on): the one reader of a generator run, which
+``generate``, ``eval gen``, ``bench`` and ``serve`` go through.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,10 +18,9 @@ from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
-from perfusion_cli.errors import CheckpointError
 from perfusion_cli.models.backbones import load_sd, tokenize
 from perfusion_cli.models.branch import PersonalizedBranch
-from perfusion_cli.training.gen import GEN_FILE
+from perfusion_cli.runs import model_folder
 
 
 class PerFusionPipeline(DiffusionPipeline):
@@ -35,18 +35,22 @@ class PerFusionPipeline(DiffusionPipeline):
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
-        folder = Path(run_dir)
-        folder = folder / "model" if (folder / "model" / GEN_FILE).is_file() else folder
-        if not (folder / GEN_FILE).is_file():
-            raise CheckpointError(f"no trained generator in {run_dir} — run `perfusion train-gen` first")
-        settings = json.loads((folder / GEN_FILE).read_text())
-        sd = load_sd(settings["base_model"], dtype)
-        branch = PersonalizedBranch.from_pretrained(folder / "branch", torch_dtype=dtype, use_safetensors=True)
+        branch = PersonalizedBranch.from_pretrained(model_folder(run_dir, "generator"), torch_dtype=dtype,
+                                                    use_safetensors=True)
+        sd = load_sd(branch.config.base_model, dtype)
         scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
         pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch)
-        pipeline.default_resolution = int(settings["resolution"])
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(device)
+
+    @property
+    def default_resolution(self) -> int:
+        """The resolution the branch was trained at (else the U-Net's native size)."""
+        return self.branch.config.resolution or self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def base_model(self) -> str:
+        return self.branch.config.base_model
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, int]:
@@ -58,7 +62,8 @@ class PerFusionPipeline(DiffusionPipeline):
                  merchant_embedding: torch.Tensor | None = None, num_inference_steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
-                 personalization_scale: float = 1.0, output_type: str = "pil") -> ImagePipelineOutput:
+                 personalization_scale: float = 1.0, output_type: str = "pil",
+                 on_step: Callable[[int], None] | None = None) -> ImagePipelineOutput:
         """Images for prompts; personalized by ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
 
         With neither, this samples the frozen base model: the same seeds then give the
@@ -67,8 +72,7 @@ class PerFusionPipeline(DiffusionPipeline):
         # 1. inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
-        size = getattr(self, "default_resolution", self.unet.config.sample_size * self.vae_scale_factor)
-        height, width = height or size, width or size
+        height, width = height or self.default_resolution, width or self.default_resolution
         personalized = features is not None or merchant_embedding is not None
         guided = guidance_scale > 1.0
         # 2. text: [uncond; cond] for classifier-free guidance
@@ -102,6 +106,8 @@ class PerFusionPipeline(DiffusionPipeline):
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + guidance_scale * (conditional - unconditional)
             latents = self.scheduler.step(noise, t, latents).prev_sample
+            if on_step is not None:
+                on_step(1)
         # 6. decode
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         images = (images / 2 + 0.5).clamp(0, 1).float()

@@ -1,6 +1,7 @@
 """The workspace: one folder whose fixed layout gives every command its defaults (DESIGN §2).
 
-    <workspace>/perfusion.toml   optional workspace recipe, read when no --recipe is given
+    <workspace>/perfusion.toml   the workspace recipe, read when no --recipe is given
+                                 (``prepare --synthetic`` writes the tiny recipe here when it is missing)
     <workspace>/data/            prepared data           (perfusion prepare)
     <workspace>/runs/rm/         the reward model        (perfusion train-rm)
     <workspace>/runs/gen/        the generator           (perfusion train-gen)
@@ -15,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from perfusion_cli.errors import CheckpointError
+from perfusion_cli.runs import has_model
 
 ENV_VAR = "PERFUSION_HOME"
 
@@ -49,10 +50,6 @@ class Workspace:
     def outputs(self) -> Path:
         return self.root / "outputs"
 
-
-def require_run(path: Path, command: str) -> Path:
-    """A finished run folder (or its model/ folder), or an error naming the command that makes it."""
-    path = Path(path)
-    if not (path / "run.json").is_file() and not (path.parent / "run.json").is_file():
-        raise CheckpointError(f"no trained model in {path} — run `perfusion {command}` first")
-    return path
+    def default_reward(self) -> str | None:
+        """The workspace's reward model when one has been trained (commands score with it if it is there)."""
+        return str(self.rm_run) if has_model(self.rm_run, "reward") else None

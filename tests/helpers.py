@@ -9,8 +9,47 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from perfusion_cli.config import PrepareConfig, SyntheticConfig
+from perfusion_cli.config import SECTIONS, TINY_RECIPE, PrepareConfig, SyntheticConfig, build, load_recipe
 from perfusion_cli.data.prepare import prepare, prepare_synthetic
+
+# What tests shrink in the shipped tiny recipe (recipes/tiny-cpu.toml): steps and batches, never the
+# models or the optimisation settings the recipe chose.
+SHRINK = {"train-rm": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
+          "train-gen": {"max_steps": 2, "batch_size": 2},
+          "generate": {"n": 2, "steps": 3},
+          "eval-gen": {"max_pairs": 4, "n_per_prompt": 1, "steps": 3},
+          "bench": {"steps": 2, "repeats": 1, "batch_size": 2}}
+
+
+def tiny_recipe(**overrides: dict) -> dict:
+    """The shipped tiny recipe, shrunk for tests, with per-section overrides (``train_rm={...}``; a None value
+    removes the key, i.e. leaves it unset)."""
+    recipe = load_recipe(TINY_RECIPE)
+    for section, values in {**SHRINK, **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
+        merged = {**recipe.get(section, {}), **SHRINK.get(section, {}), **values}
+        recipe[section] = {key: value for key, value in merged.items() if value is not None}
+    return recipe
+
+
+def tiny_config(section: str, **values):
+    """A config dataclass from the shrunk tiny recipe's section, with ``values`` on top."""
+    return build(SECTIONS[section], tiny_recipe(**{section: values})[section])
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    """A recipe dict as TOML (tables, nested tables, scalars and lists: all our recipes use)."""
+    def value(item) -> str:
+        return json.dumps(item) if not isinstance(item, bool) else str(item).lower()
+
+    lines = []
+    for section, values in recipe.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for key, table in ((k, v) for k, v in values.items() if isinstance(v, dict)):
+            lines.append(f"[{section}.{key}]")
+            lines += [f"{k} = {value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def png_bytes(colour=(200, 30, 30), size=16) -> bytes:

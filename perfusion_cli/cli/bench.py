@@ -9,7 +9,6 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
-from perfusion_cli.io import atomic_write_json
 
 
 @boundary
@@ -19,30 +18,27 @@ def bench_command(
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data (default <workspace>/data).")] = None,
     reward: Annotated[Optional[str], typer.Option(
         "--reward", help="Reward model run (default <workspace>/runs/rm when it exists).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps per image.")] = 30,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions after one warm-up.")] = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per train step.")] = 4,
-    group_size: Annotated[int, typer.Option("--group-size")] = 5,
-    num_workers: Annotated[int, typer.Option("--num-workers", help="Data-loader workers.")] = 0,
+    device: options.Device = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps per image.")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Timed repetitions after one warm-up.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Groups per train step.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loader workers.")] = None,
     json_out: options.JsonOut = None,
+    recipe: options.Recipe = None,
 ) -> None:
     """Seconds per image and peak memory (base vs personalized, per attention backend), train-step
-    cost vs Diffusion-DPO, reward-model throughput, data-loader throughput."""
+    cost vs Diffusion-DPO (β, loss and group size from the recipe's train-gen section), reward-model
+    throughput, data-loader throughput."""
+    config = context.section(ctx, recipe, "bench", locals())
+    train = context.section(ctx, recipe, "train-gen", {})
+    data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
+    reward = reward if reward is not None else context.workspace(ctx).default_reward()
     from perfusion_cli.bench import run_bench
-    from perfusion_cli.data.shards import load_manifest
-    from perfusion_cli.workspace import require_run
+    from perfusion_cli.io import atomic_write_json
 
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)
-    run = require_run(model or workspace.gen_run, "train-gen")
-    if reward is None and (workspace.rm_run / "run.json").is_file():
-        reward = str(workspace.rm_run)
     progress = RichProgress()
     try:
-        result = run_bench(run, data, device, reward, steps, repeats, batch_size, group_size, num_workers,
-                           progress=progress, command=context.command_line())
+        result = run_bench(run, data, config, train, reward, progress=progress, command=context.command_line())
     finally:
         progress.stop()
     print_bench(result)

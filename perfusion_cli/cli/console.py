@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
-import sys
 from typing import Any, Callable, Iterator
 
 import typer
@@ -31,13 +31,23 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Library errors become one red line and exit 1; Ctrl-C becomes exit 130, never a traceback."""
+    """Library errors become one red line and exit 1; Ctrl-C becomes exit 130, never a traceback.
+
+    An ``OSError`` that reaches here is about the machine or a path the user gave (a full disk, a
+    read-only folder, a name too long): it is reported the same way, with the file it concerns.
+    """
     try:
         yield
     except PerfusionError as exc:
-        raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
+        raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = " — free some space and run the command again" if exc.errno == errno.ENOSPC else ""
+        raise fail(f"{exc.strerror or exc}{where}{hint}") from None
 
 
 def boundary(function: Callable) -> Callable:
@@ -61,7 +71,6 @@ class RichProgress:
         self._progress = Progress(
             SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err_console, transient=False,
-            disable=not err_console.is_terminal and "pytest" in sys.modules,
         )
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, status="")

@@ -1,18 +1,17 @@
-"""What every command needs from the command line: the workspace and the recipe."""
+"""What every command needs from the command line: the workspace, the recipe, its sections."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
-from perfusion_cli.config import build, load_recipe, SECTIONS
+from perfusion_cli.config import SECTIONS, build, load_recipe, recipe_file
 from perfusion_cli.workspace import Workspace
-
-T = TypeVar("T")
 
 
 def workspace(ctx: typer.Context) -> Workspace:
@@ -21,17 +20,48 @@ def workspace(ctx: typer.Context) -> Workspace:
 
 
 def recipe_path(ctx: typer.Context, recipe: Path | None) -> Path | None:
+    """``--recipe`` (a file or a shipped recipe's name), else the workspace's ``perfusion.toml`` if present."""
     if recipe is not None:
-        return recipe
+        return recipe_file(recipe)
     default = workspace(ctx).recipe
     return default if default.is_file() else None
 
 
-def section(ctx: typer.Context, recipe: Path | None, name: str, overrides: dict[str, Any]) -> Any:
-    """Build the config of section ``name``: defaults < recipe section < flags (None = not given)."""
+def section(ctx: typer.Context, recipe: Path | None, name: str, flags: dict[str, Any]) -> Any:
+    """Build the config of section ``name``: defaults < recipe section < flags (None = not given).
+
+    ``flags`` may be a command's ``locals()``: only the names that are keys of the section count.
+    """
     path = recipe_path(ctx, recipe)
     values = load_recipe(path).get(name, {})
-    return build(SECTIONS[name], values, overrides, where=f"recipe {path} [{name}]" if path else "flags")
+    keys = {field.name for field in dataclasses.fields(SECTIONS[name])}
+    overrides = {key: value for key, value in flags.items() if key in keys}
+    return build(SECTIONS[name], values, overrides, where=f"recipe {path} [{name}]" if path else name)
+
+
+def data_dir(ctx: typer.Context, data: Path | None) -> Path:
+    """The prepared data a command reads (default <workspace>/data), checked before anything heavy loads."""
+    from perfusion_cli.data.manifest import load_manifest
+
+    folder = data or workspace(ctx).data
+    load_manifest(folder)
+    return folder
+
+
+def generator_run(ctx: typer.Context, model: Path | None) -> Path:
+    """The generator run a command reads (default <workspace>/runs/gen), or an error naming train-gen."""
+    from perfusion_cli.runs import model_folder
+
+    run = model or workspace(ctx).gen_run
+    model_folder(run, "generator")
+    return run
+
+
+def with_default_reward(ctx: typer.Context, config: Any) -> Any:
+    """A config whose ``reward`` is the one given (flag, then recipe), else the workspace's if it has one."""
+    if config.reward is None:
+        return dataclasses.replace(config, reward=workspace(ctx).default_reward())
+    return config
 
 
 def command_line() -> str:

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import boundary, console, say, table
-from perfusion_cli.io import atomic_write_json
+from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate the reward model (rm) or the generator (gen).")
 
@@ -22,23 +21,31 @@ def eval_rm_command(
         "--checkpoint", help="A reward-model run folder, or zero-shot:BASE_MODEL; repeat to compare. "
                              "Default: <workspace>/runs/rm.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data (default <workspace>/data).")] = None,
-    split: Annotated[str, typer.Option("--split", help="test, val, cold_start or train.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    skip_bad_shards: Annotated[bool, typer.Option("--skip-bad-shards")] = False,
+    split: Annotated[Optional[str], typer.Option("--split", help="test, val, cold_start or train.")] = None,
+    batch_size: options.BatchSize = None,
+    skip_bad_shards: options.SkipBadShards = None,
+    device: options.Device = None,
     json_out: options.JsonOut = None,
+    recipe: options.Recipe = None,
 ) -> None:
     """MAP and GAUC of reward models on one split."""
-    from perfusion_cli.data.shards import load_manifest
+    config = context.section(ctx, recipe, "eval-rm", locals())
+    data = context.data_dir(ctx, data)
+    sources = checkpoint or [str(context.workspace(ctx).rm_run)]
     from perfusion_cli.evaluation.ranking import evaluate_reward_model
+    from perfusion_cli.io import atomic_write_json
 
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)
-    sources = checkpoint or [str(workspace.rm_run)]
-    results = [evaluate_reward_model(source, data, split, batch_size, skip_bad_shards=skip_bad_shards)
-               for source in sources]
+    progress = RichProgress()
+    try:
+        results = [evaluate_reward_model(source, data, config, progress) for source in sources]
+    finally:
+        progress.stop()
     rows = [[r["model"], r["map"], r["gauc"], r["n_groups"], r["n_merchants"]] for r in results]
-    console.print(table(f"reward model on {split}", ["model", "MAP", "GAUC", "groups", "merchants"], rows))
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "groups", "merchants"], rows))
+    for result in results:
+        if result["skipped_shards"] or result["skipped_samples"]:
+            say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "
+                f"{result['skipped_samples']} undecodable sample(s): " + "; ".join(result["skipped_shards"][:3]))
     if json_out:
         atomic_write_json(json_out, results[0] if len(results) == 1 else results)
 
@@ -51,7 +58,7 @@ def eval_gen_command(
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data (default <workspace>/data).")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="test, val or cold_start.")] = None,
     n_per_prompt: Annotated[Optional[int], typer.Option("--n-per-prompt", help="Images per pair and model.")] = None,
-    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="At most this many pairs (0: all).")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="At most this many pairs.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance")] = None,
     seed: options.Seed = None,
@@ -69,23 +76,14 @@ def eval_gen_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""
-    from perfusion_cli.cli.console import RichProgress
-    from perfusion_cli.data.shards import load_manifest
+    config = context.with_default_reward(ctx, context.section(ctx, recipe, "eval-gen", locals()))
+    data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     from perfusion_cli.evaluation.generation import evaluate_generator
-    from perfusion_cli.workspace import require_run
+    from perfusion_cli.io import atomic_write_json
 
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)
-    run = require_run(model or workspace.gen_run, "train-gen")
-    if reward is None and (workspace.rm_run / "run.json").is_file():
-        reward = str(workspace.rm_run)
-    config = context.section(ctx, recipe, "eval-gen", {
-        "split": split, "n_per_prompt": n_per_prompt, "max_pairs": max_pairs, "steps": steps, "guidance": guidance,
-        "seed": seed, "clip_model": clip_model, "aesthetic_weights": aesthetic_weights, "device": device})
     progress = RichProgress()
     try:
-        summary = evaluate_generator(run, data, config, report, reward, fid_inception, progress)
+        summary = evaluate_generator(run, data, config, report, progress)
     finally:
         progress.stop()
     print_generation_summary(summary)

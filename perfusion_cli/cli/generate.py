@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import boundary, console, fail, say, table
+from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 
 
 @boundary
@@ -37,22 +37,17 @@ def generate_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Generate product designs for one merchant; PNGs + metadata.json."""
-    from perfusion_cli.data.shards import load_manifest
-    from perfusion_cli.generation import generate
-    from perfusion_cli.workspace import require_run
-
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)
-    run = require_run(model or workspace.gen_run, "train-gen")
-    if reward is None and (workspace.rm_run / "run.json").is_file():
-        reward = str(workspace.rm_run)
-    config = context.section(ctx, recipe, "generate", {
-        "n": n, "seed": seed, "steps": steps, "guidance": guidance, "resolution": resolution, "rerank": rerank,
-        "personalization": personalization, "cold_start": cold_start, "device": device})
+    config = context.with_default_reward(ctx, context.section(ctx, recipe, "generate", locals()))
+    data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     if features and config.cold_start != "features":
         raise fail("--features only applies with --cold-start features")
-    metadata = generate(run, data, merchant, prompt, config, out or workspace.outputs, features, reward)
+    from perfusion_cli.generation import generate
+
+    progress = RichProgress()
+    try:
+        metadata = generate(run, data, merchant, prompt, config, out or context.workspace(ctx).outputs, features, progress)
+    finally:
+        progress.stop()
     rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
              "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
     console.print(table(f"{merchant}: {prompt!r} ({'personalized' if metadata['personalized'] else 'base model'})",

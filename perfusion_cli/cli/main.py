@@ -1,7 +1,12 @@
-"""The ``perfusion`` command: the app, its global options, and the subcommands (one module each)."""
+"""The ``perfusion`` command: the app, its global options, and the subcommands (one module each).
+
+Nothing here or in the command modules imports torch, diffusers, transformers or webdataset at import
+time: ``perfusion --help`` and usage errors answer at once; each command imports what it uses.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +20,10 @@ app = typer.Typer(
     name="perfusion", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Personalized text-to-image generation for e-commerce (PerFusionRM + PerFusion).",
 )
+
+# Our Rich bars report progress; the libraries' own tqdm bars and info logs would interleave with them.
+QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+         "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _version(value: bool) -> None:
@@ -31,18 +40,8 @@ def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:
     ctx.obj = Workspace.resolve(workdir)
-    _quiet_hugging_face()
-
-
-def _quiet_hugging_face() -> None:
-    """Our Rich bars report progress; the libraries' own tqdm bars and info logs would interleave."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
 
 
 app.command("prepare")(prepare.prepare_command)

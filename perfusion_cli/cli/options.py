@@ -27,3 +27,6 @@ SkipBadShards = Annotated[Optional[bool], typer.Option(
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in the output folder.")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]
+ReportTo = Annotated[Optional[str], typer.Option(
+    "--report-to", help="none, tensorboard or wandb (trackers through Accelerate; optional extras).")]

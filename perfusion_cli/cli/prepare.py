@@ -10,7 +10,7 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
-from perfusion_cli.data.prepare import prepare, prepare_synthetic
+from perfusion_cli.config import TINY_RECIPE
 
 
 @boundary
@@ -31,11 +31,23 @@ def prepare_command(
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
-    """Validate raw logs and write WebDataset shards + manifest; bad rows go to quarantine.jsonl."""
+    """Validate raw logs and write WebDataset shards + manifest; bad rows go to quarantine.jsonl.
+
+    With --synthetic in a workspace that has no perfusion.toml (and no --recipe), the tiny CPU recipe is
+    written there first, so the everyday commands that follow run on the bundled tiny backbones.
+    """
     if synthetic == (logs is not None):
         raise fail("give either LOGS_DIR or --synthetic (one of them)")
+    workspace = context.workspace(ctx)
+    if synthetic and recipe is None and not workspace.recipe.exists():
+        from perfusion_cli.io import atomic_write_text
+
+        atomic_write_text(workspace.recipe, TINY_RECIPE.read_text(encoding="utf-8"))
+        say(f"wrote {workspace.recipe} (the tiny CPU recipe: bundled tiny backbones, synthetic marketplace)")
     config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
-    out = out or context.workspace(ctx).data
+    out = out or workspace.data
+    from perfusion_cli.data.prepare import prepare, prepare_synthetic
+
     started = time.perf_counter()
     progress = RichProgress()
     try:
@@ -50,7 +62,8 @@ def prepare_command(
     print_summary(manifest, out, time.perf_counter() - started)
 
 
-def print_summary(manifest: dict, out: Path, seconds: float) -> None:
+def print_summary(manifest, out: Path, seconds: float) -> None:
+    manifest = manifest.raw
     rows = [[split, info["groups"], info["candidates"], info["merchants"], len(info["shards"])]
             for split, info in manifest["splits"].items()]
     console.print(table("prepared groups", ["split", "groups", "candidates", "merchants", "shards"], rows))

@@ -9,7 +9,7 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
-from perfusion_cli.models.backbones import ASSETS
+from perfusion_cli.config import ASSETS
 
 
 @boundary

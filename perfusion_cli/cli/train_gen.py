@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Optional
 
 import typer
@@ -9,7 +10,6 @@ import typer
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary
 from perfusion_cli.cli.training import run_trainer
-from perfusion_cli.data.shards import load_manifest
 
 
 @boundary
@@ -30,7 +30,7 @@ def train_gen_command(
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
+    grad_accum: options.GradAccum = None,
     mixed_precision: options.MixedPrecision = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing")] = None,
@@ -41,6 +41,7 @@ def train_gen_command(
     checkpoint_every: options.CheckpointEvery = None,
     keep_last: options.KeepLast = None,
     seed: options.Seed = None,
+    report_to: options.ReportTo = None,
     skip_bad_shards: options.SkipBadShards = None,
     resume: options.Resume = None,
     overwrite: options.Overwrite = False,
@@ -49,16 +50,8 @@ def train_gen_command(
     """Train the personalized diffusion model PerFusion (DATA_DIR default: <workspace>/data)."""
     from perfusion_cli.training.gen import train_generator
 
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)
-    if positives == "reward" and reward is None:
-        reward = str(workspace.rm_run)
-    config = context.section(ctx, recipe, "train-gen", {
-        "group_size": group_size, "beta": beta, "loss": loss, "positives": positives, "reward": reward,
-        "top_k": top_k, "base_model": base_model, "resolution": resolution, "lr": lr, "batch_size": batch_size,
-        "max_steps": max_steps, "grad_accum": grad_accum, "mixed_precision": mixed_precision,
-        "gradient_checkpointing": gradient_checkpointing, "attention": attention, "share_encoder": share_encoder,
-        "cache_latents": cache_latents, "checkpoint_every": checkpoint_every, "keep_last": keep_last, "seed": seed,
-        "skip_bad_shards": skip_bad_shards})
+    config = context.section(ctx, recipe, "train-gen", locals())
+    workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
+    if config.positives == "reward" and config.reward is None:
+        config = dataclasses.replace(config, reward=str(workspace.rm_run))
     run_trainer(train_generator, config, data, out or workspace.gen_run, resume, overwrite, context.command_line())

@@ -9,7 +9,6 @@ import typer
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary
 from perfusion_cli.cli.training import run_trainer
-from perfusion_cli.data.shards import load_manifest
 
 
 @boundary
@@ -29,12 +28,13 @@ def train_rm_command(
     backbone_lr: Annotated[Optional[float], typer.Option("--backbone-lr", help="Learning rate of CLIP.")] = None,
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
+    grad_accum: options.GradAccum = None,
     mixed_precision: options.MixedPrecision = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validations.")] = None,
     checkpoint_every: options.CheckpointEvery = None,
     keep_last: options.KeepLast = None,
     seed: options.Seed = None,
+    report_to: options.ReportTo = None,
     skip_bad_shards: options.SkipBadShards = None,
     resume: options.Resume = None,
     overwrite: options.Overwrite = False,
@@ -43,13 +43,6 @@ def train_rm_command(
     """Train the personalized reward model PerFusionRM (DATA_DIR default: <workspace>/data)."""
     from perfusion_cli.training.rm import train_reward_model
 
-    workspace = context.workspace(ctx)
-    data = data or workspace.data
-    load_manifest(data)  # a missing folder names `perfusion prepare` before anything loads
-    config = context.section(ctx, recipe, "train-rm", {
-        "loss": loss, "plugin": plugin, "shared_plugin": shared_plugin, "freeze_backbone": freeze_backbone,
-        "base_model": base_model, "lr": lr, "backbone_lr": backbone_lr, "batch_size": batch_size,
-        "max_steps": max_steps, "grad_accum": grad_accum, "mixed_precision": mixed_precision,
-        "eval_every": eval_every, "checkpoint_every": checkpoint_every, "keep_last": keep_last, "seed": seed,
-        "skip_bad_shards": skip_bad_shards})
+    config = context.section(ctx, recipe, "train-rm", locals())
+    workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
     run_trainer(train_reward_model, config, data, out or workspace.rm_run, resume, overwrite, context.command_line())

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from perfusion_cli.data import records as R
+from perfusion_cli.data.records import RowError
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
@@ -19,15 +20,11 @@ EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": 
 class ImageLimits:
     max_pixels: int
     max_bytes: int
+    max_aspect_ratio: float = 8.0
 
 
-class ImageProblem(Exception):
+class ImageProblem(RowError):
     """Raised by the checks below; ``reason`` is a quarantine code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
@@ -57,6 +54,10 @@ def check_image_bytes(data: bytes, limits: ImageLimits, name: str) -> str:
                                        f"{name} is {width}x{height} (limit {limits.max_pixels} pixels)")
                 if width == 0 or height == 0:
                     raise ImageProblem(R.IMAGE_EMPTY, f"{name} is {width}x{height}")
+                if max(width, height) > limits.max_aspect_ratio * min(width, height):
+                    raise ImageProblem(R.IMAGE_ASPECT, f"{name} is {width}x{height}: aspect ratio above "
+                                                       f"{limits.max_aspect_ratio:g} (the training crop would keep "
+                                                       f"a sliver of it)")
                 image.load()
                 kind = image.format or ""
     except ImageProblem:

@@ -27,7 +27,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from perfusion_cli.data.shards import load_manifest, shard_paths
+from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import DataError
 
 
@@ -69,17 +69,18 @@ class StreamSpec:
 
 
 def load_image(data: bytes, resolution: int) -> torch.Tensor:
-    """Decode, resize the shorter side to ``resolution``, centre-crop; returns [3, R, R] in [0, 1]."""
+    """Decode, take the centred square of the shorter side, resize it to ``resolution``; [3, R, R] in [0, 1].
+
+    Resizing only the square (PIL's ``box``) bounds the work and memory by the output size, whatever the
+    aspect ratio: resizing the whole image first would blow a 1×50,000 strip up to 64×3.2 M pixels.
+    """
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB")
         width, height = image.size
-        scale = resolution / min(width, height)
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
         if (width, height) != (resolution, resolution):
-            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-            image = image.resize(size, Image.BICUBIC)
-            left = (size[0] - resolution) // 2
-            top = (size[1] - resolution) // 2
-            image = image.crop((left, top, left + resolution, top + resolution))
+            image = image.resize((resolution, resolution), Image.BICUBIC, box=(left, top, left + side, top + side))
         array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
@@ -143,16 +144,32 @@ def collate(groups: list[dict]) -> GroupBatch:
     )
 
 
+MAX_FAILURES_IN_A_ROW = 1000
+
+
 class _ShardErrors:
-    """WebDataset exception handler: a clear error naming the shard, or a skip that is counted."""
+    """WebDataset exception handler: a clear error naming the shard, or a skip that is counted.
+
+    Skipping is bounded: after ``MAX_FAILURES_IN_A_ROW`` failures with no sample decoded in between, the
+    stream stops with an error (an endless resampled stream of unreadable shards would spin forever).
+    """
 
     def __init__(self, skip: bool):
         self.skip = skip
         self.skipped = 0
+        self.in_a_row = 0
+
+    def decoded(self) -> None:
+        self.in_a_row = 0
 
     def __call__(self, exn: Exception) -> bool:
         if self.skip:
             self.skipped += 1
+            self.in_a_row += 1
+            if self.in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise DataError(f"no sample could be decoded in {self.in_a_row} tries in a row ({self.skipped} "
+                                f"skipped in all; last: {exn}) — the shards are unreadable: re-run "
+                                f"`perfusion prepare`") from None
             return True
         if isinstance(exn, DataError):
             raise exn
@@ -161,14 +178,18 @@ class _ShardErrors:
                         f"`perfusion prepare`, or pass --skip-bad-shards to skip unreadable shards") from None
 
 
-def _shards(spec: StreamSpec) -> list[str]:
-    paths, _ = shard_paths(spec.data_dir, load_manifest(spec.data_dir), spec.split, spec.skip_bad_shards)
-    return paths
+def _shards(spec: StreamSpec) -> tuple[list[str], list[str]]:
+    """(readable shard paths, problems of the shards skipped)."""
+    return load_manifest(spec.data_dir).shard_paths(spec.split, spec.skip_bad_shards)
 
 
 def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int,
               handler: _ShardErrors) -> wds.DataPipeline:
-    decode = wds.map(lambda sample: decode_group(sample, spec.group_size, spec.resolution), handler=handler)
+    def decode(sample: dict) -> dict:
+        group = decode_group(sample, spec.group_size, spec.resolution)
+        handler.decoded()
+        return group
+
     batch = wds.batched(spec.batch_size, collation_fn=collate, partial=not training)
     if training:
         return wds.DataPipeline(
@@ -176,11 +197,11 @@ def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int
             wds.tarfile_to_samples(handler=handler),
             wds.detshuffle(spec.shuffle_buffer, initial=min(100, spec.shuffle_buffer),
                            seed=wds.utils.make_seed(spec.seed, epoch, *wds.utils.pytorch_worker_info()[:1])),
-            decode, batch,
+            wds.map(decode, handler=handler), batch,
         )
     return wds.DataPipeline(
         wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker,
-        wds.tarfile_to_samples(handler=handler), decode, batch,
+        wds.tarfile_to_samples(handler=handler), wds.map(decode, handler=handler), batch,
     )
 
 
@@ -191,15 +212,12 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int) -> DataLoader:
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
-def count_groups(data_dir: str | Path, split: str) -> int:
-    return int(load_manifest(data_dir)["splits"][split]["groups"])
-
-
 def train_batches(spec: StreamSpec, steps_per_epoch: int, start: int = 0) -> Iterator[GroupBatch]:
     """Endless batches, from global batch index ``start`` on (same batches as an uninterrupted run)."""
-    shards = _shards(spec)
+    shards, skipped = _shards(spec)
     if not shards:
-        raise DataError(f"split '{spec.split}' of {spec.data_dir} has no groups to train on")
+        why = f" ({len(skipped)} unreadable shard(s) skipped: {skipped[0]})" if skipped else ""
+        raise DataError(f"split '{spec.split}' of {spec.data_dir} has no groups to train on{why}")
     handler = _ShardErrors(spec.skip_bad_shards)
     epoch, offset = divmod(start, steps_per_epoch)
     while True:
@@ -208,8 +226,24 @@ def train_batches(spec: StreamSpec, steps_per_epoch: int, start: int = 0) -> Ite
         epoch, offset = epoch + 1, 0
 
 
+class EvalStream:
+    """One pass over a split (this rank's share of its shards); after the pass, ``skipped_shards`` lists the
+    shards left out as unreadable and ``skipped_samples`` counts the samples that failed to decode
+    (with ``skip_bad_shards``; counted in this process, so with ``num_workers`` 0)."""
+
+    def __init__(self, spec: StreamSpec):
+        self.spec = spec
+        self.shards, self.skipped_shards = _shards(spec)
+        self._handler = _ShardErrors(spec.skip_bad_shards)
+
+    @property
+    def skipped_samples(self) -> int:
+        return self._handler.skipped
+
+    def __iter__(self) -> Iterator[GroupBatch]:
+        yield from _loader(_pipeline(self.spec, self.shards, training=False, epoch=0, handler=self._handler),
+                           self.spec.num_workers)
+
+
 def eval_batches(spec: StreamSpec) -> Iterator[GroupBatch]:
-    """One pass over a split (this rank's share of its shards)."""
-    shards = _shards(spec)
-    handler = _ShardErrors(spec.skip_bad_shards)
-    yield from _loader(_pipeline(spec, shards, training=False, epoch=0, handler=handler), spec.num_workers)
+    yield from EvalStream(spec)

@@ -15,20 +15,14 @@ from typing import Any, Iterator
 
 from perfusion_cli.data import records as R
 from perfusion_cli.data.images import ImageLimits, ImageProblem, read_image_file
-from perfusion_cli.data.records import GroupRecord, Rejection
+from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import sha256_file
 
 MERCHANTS_FILE = "merchants.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
+TRUTH_FILE = "truth.json"
 _RAW_SNIPPET = 300
-
-
-class RowError(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -39,7 +33,11 @@ class JsonlStats:
 
 def iter_jsonl(path: Path, stats: JsonlStats) -> Iterator[tuple[int, dict | None, Rejection | None]]:
     """Yield (line number, object, None) or (line number, None, rejection) for every non-blank line."""
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 stats.blank_lines += 1
@@ -51,16 +49,25 @@ def iter_jsonl(path: Path, stats: JsonlStats) -> Iterator[tuple[int, dict | None
             except UnicodeDecodeError as exc:
                 yield number, None, Rejection(path.name, number, R.INVALID_UTF8, str(exc), snippet)
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, None, Rejection(path.name, number, R.INVALID_JSON, str(exc), snippet)
-                continue
-            if not isinstance(obj, dict):
-                yield number, None, Rejection(path.name, number, R.NOT_AN_OBJECT,
-                                              f"expected a JSON object, got {type(obj).__name__}", snippet)
-                continue
-            yield number, obj, None
+            parsed = checked(path.name, number, snippet, lambda: _parse(text))
+            if isinstance(parsed, Rejection):
+                yield number, None, parsed
+            else:
+                yield number, parsed, None
+
+
+def _parse(text: str) -> dict:
+    """One JSON object with only encodable strings, not nested deeper than we read."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RowError(R.INVALID_JSON, str(exc)) from None
+    except RecursionError:
+        raise RowError(R.INVALID_JSON, "nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise RowError(R.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    check_text(obj)
+    return obj
 
 
 def _identifier(obj: dict, key: str) -> str:
@@ -80,7 +87,10 @@ def parse_timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise RowError(f"{R.BAD_TYPE}:timestamp", "timestamp must be a number or an ISO-8601 string")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise RowError(f"{R.BAD_VALUE}:timestamp", "timestamp is too large") from None
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
@@ -122,10 +132,10 @@ def _candidates(obj: dict) -> tuple[tuple[str, ...], tuple[bool, ...]]:
 
 
 def _feature_value(key: str, value: Any) -> Any:
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
         return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
+    if isinstance(value, (int, float)):
+        if not math.isfinite(float(value)):  # an int too large for a float raises OverflowError: quarantined
             raise RowError(f"{R.BAD_VALUE}:{key}", f"feature '{key}' is not finite")
         return value
     raise RowError(f"{R.BAD_TYPE}:{key}", f"feature '{key}' must be a string, number, boolean or null")
@@ -164,15 +174,20 @@ class LogsSource:
             if rejection:
                 rejections.append(rejection)
                 continue
-            try:
+
+            def validate(obj=obj) -> tuple[str, dict]:
                 merchant_id = _identifier(obj, "merchant_id")
                 if merchant_id in profiles:
                     raise RowError(R.DUPLICATE_MERCHANT,
                                    f"merchant_id {merchant_id!r} first seen on line {first_line[merchant_id]}")
-                features = {key: _feature_value(key, value) for key, value in obj.items() if key != "merchant_id"}
-            except RowError as exc:
-                rejections.append(Rejection(MERCHANTS_FILE, number, exc.reason, exc.detail, _snippet(obj)))
+                return merchant_id, {key: _feature_value(key, value) for key, value in obj.items()
+                                     if key != "merchant_id"}
+
+            result = checked(MERCHANTS_FILE, number, _snippet(obj), validate)
+            if isinstance(result, Rejection):
+                rejections.append(result)
                 continue
+            merchant_id, features = result
             profiles[merchant_id] = features
             first_line[merchant_id] = number
         return profiles, rejections
@@ -185,15 +200,17 @@ class LogsSource:
             if rejection:
                 yield rejection
                 continue
-            try:
+
+            def validate(obj=obj, number=number) -> GroupRecord:
                 record = self._validate(number, obj, known_merchants)
                 if record.session_id in first_line:
                     raise RowError(R.DUPLICATE_SESSION, f"session_id {record.session_id!r} first seen on "
                                                         f"line {first_line[record.session_id]}")
-            except RowError as exc:
-                yield Rejection(SESSIONS_FILE, number, exc.reason, exc.detail, _snippet(obj))
-                continue
-            first_line[record.session_id] = number
+                return record
+
+            record = checked(SESSIONS_FILE, number, _snippet(obj), validate)
+            if isinstance(record, GroupRecord):
+                first_line[record.session_id] = number
             yield record
 
     def _validate(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord:
@@ -217,14 +234,25 @@ class LogsSource:
                 read_image_file(self.root, image, self.limits)
             except ImageProblem as exc:
                 raise RowError(exc.reason, f"candidate {index}: {exc.detail}") from None
+            except OSError as exc:
+                raise RowError(R.UNREADABLE_FILE, f"candidate {index}: image {image!r}: {exc.strerror or exc}") from None
         return GroupRecord(number, session_id, merchant_id, prompt.strip(), timestamp, images, selected)
+
+    def input_files(self) -> list[Path]:
+        return [self.root / name for name in (MERCHANTS_FILE, SESSIONS_FILE, TRUTH_FILE)]
+
+    @property
+    def truth(self) -> Path | None:
+        """The synthetic marketplace's hidden tastes, when these logs are synthetic."""
+        path = self.root / TRUTH_FILE
+        return path if path.is_file() else None
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         try:
             return [read_image_file(self.root, image, self.limits) for image in record.images]
-        except ImageProblem as exc:
+        except (ImageProblem, OSError) as exc:
             raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: "
-                            f"{exc.detail}") from None
+                            f"{getattr(exc, 'detail', exc)}") from None
 
     def describe(self) -> dict:
         return {

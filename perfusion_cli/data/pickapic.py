@@ -1,9 +1,17 @@
-"""Pick-a-Pic style parquet (DESIGN §3): each row is a group of two, the user is the merchant.
+"""Pick-a-Pic parquet (DESIGN §3): each row is a group of two, the user is the merchant.
 
-Columns: ``caption``, ``jpg_0``, ``jpg_1`` (image bytes), ``label_0`` in {0, 0.5, 1} and ``user_id``;
-``created_at`` is used as the time when present, else the row order. Ties (``label_0`` = 0.5) are
-counted and held out of the shards. Files are read one row group at a time, so a large parquet file
-streams rather than loads.
+The v2 layout is a folder of ``train-000NN-of-00645.parquet`` files with 19 columns; we need
+``caption``, ``jpg_0``, ``jpg_1`` (image bytes), ``label_0`` and ``user_id`` and read ``label_1``,
+``has_label``, ``are_different`` and ``created_at`` when present (other columns are ignored). A row is
+a preference only when ``has_label`` (if present) is true and the labels name one winner
+(``label_0 + label_1 = 1``, one of them 1):
+
+- unlabeled rows (``has_label`` false), ties (0.5 / 0.5) and identical pairs (``are_different`` false)
+  are held out with their reason; contradictory labels (both 1, or both 0 on a labeled row) and any
+  other values are quarantined.
+
+``created_at`` orders a user's rows in time when present, else the row order does. Files are read one
+row group at a time, so a folder of many large files streams with bounded memory.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.images import ImageLimits, ImageProblem, check_image_bytes
-from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection
+from perfusion_cli.data.images import ImageLimits, check_image_bytes
+from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import sha256_file
 
 REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "user_id")
+OPTIONAL = ("label_1", "has_label", "are_different", "created_at")
 META_COLUMNS = ["caption", "label_0", "user_id"]
 IMAGE_COLUMNS = ["jpg_0", "jpg_1"]
 
@@ -77,50 +86,51 @@ class PickAPicSource:
         row = 0
         for file_index, file in enumerate(self.files):
             parquet = pq.ParquetFile(file)
-            has_time = "created_at" in parquet.schema_arrow.names
-            columns = META_COLUMNS + IMAGE_COLUMNS + (["created_at"] if has_time else [])
+            names = set(parquet.schema_arrow.names)
+            columns = META_COLUMNS + IMAGE_COLUMNS + [column for column in OPTIONAL if column in names]
             for group_index in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group_index, columns=columns).to_pylist()
                 for offset, values in enumerate(table):
                     row += 1
                     self.session_stats.rows += 1
                     ref = f"{file_index}:{group_index}:{offset}"
-                    yield self._validate(file.name, row, ref, values, has_time)
+                    raw = str({key: values.get(key) for key in META_COLUMNS + list(OPTIONAL)})[:300]
+                    yield checked(file.name, row, raw, lambda: self._validate(file.name, row, ref, values))
 
-    def _validate(self, name: str, row: int, ref: str, values: dict, has_time: bool):
-        raw = str({key: values.get(key) for key in META_COLUMNS})[:300]
+    def _validate(self, name: str, row: int, ref: str, values: dict) -> GroupRecord | HeldOut:
         user = values.get("user_id")
         if user is None or not str(user).strip():
-            return Rejection(name, row, f"{R.MISSING_FIELD}:user_id", "user_id is empty", raw)
+            raise RowError(f"{R.MISSING_FIELD}:user_id", "user_id is empty")
         caption = values.get("caption")
         if not isinstance(caption, str):
-            return Rejection(name, row, f"{R.BAD_TYPE}:caption", "caption must be a string", raw)
+            raise RowError(f"{R.BAD_TYPE}:caption", "caption must be a string")
+        check_text(caption)
         if not caption.strip():
-            return Rejection(name, row, R.EMPTY_PROMPT, "caption is empty", raw)
-        label = values.get("label_0")
-        if not isinstance(label, (int, float)) or isinstance(label, bool) or label not in (0, 0.5, 1):
-            return Rejection(name, row, f"{R.BAD_VALUE}:label_0", f"label_0 must be 0, 0.5 or 1, got {label!r}", raw)
+            raise RowError(R.EMPTY_PROMPT, "caption is empty")
         session_id = f"{Path(name).stem}-{row}"
         merchant_id = str(user).strip()
-        if label == 0.5:
-            return HeldOut(name, row, R.TIE, session_id, merchant_id)
+        held = _held_out_reason(values)
+        if held:
+            return HeldOut(name, row, held, session_id, merchant_id)
+        winner = _winner(values)
         for column in IMAGE_COLUMNS:
             data = values.get(column)
             if not isinstance(data, (bytes, bytearray)):
-                return Rejection(name, row, R.IMAGE_MISSING, f"{column} holds no image bytes", raw)
-            try:
-                check_image_bytes(bytes(data), self.limits, column)
-            except ImageProblem as exc:
-                return Rejection(name, row, exc.reason, exc.detail, raw)
+                raise RowError(R.IMAGE_MISSING, f"{column} holds no image bytes")
+            check_image_bytes(bytes(data), self.limits, column)
         timestamp = float(row)
-        if has_time and values.get("created_at") is not None:
+        if values.get("created_at") is not None:
             created = values["created_at"]
             timestamp = created.timestamp() if hasattr(created, "timestamp") else float(created)
             if not math.isfinite(timestamp):
-                return Rejection(name, row, f"{R.BAD_VALUE}:created_at", "created_at is not finite", raw)
-        selected = (label == 1, label == 0)
+                raise RowError(f"{R.BAD_VALUE}:created_at", "created_at is not finite")
         return GroupRecord(row, session_id, merchant_id, caption.strip(), timestamp,
-                           (f"{ref}:0", f"{ref}:1"), selected)
+                           (f"{ref}:0", f"{ref}:1"), (winner == 0, winner == 1))
+
+    def input_files(self) -> list[Path]:
+        return list(self.files)
+
+    truth = None  # Pick-a-Pic has no hidden taste to measure
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         file_index, group_index, offset, _ = record.images[0].split(":")
@@ -135,3 +145,43 @@ class PickAPicSource:
     def describe(self) -> dict:
         return {"kind": self.kind, "files": {file.name: sha256_file(file) for file in self.files},
                 "session_rows": self.session_stats.rows, "merchant_rows": 0, "blank_lines": 0}
+
+
+def _number(values: dict, column: str) -> float | None:
+    value = values.get(column)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RowError(f"{R.BAD_VALUE}:{column}", f"{column} must be a number, got {value!r}")
+    return float(value)
+
+
+def _held_out_reason(values: dict) -> str | None:
+    """Rows that are valid but carry no preference: unlabeled, ties, identical pairs."""
+    if values.get("has_label") is False:
+        return R.UNLABELED
+    if values.get("are_different") is False:
+        return R.IDENTICAL_PAIR
+    label_0 = _number(values, "label_0")
+    label_1 = _number(values, "label_1")
+    if label_0 == 0.5 and label_1 in (None, 0.5):
+        return R.TIE
+    return None
+
+
+def _winner(values: dict) -> int:
+    """0 or 1: the image the user preferred; anything else is quarantined."""
+    label_0 = _number(values, "label_0")
+    label_1 = _number(values, "label_1")
+    if label_0 is None:
+        raise RowError(f"{R.MISSING_FIELD}:label_0", "label_0 is missing")
+    if label_1 is None:
+        label_1 = 1 - label_0 if label_0 in (0, 1) else None
+    if (label_0, label_1) == (1, 0):
+        return 0
+    if (label_0, label_1) == (0, 1):
+        return 1
+    if label_0 in (0, 1) and label_1 in (0, 1):
+        raise RowError(R.CONTRADICTORY_LABELS, f"label_0 {label_0:g} and label_1 {label_1:g} name no single winner")
+    raise RowError(f"{R.BAD_VALUE}:label_0", f"labels must be 0, 0.5 or 1 and sum to 1, got {label_0!r} and "
+                                             f"{label_1!r}")

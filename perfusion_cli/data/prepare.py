@@ -6,39 +6,54 @@ the shards. Output files:
 
     DATA_DIR/shards/<split>-NNNNNN.tar   one sample per group
     DATA_DIR/quarantine.jsonl            every rejected row with its line and reason
-    DATA_DIR/held_out.jsonl              valid rows kept out on purpose (ties, too few records)
+    DATA_DIR/held_out.jsonl              valid rows kept out on purpose (ties, too few records, …)
     DATA_DIR/merchants.jsonl             every valid merchant: role, profile, feature ids
+    DATA_DIR/truth.json                  synthetic data only: the hidden tastes the oracle reads
     DATA_DIR/manifest.json               counts, splits, vocabulary, checksums; written last
+
+Safety (DESIGN §9): ``prepare`` refuses an output folder that would overwrite its own input, holds a
+lock on the output folder, and builds everything in ``DATA_DIR/.staging`` first: the previous data
+stays readable and untouched until the new data is complete, then is swapped out in one short step.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from perfusion_cli import __version__
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.logs import LogsSource
+from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_manifest
+from perfusion_cli.data.merchants import MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
-from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection
-from perfusion_cli.data.shards import FORMAT, MANIFEST, SHARD_DIR, SplitWriter
+from perfusion_cli.data.records import GroupRecord, HeldOut
+from perfusion_cli.data.shards import SplitWriter
 from perfusion_cli.data.splits import SPLITS, plan_splits
-from perfusion_cli.data.synthetic import write_marketplace
+from perfusion_cli.data.synthetic import TRUTH, write_marketplace
 from perfusion_cli.data.vocab import FeatureVocab, build_vocab
 from perfusion_cli.errors import DataError
-from perfusion_cli.io import TMP_SUFFIX, atomic_write_bytes, atomic_write_json
+from perfusion_cli.io import atomic_write_bytes, check_output_dir
 from perfusion_cli.progress import NullProgress, Progress
 
 QUARANTINE = "quarantine.jsonl"
 HELD_OUT = "held_out.jsonl"
-MERCHANTS = "merchants.jsonl"
+STAGING = ".staging"
+LOCK = ".prepare.lock"
+FAILED = "prepare-failed"
+OUTPUTS = (SHARD_DIR, QUARANTINE, HELD_OUT, MERCHANTS, TRUTH, MANIFEST)
 
 
 def open_source(path: str | Path, config: PrepareConfig) -> LogsSource | PickAPicSource:
-    limits = ImageLimits(config.max_image_pixels, config.max_image_bytes)
+    limits = ImageLimits(config.max_image_pixels, config.max_image_bytes, config.max_aspect_ratio)
     path = Path(path)
     if config.format == "pickapic" or path.suffix == ".parquet":
         return PickAPicSource(path, limits)
@@ -46,24 +61,70 @@ def open_source(path: str | Path, config: PrepareConfig) -> LogsSource | PickAPi
 
 
 def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
-            progress: Progress | None = None, command: str = "") -> dict:
+            progress: Progress | None = None, command: str = "") -> Manifest:
     """Prepare ``source_path`` into ``out``; returns the manifest."""
     progress = progress or NullProgress()
     source = open_source(source_path, config)
     out = Path(out)
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, the folder reads as unprepared
-    for leftover in (out / SHARD_DIR).glob(f"*{TMP_SUFFIX}"):  # torn shards of a killed earlier run
-        leftover.unlink()
+    _refuse_own_input(source, out)
+    check_output_dir(out, "the prepared data folder")
+    with _locked(out):
+        staging = out / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / SHARD_DIR).mkdir(parents=True)
+        raw = _prepare_into(source, source_path, staging, out, config, progress, command)
+        return _swap_in(staging, out, raw)
 
+
+def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: PrepareConfig,
+                      progress: Progress | None = None, command: str = "") -> Manifest:
+    """Write the synthetic marketplace to ``out/raw`` and prepare it into ``out`` by the same path."""
+    progress = progress or NullProgress()
+    check_output_dir(Path(out), "the prepared data folder")
+    progress.start("drawing the synthetic marketplace", None)
+    raw = write_marketplace(Path(out) / "raw", synthetic)
+    progress.stop()
+    return prepare(raw, out, config, progress, command)
+
+
+def _refuse_own_input(source, out: Path) -> None:
+    """Writing into the logs folder would replace its merchants.jsonl (and a re-run would find nothing)."""
+    root = (source.root if isinstance(source, LogsSource) else source.path).resolve()
+    target = out.resolve()
+    inputs = {path.resolve() for path in source.input_files()}
+    clashes = [name for name in OUTPUTS if (target / name).resolve() in inputs
+               or root == (target / name).resolve() or (target / name).resolve() in root.parents]
+    if target == root or clashes:
+        raise DataError(f"prepare would write into its own input {root} (its {', '.join(clashes) or 'files'}): "
+                        f"pass --out DIR outside the logs folder (the default is <workspace>/data)")
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    handle = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise DataError(f"another `perfusion prepare` is writing to {out}: wait for it, or use another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _prepare_into(source, source_path, staging: Path, out: Path, config: PrepareConfig, progress: Progress,
+                  command: str) -> dict:
     profiles, merchant_rejections = source.merchants()
     records, rejections, held = _scan(source, set(profiles), progress)
     if not records:
-        _write_jsonl(out / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
+        failed = out / FAILED
+        _write_jsonl(failed / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
         reasons = Counter(r.reason for r in rejections).most_common(3)
         top = ", ".join(f"{reason} ×{count}" for reason, count in reasons) or "the input has no rows"
         raise DataError(f"no valid groups in {source_path} ({top}); every rejected row is listed in "
-                        f"{out / QUARANTINE}")
+                        f"{failed / QUARANTINE}")
     plan = plan_splits(records, config, source.sessions_file)
     if not any(split == "train" for split in plan.assignment.values()):
         raise DataError(f"no merchant has --min-records {config.min_records} valid groups or more: all "
@@ -71,30 +132,38 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
     held = sorted(held + plan.held_out, key=lambda h: h.row)
     training = [m for m, role in plan.roles.items() if role == "train"]
     vocab = build_vocab(profiles, training, config.numeric_buckets)
-    splits = _write_shards(source, records, plan.assignment, vocab, profiles, out, config, progress)
+    splits = _write_shards(source, records, plan.assignment, vocab, profiles, staging, config, progress)
 
-    _write_jsonl(out / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
-    _write_jsonl(out / HELD_OUT, [h.to_json() for h in held])
-    _write_jsonl(out / MERCHANTS, _merchant_table(profiles, records, plan.roles, vocab))
-    manifest = _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections,
-                         held, plan)
-    atomic_write_json(out / MANIFEST, manifest)
-    return manifest
+    _write_jsonl(staging / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
+    _write_jsonl(staging / HELD_OUT, [h.to_json() for h in held])
+    _write_jsonl(staging / MERCHANTS, merchant_table(profiles, records, plan.roles, vocab))
+    if source.truth is not None:
+        shutil.copyfile(source.truth, staging / TRUTH)
+    return _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held, plan)
 
 
-def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: PrepareConfig,
-                      progress: Progress | None = None, command: str = "") -> dict:
-    """Write the synthetic marketplace to ``out/raw`` and prepare it into ``out`` by the same path."""
-    progress = progress or NullProgress()
-    progress.start("drawing the synthetic marketplace", None)
-    raw = write_marketplace(Path(out) / "raw", synthetic)
-    progress.stop()
-    return prepare(raw, out, config, progress, command)
+def _swap_in(staging: Path, out: Path, raw: dict) -> Manifest:
+    """Replace the old prepared data by the staged one; the manifest goes last."""
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, the folder reads as unprepared
+    for name in OUTPUTS[:-1]:
+        old = out / name
+        if old.is_dir():
+            retired = out / f"{name}.old"
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(old, retired)
+            shutil.rmtree(retired)
+        elif old.exists():
+            old.unlink()
+        if (staging / name).exists():
+            os.replace(staging / name, old)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(out / FAILED, ignore_errors=True)
+    return write_manifest(out, raw)
 
 
 def _scan(source, merchants: set[str], progress: Progress):
     records: list[GroupRecord] = []
-    rejections: list[Rejection] = []
+    rejections = []
     held: list[HeldOut] = []
     progress.start("validating rows", None)
     for item in source.scan(merchants):
@@ -109,9 +178,9 @@ def _scan(source, merchants: set[str], progress: Progress):
     return records, rejections, held
 
 
-def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, out: Path,
+def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, staging: Path,
                   config: PrepareConfig, progress: Progress) -> dict[str, SplitWriter]:
-    writers = {split: SplitWriter(out / SHARD_DIR, split, config.shard_size) for split in SPLITS}
+    writers = {split: SplitWriter(staging / SHARD_DIR, split, config.shard_size) for split in SPLITS}
     progress.start("writing shards", len(assignment))
     try:
         for record in records:
@@ -133,19 +202,7 @@ def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, ou
         raise
     finally:
         progress.stop()
-    keep = {shard.name for writer in writers.values() for shard in writer.shards}
-    for stale in (out / SHARD_DIR).glob("*.tar"):
-        if stale.name not in keep:
-            stale.unlink()
     return writers
-
-
-def _merchant_table(profiles, records, roles, vocab: FeatureVocab) -> list[dict]:
-    counts = Counter(record.merchant_id for record in records)
-    return [{"merchant_id": merchant_id, "role": roles.get(merchant_id, "no_sessions"),
-             "groups": counts.get(merchant_id, 0), "features": profiles[merchant_id],
-             "feature_ids": vocab.encode(merchant_id, profiles[merchant_id])}
-            for merchant_id in sorted(profiles)]
 
 
 def _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held,
@@ -172,7 +229,6 @@ def _manifest(source, config, command, vocab, splits, records, rejections, merch
     split_info = {split: {**writer.summary(), "merchants": len(merchants_in[split])}
                   for split, writer in splits.items()}
     return {
-        "format": FORMAT,
         "created_by": {"command": command, "version": __version__},
         "source": described,
         "settings": asdict(config),
@@ -184,6 +240,7 @@ def _manifest(source, config, command, vocab, splits, records, rejections, merch
         "quarantine": {"rows": len(rejections) + len(merchant_rejections),
                        "reasons": dict(sorted(Counter(r.reason for r in rejections + merchant_rejections).items()))},
         "held_out": {"rows": len(held), "reasons": dict(sorted(Counter(h.reason for h in held).items()))},
+        "synthetic": source.truth is not None,
     }
 
 

@@ -7,6 +7,9 @@ Every input row becomes exactly one of these, which is what makes the accounting
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,58 @@ class HeldOut:
                 "merchant_id": self.merchant_id}
 
 
+class RowError(Exception):
+    """Why one input row is unusable; ``reason`` is a quarantine code below."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def checked(file: str, row: int, raw: str, validate: Callable[[], T]) -> T | Rejection:
+    """The one place where a per-row failure becomes a quarantine entry, whatever raised it.
+
+    Our own checks raise ``RowError``; anything else a hostile row can provoke in the libraries we call
+    (an unreadable file, a number too large for a float, a path component too long) is quarantined with
+    a generic reason and the exception's message, never a traceback.
+    """
+    try:
+        return validate()
+    except RowError as exc:
+        return Rejection(file, row, exc.reason, exc.detail, raw)
+    except OSError as exc:
+        return Rejection(file, row, UNREADABLE_FILE, f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "), raw)
+    except (ValueError, OverflowError, TypeError, RecursionError, UnicodeError) as exc:
+        return Rejection(file, row, BAD_VALUE, f"{type(exc).__name__}: {exc}"[:300], raw)
+
+
+def check_text(value: Any, depth: int = 0) -> None:
+    """Every string (keys included) must be encodable as UTF-8: JSON allows lone surrogates ("\ud800"),
+    which tokenizers and file systems do not."""
+    if depth > MAX_DEPTH:
+        raise RowError(INVALID_JSON, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RowError(INVALID_UNICODE, f"string {value[:40]!r} holds a lone surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, depth + 1)
+            check_text(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_text(item, depth + 1)
+
+
+MAX_DEPTH = 32
+
 # Quarantine reasons. Field-specific reasons are written "missing_field:prompt", "bad_type:timestamp".
 INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"
+INVALID_UNICODE = "invalid_unicode"
+UNREADABLE_FILE = "unreadable_file"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 BAD_TYPE = "bad_type"
@@ -71,7 +123,11 @@ IMAGE_MISSING = "image_missing"
 IMAGE_EMPTY = "image_empty"
 IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_CORRUPT = "image_corrupt"
+IMAGE_ASPECT = "image_aspect_ratio"
+CONTRADICTORY_LABELS = "contradictory_labels"
 
 # Held-out reasons.
 FEW_RECORDS = "few_records"
 TIE = "tie"
+UNLABELED = "unlabeled"
+IDENTICAL_PAIR = "identical_pair"

@@ -1,4 +1,4 @@
-"""Prepared data on disk: WebDataset tar shards, one sample per group, and ``manifest.json``.
+"""Writing WebDataset tar shards, one sample per group (``manifest.py`` lists and reads them).
 
 A sample is ``<key>.json`` (session, merchant, prompt, time, labels, feature ids) plus one image per
 candidate, ``<key>.<k>.<ext>``. Shards are written under a temporary name and renamed when complete;
@@ -15,12 +15,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from perfusion_cli.errors import DataError
-from perfusion_cli.io import read_json, sha256_file
-
-FORMAT = "perfusion-shards/1"
-MANIFEST = "manifest.json"
-SHARD_DIR = "shards"
+from perfusion_cli.io import sha256_file
 
 
 @dataclass
@@ -94,58 +89,3 @@ class SplitWriter:
     def summary(self) -> dict:
         return {"groups": self.groups, "candidates": self.candidates,
                 "shards": [asdict(shard) for shard in self.shards]}
-
-
-def load_manifest(data_dir: str | Path) -> dict:
-    """The manifest of a prepared data folder, checked for format and for its shards' presence."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no prepared data in {data_dir} — run `perfusion prepare LOGS_DIR` "
-                        f"(or `perfusion prepare --synthetic`) first")
-    try:
-        manifest = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path} is not a {FORMAT} manifest — re-run `perfusion prepare`")
-    return manifest
-
-
-def shard_problem(data_dir: str | Path, shard: dict) -> str | None:
-    """Why a listed shard cannot be read as the manifest describes it, or None."""
-    path = Path(data_dir) / SHARD_DIR / shard["name"]
-    if not path.is_file():
-        return f"shard {path} is listed in the manifest but missing"
-    if path.stat().st_size != shard["bytes"]:
-        return (f"shard {path} has {path.stat().st_size} bytes, the manifest says {shard['bytes']}: "
-                f"it is truncated or was changed")
-    return None
-
-
-def shard_paths(data_dir: str | Path, manifest: dict, split: str,
-                skip_bad: bool = False) -> tuple[list[str], list[str]]:
-    """(readable shard paths, problems skipped). Without ``skip_bad`` the first problem is an error."""
-    if split not in manifest["splits"]:
-        raise DataError(f"unknown split {split!r}; this data has {', '.join(manifest['splits'])}")
-    paths, skipped = [], []
-    for shard in manifest["splits"][split]["shards"]:
-        problem = shard_problem(data_dir, shard)
-        if problem and not skip_bad:
-            raise DataError(f"{problem} — re-run `perfusion prepare`, or pass --skip-bad-shards")
-        if problem:
-            skipped.append(problem)
-        else:
-            paths.append(str(Path(data_dir) / SHARD_DIR / shard["name"]))
-    return paths, skipped
-
-
-def verify_checksums(data_dir: str | Path, manifest: dict) -> list[str]:
-    """Names of shards whose sha256 differs from the manifest (empty when all match)."""
-    bad = []
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            path = Path(data_dir) / SHARD_DIR / shard["name"]
-            if not path.is_file() or sha256_file(path) != shard["sha256"]:
-                bad.append(shard["name"])
-    return bad

@@ -39,6 +39,7 @@ STYLE_PATTERN = {"minimalist": -0.8, "bohemian": 0.8, "streetwear": 0.3, "classi
 REGION_LIGHTNESS = {"nordic": 0.35, "mediterranean": 0.7, "continental": 0.5, "coastal": 0.6}
 SELECTION_NOISE = 0.3  # Gumbel scale; utilities span about ±2
 SESSION_DAYS = 180
+TRUTH = "truth.json"
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
     sessions.sort(key=lambda row: (row["timestamp"], row["session_id"]))
     _write_jsonl(out / "merchants.jsonl", [merchant.profile() for merchant in merchants])
     _write_jsonl(out / "sessions.jsonl", sessions)
-    atomic_write_json(out / "truth.json", {
+    atomic_write_json(out / TRUTH, {
         "merchants": {m.merchant_id: {**m.taste.to_dict(), "style": m.style} for m in merchants},
         "config": {"merchants": config.merchants, "sessions_per_merchant": config.sessions_per_merchant,
                    "group_size": config.group_size, "resolution": config.resolution, "seed": config.seed},
@@ -130,11 +131,14 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
     return out
 
 
-def load_truth(path: str | Path) -> dict[str, Taste]:
-    """Merchant id → Taste from a ``truth.json`` (in a raw folder or a prepared data folder)."""
+def load_truth(path: str | Path) -> dict[str, Taste] | None:
+    """Merchant id → Taste from a ``truth.json``, or from the folder holding one (synthetic raw logs, or a
+    prepared data folder, where ``prepare`` copies it); None when there is none (real data)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "truth.json" if (path / "truth.json").exists() else path / "raw" / "truth.json"
+        path = path / TRUTH
+    if not path.is_file():
+        return None
     with open(path, encoding="utf-8") as handle:
         merchants = json.load(handle)["merchants"]
     return {merchant_id: Taste.from_mapping(values) for merchant_id, values in merchants.items()}

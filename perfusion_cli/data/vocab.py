@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from perfusion_cli.errors import CheckpointError
+from perfusion_cli.errors import VocabularyMismatch
 
 OOV = 0
 MERCHANT_ID = "merchant_id"
@@ -79,6 +79,12 @@ class FeatureVocab:
     def to_json(self) -> list[dict]:
         return [feature.to_json() for feature in self.features]
 
+    def require_same(self, data: "FeatureVocab", what: str, data_dir) -> None:
+        """The one compatibility check: a model's feature ids mean something only under its vocabulary."""
+        if self != data:
+            raise VocabularyMismatch(f"the {what} was trained on data with a different merchant feature vocabulary "
+                                     f"than {data_dir}: use the data folder it was trained on")
+
     @classmethod
     def from_json(cls, items: list[dict]) -> "FeatureVocab":
         return cls([Feature(item["name"], item["kind"], list(item.get("values", [])),
@@ -121,11 +127,3 @@ def quantile_boundaries(values: list[float], buckets: int) -> list[float]:
         return []
     quantiles = np.quantile(np.array(finite), np.linspace(0, 1, buckets + 1)[1:-1])
     return sorted({round(float(q), 6) for q in quantiles})
-
-
-
-def check_same_vocabulary(model_features: list[dict], data_features: list[dict], what: str, data_dir) -> None:
-    """A model's feature ids mean something only under the vocabulary it was trained with."""
-    if model_features and model_features != data_features:
-        raise CheckpointError(f"the {what} was trained on data with a different merchant feature vocabulary than "
-                              f"{data_dir}: use the data folder it was trained on")

@@ -10,7 +10,6 @@ with the reason, rather than vanishing.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,18 +21,16 @@ from PIL import Image
 
 from perfusion_cli.config import DEFAULT_CLIP, EvalGenConfig
 from perfusion_cli.data.loader import StreamSpec, eval_batches
-from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.manifest import Manifest, load_manifest
 from perfusion_cli.data.synthetic import load_truth, oracle_utility
-from perfusion_cli.data.vocab import check_same_vocabulary
+from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import PerfusionError
 from perfusion_cli.evaluation.fid import compute_fid
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
-from perfusion_cli.generation import pick_device
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.progress import NullProgress, Progress
-from perfusion_cli.training.gen import GEN_FILE
 
 MODELS = ("base", "perfusion")
 METRICS = ("clip", "aesthetic", "perfusionrm", "oracle")
@@ -56,7 +53,7 @@ class Generated:
 def held_out_pairs(data_dir: Path, split: str, limit: int, resolution: int) -> list[EvalPair]:
     """Distinct (merchant, prompt) pairs of a split, interleaved across merchants, at most ``limit``."""
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), split, 32, manifest["max_candidates"], resolution)
+    spec = StreamSpec(Path(data_dir), split, 32, manifest.max_candidates, resolution)
     by_merchant: dict[str, dict[str, EvalPair]] = defaultdict(dict)
     for batch in eval_batches(spec):
         for row in range(len(batch)):
@@ -88,8 +85,7 @@ def _generate(pipeline: PerFusionPipeline, pairs: list[EvalPair], config: EvalGe
     return torch.cat(out).view(len(pairs), config.n_per_prompt, *out[0].shape[1:])
 
 
-def _scorers(config: EvalGenConfig, base_model: str, device, reward_source: str | None, truth_file: Path,
-             manifest: dict) -> tuple[dict, dict]:
+def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest) -> tuple[dict, dict]:
     """The scorers that can run, and for the others the reason why not."""
     scorers, reasons = {}, {}
     clip_name = config.clip_model or ("tiny" if base_model == "tiny" else DEFAULT_CLIP)
@@ -107,19 +103,20 @@ def _scorers(config: EvalGenConfig, base_model: str, device, reward_source: str 
             reasons["aesthetic"] = str(exc)
     else:
         reasons["aesthetic"] = "needs the CLIP model, which did not load"
-    if reward_source:
+    if config.reward:
         try:
-            reward = load_reward_model(reward_source, device)
-            check_same_vocabulary(reward.module.settings.features, manifest["features"], "reward model", "the data")
+            reward = load_reward_model(config.reward, device)
+            reward.vocab.require_same(manifest.vocab, "reward model", manifest.data_dir)
             scorers["perfusionrm"] = reward
         except PerfusionError as exc:
             reasons["perfusionrm"] = str(exc)
     else:
         reasons["perfusionrm"] = "no reward model (train one with `perfusion train-rm`, or pass --reward)"
-    if truth_file.is_file():
-        scorers["oracle"] = load_truth(truth_file)
+    truth = load_truth(manifest.data_dir)
+    if truth is not None:
+        scorers["oracle"] = truth
     else:
-        reasons["oracle"] = "not synthetic data (no raw/truth.json): there is no hidden taste to measure"
+        reasons["oracle"] = "not synthetic data (no truth.json): there is no hidden taste to measure"
     return scorers, reasons
 
 
@@ -158,13 +155,12 @@ def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag:
 
 
 def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, report_dir: Path | None = None,
-                       reward_source: str | None = None, inception: str | None = None,
                        progress: Progress | None = None) -> dict:
     progress = progress or NullProgress()
     device = pick_device(config.device)
     manifest = load_manifest(data_dir)
     pipeline = PerFusionPipeline.from_run(run_dir, device)
-    check_same_vocabulary(pipeline.branch.config.features, manifest["features"], "generator", data_dir)
+    pipeline.branch.vocab.require_same(manifest.vocab, "generator", data_dir)
     resolution = pipeline.default_resolution
     pairs = held_out_pairs(data_dir, config.split, config.max_pairs, resolution)
     if not pairs:
@@ -174,9 +170,7 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
     for model, personalized in (("base", False), ("perfusion", True)):
         result.images[model] = _generate(pipeline, pairs, config, personalized, progress)
     progress.stop()
-    base_model = _base_model_name(run_dir)
-    scorers, reasons = _scorers(config, base_model, device, reward_source, Path(data_dir) / "raw" / "truth.json",
-                                manifest)
+    scorers, reasons = _scorers(config, pipeline.base_model, device, manifest)
     for metric, scorer in scorers.items():
         result.scores[metric] = {model: _score(metric, scorer, pairs, result.images[model]) for model in MODELS}
     summary = _summarize(result, reasons, pairs, config)
@@ -184,16 +178,12 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
         folder = Path(report_dir) / "images" if report_dir else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         files = {model: _save_images(result.images[model], folder, pairs, model, config.seed) for model in MODELS}
-        summary["fid"] = _fid(result, pairs, folder, Path(scratch), device, scorers.get("clip"), inception)
+        summary["fid"] = _fid(result, pairs, folder, Path(scratch), device, scorers.get("clip"),
+                              config.fid_inception)
         if report_dir:
             summary["report"] = str(write_report(Path(report_dir), summary, pairs, files, result, run_dir,
-                                                 reward_source))
+                                                 config.reward))
     return summary
-
-
-def _base_model_name(run_dir: Path) -> str:
-    folder = Path(run_dir) / "model" if (Path(run_dir) / "model" / GEN_FILE).is_file() else Path(run_dir)
-    return json.loads((folder / GEN_FILE).read_text())["base_model"]
 
 
 def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: EvalGenConfig) -> dict:

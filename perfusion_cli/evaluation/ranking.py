@@ -1,72 +1,32 @@
-"""Scoring a split with a reward model and computing MAP / GAUC (DESIGN §6)."""
+"""``perfusion eval rm``: MAP and GAUC of a reward model (or ``zero-shot:BASE``) on one split."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from perfusion_cli.data.loader import StreamSpec, eval_batches
-from perfusion_cli.data.shards import load_manifest
-from perfusion_cli.data.vocab import check_same_vocabulary
-from perfusion_cli.metrics import gauc, mean_average_precision
-from perfusion_cli.models.reward import RewardModel, load_reward_model
-
-
-@dataclass
-class RankingScores:
-    """One entry per valid candidate."""
-
-    scores: np.ndarray
-    labels: np.ndarray
-    groups: list[str]
-    merchants: list[str]
-
-    def extend(self, other: "RankingScores") -> "RankingScores":
-        return RankingScores(np.concatenate([self.scores, other.scores]), np.concatenate([self.labels, other.labels]),
-                             self.groups + other.groups, self.merchants + other.merchants)
+from perfusion_cli.config import EvalRMConfig
+from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.environment import pick_device
+from perfusion_cli.errors import DataError
+from perfusion_cli.models.reward import ZERO_SHOT, load_reward_model
+from perfusion_cli.progress import NullProgress, Progress
+from perfusion_cli.ranking import ranking_metrics, score_split
 
 
-@torch.no_grad()
-def score_split(model: RewardModel, data_dir: Path, split: str, *, batch_size: int = 32, device="cpu",
-                num_workers: int = 0, max_groups: int = 0, skip_bad_shards: bool = False,
-                module: torch.nn.Module | None = None) -> RankingScores:
-    """Score every candidate of this process's share of ``split`` (all of it in a single process)."""
+def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, progress: Progress | None = None) -> dict:
+    progress = progress or NullProgress()
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), split, batch_size, manifest["max_candidates"], model.module.image_size,
-                      num_workers=num_workers, skip_bad_shards=skip_bad_shards)
-    result = RankingScores(np.zeros(0), np.zeros(0, dtype=bool), [], [])
-    seen = 0
-    for batch in eval_batches(spec):
-        batch = batch.to(device)
-        scores = model.score(batch.prompts, batch.images, batch.features, batch.valid, module=module).float().cpu()
-        valid = batch.valid.cpu()
-        per_group = valid.sum(1).tolist()
-        result = result.extend(RankingScores(
-            scores[valid].numpy(), batch.selected.cpu()[valid].numpy(),
-            [g for g, n in zip(batch.session_ids, per_group) for _ in range(n)],
-            [m for m, n in zip(batch.merchant_ids, per_group) for _ in range(n)]))
-        seen += len(batch)
-        if max_groups and seen >= max_groups:
-            break
-    return result
-
-
-def ranking_metrics(scores: RankingScores) -> dict:
-    return {"map": mean_average_precision(scores.scores, scores.labels, scores.groups),
-            "gauc": gauc(scores.scores, scores.labels, scores.merchants),
-            "n_groups": len(set(scores.groups)), "n_merchants": len(set(scores.merchants)),
-            "n_candidates": int(len(scores.scores))}
-
-
-def evaluate_reward_model(source: str, data_dir: Path, split: str, batch_size: int = 32, device: str = "cpu",
-                          skip_bad_shards: bool = False) -> dict:
-    """``perfusion eval rm``: MAP and GAUC of a reward model (or ``zero-shot:BASE``) on one split."""
+    device = pick_device(config.device)
     model = load_reward_model(source, device)
-    check_same_vocabulary(model.module.settings.features, load_manifest(data_dir)["features"], "reward model",
-                          data_dir)
-    scores = score_split(model, data_dir, split, batch_size=batch_size, device=device,
-                         skip_bad_shards=skip_bad_shards)
-    return {"model": str(source), "split": split, **ranking_metrics(scores)}
+    if not str(source).startswith(ZERO_SHOT):
+        model.vocab.require_same(manifest.vocab, "reward model", data_dir)
+    progress.start(f"scoring {config.split} with {source}", manifest.groups(config.split))
+    scores = score_split(model, data_dir, config.split, batch_size=config.batch_size, device=device,
+                         skip_bad_shards=config.skip_bad_shards, progress=progress)
+    progress.stop()
+    metrics = ranking_metrics(scores)
+    if not metrics["n_groups"]:
+        skipped = f" ({len(scores.skipped_shards)} unreadable shard(s) skipped)" if scores.skipped_shards else ""
+        raise DataError(f"no group of split {config.split!r} in {data_dir} could be scored{skipped} — re-run "
+                        f"`perfusion prepare`")
+    return {"model": str(source), "split": config.split, **metrics}

@@ -11,7 +11,6 @@ so the page opens from disk in any browser.
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from perfusion_cli.io import atomic_write_text  # noqa: E402
+from perfusion_cli.runs import RunDir  # noqa: E402
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -54,13 +54,13 @@ def training_curves(folder: Path, runs: dict[str, Path]) -> list[str]:
     """Plot each run's metrics.jsonl; returns the PNG paths relative to the report folder."""
     (folder / "curves").mkdir(parents=True, exist_ok=True)
     made = []
-    plots = {"generator": [(["loss"], "loss"), (["pair_accuracy"], "implicit pair accuracy")],
-             "reward model": [(["loss"], "loss"), (["map", "gauc"], "validation")]}
+    plots = {"generator": [(["loss"], "loss"), (["pair_accuracy"], "implicit pair accuracy"),
+                           (["reward_margin"], "implicit reward margin"),
+                           (["model_err", "ref_err"], "denoising error: PerFusion vs reference"),
+                           (["err_ratio"], "denoising error ratio (KL price)"), (["grad_norm"], "gradient norm")],
+             "reward model": [(["loss"], "loss"), (["map", "gauc"], "validation"), (["grad_norm"], "gradient norm")]}
     for name, run in runs.items():
-        log = Path(run) / "metrics.jsonl"
-        if not log.is_file():
-            continue
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = RunDir(run).metric_rows()
         for keys, title in plots.get(name, []):
             relative = f"curves/{name.replace(' ', '-')}-{'-'.join(keys)}.png"
             if _plot(rows, keys, f"{name}: {title}", folder / relative):

@@ -15,10 +15,10 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+from perfusion_cli.config import ASSETS
 from perfusion_cli.errors import CheckpointError
 
 TINY = "tiny"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def resolve(base: str, kind: str) -> str:
@@ -74,6 +74,12 @@ def load_sd(base: str, dtype: torch.dtype = torch.float32) -> SDComponents:
         noise_scheduler=_load("the scheduler", path, DDPMScheduler.from_pretrained, path, subfolder="scheduler"),
         path=path,
     )
+
+
+def base_reference(base_model: str) -> str:
+    """How a run records its base: hub ids and ``tiny`` as given, local folders as absolute paths."""
+    path = Path(base_model)
+    return str(path.resolve()) if base_model != TINY and path.exists() else base_model
 
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:

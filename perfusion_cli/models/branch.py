@@ -14,7 +14,9 @@ unchanged. The merchant grid is upsampled to whatever latent size the sample has
 another resolution needs no retraining of the conditioning.
 
 This is a diffusers ``ModelMixin``: ``save_pretrained`` writes ``config.json`` (the ControlNet's
-config, the merchant encoder's settings and the feature vocabulary) and safetensors weights.
+config, the merchant encoder's settings, the feature vocabulary, and the base model and resolution it
+was trained on) and safetensors weights. That folder is a generator run's ``model/``;
+``PerFusionPipeline.from_run`` is its reader.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.models.merchant import MerchantEncoder
 
 
@@ -41,7 +44,8 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, controlnet_config: dict, cardinalities: list[int], features: list | None = None,
                  embed_dim: int = 16, cross_layers: int = 3, mlp_dims: list[int] | tuple = (256,), user_dim: int = 128,
-                 dropout: float = 0.0, grid_size: int = 8, grid_channels: int = 16):
+                 dropout: float = 0.0, grid_size: int = 8, grid_channels: int = 16, base_model: str | None = None,
+                 resolution: int | None = None):
         super().__init__()
         self.merchant = MerchantEncoder(cardinalities, MerchantEncoderConfig(
             embed_dim=embed_dim, cross_layers=cross_layers, mlp_dims=list(mlp_dims), user_dim=user_dim,
@@ -54,18 +58,24 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.controlnet.controlnet_cond_embedding.bias)
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, features: list[dict], merchant: MerchantEncoderConfig,
-                  grid_size: int = 8, grid_channels: int = 16) -> "PersonalizedBranch":
+    def from_unet(cls, unet: UNet2DConditionModel, vocab: FeatureVocab, merchant: MerchantEncoderConfig,
+                  grid_size: int = 8, grid_channels: int = 16, base_model: str | None = None,
+                  resolution: int | None = None) -> "PersonalizedBranch":
         """A branch whose ControlNet copies ``unet``'s encoder and middle block weights."""
         source = ControlNetModel.from_unet(unet)
-        branch = cls(controlnet_config=_public(source.config), cardinalities=[f["size"] for f in features],
-                     features=features, embed_dim=merchant.embed_dim, cross_layers=merchant.cross_layers,
+        branch = cls(controlnet_config=_public(source.config), cardinalities=vocab.cardinalities,
+                     features=vocab.to_json(), embed_dim=merchant.embed_dim, cross_layers=merchant.cross_layers,
                      mlp_dims=list(merchant.mlp_dims), user_dim=merchant.user_dim, dropout=merchant.dropout,
-                     grid_size=grid_size, grid_channels=grid_channels)
+                     grid_size=grid_size, grid_channels=grid_channels, base_model=base_model,
+                     resolution=resolution)
         copied = {k: v for k, v in source.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
         missing, unexpected = branch.controlnet.load_state_dict(copied, strict=False)
         assert not unexpected and all(k.startswith("controlnet_cond_embedding.") for k in missing)
         return branch.to(device=unet.device)
+
+    @property
+    def vocab(self) -> FeatureVocab:
+        return FeatureVocab.from_json(self.config.features or [])
 
     def condition(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """features: [B, F] → the merchant condition [B, c, h, w] at latent size ``size``."""

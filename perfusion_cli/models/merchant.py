@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from perfusion_cli.config import MerchantEncoderConfig
-from perfusion_cli.errors import CheckpointError
+from perfusion_cli.errors import VocabularyMismatch
 
 
 class CrossNetwork(nn.Module):
@@ -53,11 +53,11 @@ class MerchantEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.shape[-1] != len(self.cardinalities):
-            raise CheckpointError(f"the model expects {len(self.cardinalities)} merchant features, the data has "
+            raise VocabularyMismatch(f"the model expects {len(self.cardinalities)} merchant features, the data has "
                                   f"{features.shape[-1]}: it was prepared with a different vocabulary")
         limits = torch.tensor(self.cardinalities, device=features.device)
         if bool((features < 0).any()) or bool((features >= limits).any()):
-            raise CheckpointError("merchant feature ids fall outside the model's vocabulary: the data was "
+            raise VocabularyMismatch("merchant feature ids fall outside the model's vocabulary: the data was "
                                   "prepared with a different vocabulary than the model was trained on")
         embedded = self.embedding(features + self.offsets.to(features.device))  # [B, F, d]
         return self.mlp(self.cross(embedded.flatten(1)))

@@ -1,23 +1,16 @@
 """Personalized plug-ins for a CLIP tower (DESIGN §4; paper §4.2, eqs. 4-5).
 
 For every Transformer layer j, an adaptive network A_j(u) gives a scale and a shift for the attention
-output and for the FFN output, applied before each residual addition:
-
-    h ← h ⊙ (1 + γ) + β
-
-The last linear of A_j is zero-initialized, so an untrained plug-in leaves CLIP exactly as it was.
-The plug-in attaches with forward hooks on each layer's ``self_attn`` and ``mlp``, which leaves the
-CLIP module (and its ``save_pretrained`` weights) untouched; ``modulated(u)`` turns it on for one
-forward pass.
+output and for the FFN output (applied by ``clip_towers``): ``h ← h ⊙ (1 + γ) + β``. The last linear
+of A_j is zero-initialized, so an untrained plug-in leaves CLIP exactly as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
+
+from perfusion_cli.models.clip_towers import Modulation
 
 
 class AdaptiveNetwork(nn.Module):
@@ -33,47 +26,12 @@ class AdaptiveNetwork(nn.Module):
         return self.net(u).chunk(4, dim=-1)
 
 
-def _modulate(hidden: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """hidden: [N, T, D]; scale, shift: [N, D]."""
-    return hidden * (1 + scale.unsqueeze(1).to(hidden.dtype)) + shift.unsqueeze(1).to(hidden.dtype)
-
-
 class TowerPlugin(nn.Module):
-    """Adaptive networks for every layer of one tower, applied through hooks while ``modulated``."""
+    """One adaptive network per layer of a tower: u → the tower's modulation."""
 
-    def __init__(self, layers: nn.ModuleList, user_dim: int, hidden: int):
+    def __init__(self, layers: int, width: int, user_dim: int, hidden: int):
         super().__init__()
-        width = layers[0].self_attn.embed_dim
-        self.adapters = nn.ModuleList(AdaptiveNetwork(user_dim, hidden, width) for _ in layers)
-        self._params: list[tuple[torch.Tensor, ...]] | None = None
-        for index, layer in enumerate(layers):
-            layer.self_attn.register_forward_hook(self._attention_hook(index))
-            layer.mlp.register_forward_hook(self._ffn_hook(index))
+        self.adapters = nn.ModuleList(AdaptiveNetwork(user_dim, hidden, width) for _ in range(layers))
 
-    def _attention_hook(self, index: int):
-        def hook(module, inputs, output):
-            if self._params is None:
-                return output
-            gamma, beta = self._params[index][0], self._params[index][1]
-            if isinstance(output, tuple):
-                return (_modulate(output[0], gamma, beta), *output[1:])
-            return _modulate(output, gamma, beta)
-
-        return hook
-
-    def _ffn_hook(self, index: int):
-        def hook(module, inputs, output):
-            if self._params is None:
-                return output
-            return _modulate(output, self._params[index][2], self._params[index][3])
-
-        return hook
-
-    @contextlib.contextmanager
-    def modulated(self, u: torch.Tensor) -> Iterator[None]:
-        """Within this block, the tower's forward passes are personalized by u: [N, user_dim]."""
-        self._params = [adapter(u) for adapter in self.adapters]
-        try:
-            yield
-        finally:
-            self._params = None
+    def forward(self, u: torch.Tensor) -> Modulation:
+        return [adapter(u) for adapter in self.adapters]

@@ -7,80 +7,90 @@ and plug-ins by default; ``shared_plugin`` makes both towers read one merchant e
 ablation — the towers' widths differ, so the per-layer adaptive networks stay per tower).
 ``plugin=False`` is the same CLIP and loss without personalization (the PickScore-style baseline).
 
-On disk (``save`` / ``load``):
-
-    <folder>/clip/            CLIPModel.save_pretrained + its tokenizer (the fine-tuned backbone)
-    <folder>/plugin.safetensors   merchant encoders and adaptive networks
-    <folder>/reward.json      the settings below, the feature vocabulary's cardinalities
+``PerFusionRM`` is a diffusers ``ModelMixin``: its config is its ``__init__`` signature (the CLIP
+config, the feature vocabulary, the plug-in settings) and ``save_pretrained`` / ``from_pretrained``
+write and read ``config.json`` + safetensors. ``RewardModel`` pairs it with its tokenizer, saved in
+``tokenizer/`` beside it.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from transformers import CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.errors import CheckpointError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
+from perfusion_cli.models.clip_towers import image_features, text_features
 from perfusion_cli.models.merchant import MerchantEncoder
 from perfusion_cli.models.plugins import TowerPlugin
+from perfusion_cli.runs import model_folder
 
 ZERO_SHOT = "zero-shot:"
+TOKENIZER = "tokenizer"
 
 
-@dataclass
-class RewardSettings:
-    cardinalities: list[int]
-    features: list[dict] = field(default_factory=list)  # the vocabulary the ids refer to (manifest format)
-    plugin: bool = True
-    shared_plugin: bool = False
-    plugin_hidden: int = 256
-    merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
+class PerFusionRM(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
 
-
-class PerFusionRM(nn.Module):
-    def __init__(self, clip: CLIPModel, settings: RewardSettings):
+    @register_to_config
+    def __init__(self, clip_config: dict, features: list[dict] | None = None, plugin: bool = True,
+                 shared_plugin: bool = False, plugin_hidden: int = 256, embed_dim: int = 16, cross_layers: int = 3,
+                 mlp_dims: list[int] | tuple = (256,), user_dim: int = 128, dropout: float = 0.0):
         super().__init__()
-        self.clip = clip
-        self.settings = settings
-        self.image_size = clip.config.vision_config.image_size
-        if settings.plugin:
-            hidden, user_dim = settings.plugin_hidden, settings.merchant.user_dim
-            self.text_merchant = MerchantEncoder(settings.cardinalities, settings.merchant)
-            self.vision_merchant = (self.text_merchant if settings.shared_plugin
-                                    else MerchantEncoder(settings.cardinalities, settings.merchant))
-            self.text_plugin = TowerPlugin(clip.text_model.encoder.layers, user_dim, hidden)
-            self.vision_plugin = TowerPlugin(clip.vision_model.encoder.layers, user_dim, hidden)
+        self.clip = CLIPModel(CLIPConfig.from_dict(clip_config))
+        self.image_size = self.clip.config.vision_config.image_size
+        self.gradient_checkpointing = False
+        if plugin:
+            merchant = MerchantEncoderConfig(embed_dim=embed_dim, cross_layers=cross_layers, mlp_dims=list(mlp_dims),
+                                             user_dim=user_dim, dropout=dropout)
+            cardinalities = self.vocab.cardinalities
+            self.text_merchant = MerchantEncoder(cardinalities, merchant)
+            if not shared_plugin:
+                self.vision_merchant = MerchantEncoder(cardinalities, merchant)
+            text, vision = self.clip.config.text_config, self.clip.config.vision_config
+            self.text_plugin = TowerPlugin(text.num_hidden_layers, text.hidden_size, user_dim, plugin_hidden)
+            self.vision_plugin = TowerPlugin(vision.num_hidden_layers, vision.hidden_size, user_dim, plugin_hidden)
 
-    def plugin_state(self) -> dict[str, torch.Tensor]:
-        """Everything but the CLIP backbone (shared tensors stored once)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+    @classmethod
+    def from_clip(cls, clip: CLIPModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
+                  plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None) -> "PerFusionRM":
+        """A PerFusionRM around a loaded CLIP (its weights copied in), with fresh zero-initialized plug-ins."""
+        merchant = merchant or MerchantEncoderConfig()
+        model = cls(clip_config=clip.config.to_dict(), features=vocab.to_json() if vocab else [], plugin=plugin,
+                    shared_plugin=shared_plugin, plugin_hidden=plugin_hidden, embed_dim=merchant.embed_dim,
+                    cross_layers=merchant.cross_layers, mlp_dims=list(merchant.mlp_dims), user_dim=merchant.user_dim,
+                    dropout=merchant.dropout)
+        model.clip = clip
+        return model
+
+    @property
+    def vocab(self) -> FeatureVocab:
+        return FeatureVocab.from_json(self.config.features or [])
+
+    def vision_encoder(self) -> MerchantEncoder:
+        return self.text_merchant if self.config.shared_plugin else self.vision_merchant
 
     def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         features: torch.Tensor | None) -> torch.Tensor:
         """[B, L] token ids, [B, F] merchant features → unit-norm text embeddings [B, P]."""
-        if not self.settings.plugin:
-            output = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        else:
-            with self.text_plugin.modulated(self.text_merchant(features)):
-                output = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return nn.functional.normalize(_pooled(output), dim=-1)
+        modulation = self.text_plugin(self.text_merchant(features)) if self.config.plugin else None
+        output = text_features(self.clip, input_ids, attention_mask, modulation, self.gradient_checkpointing)
+        return nn.functional.normalize(output, dim=-1)
 
     def image_embeddings(self, pixels: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """[N, 3, S, S] CLIP-normalized pixels, [N, F] features → unit-norm image embeddings [N, P]."""
-        if not self.settings.plugin:
-            output = self.clip.get_image_features(pixel_values=pixels)
-        else:
-            with self.vision_plugin.modulated(self.vision_merchant(features)):
-                output = self.clip.get_image_features(pixel_values=pixels)
-        return nn.functional.normalize(_pooled(output), dim=-1)
+        modulation = self.vision_plugin(self.vision_encoder()(features)) if self.config.plugin else None
+        output = image_features(self.clip, pixels, modulation, self.gradient_checkpointing)
+        return nn.functional.normalize(output, dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor,
                 features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -92,17 +102,12 @@ class PerFusionRM(nn.Module):
         text = self.text_embeddings(input_ids, attention_mask, features)  # [B, P]
         flat = valid.flatten()
         rows = torch.arange(batch, device=valid.device).repeat_interleave(group)[flat]
-        pixels = clip_pixels(images.flatten(0, 1)[flat], self.image_size)
+        pixels = clip_pixels(images.flatten(0, 1)[flat], self.image_size).to(self.clip.dtype)
         image = self.image_embeddings(pixels, features[rows])  # [N, P]
         cosine = (image * text[rows]).sum(-1)
         scores = torch.zeros(batch * group, dtype=cosine.dtype, device=cosine.device)
         scores = scores.masked_scatter(flat, cosine * self.clip.logit_scale.exp())
         return scores.view(batch, group)
-
-
-def _pooled(output) -> torch.Tensor:
-    """transformers ≥ 5 returns a model output from get_*_features; older versions a tensor."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 @dataclass
@@ -111,6 +116,10 @@ class RewardModel:
 
     module: PerFusionRM
     tokenizer: CLIPTokenizer
+
+    @property
+    def vocab(self) -> FeatureVocab:
+        return self.module.vocab
 
     def tokens(self, prompts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, int]:
         ids, mask, truncated = tokenize(self.tokenizer, prompts)
@@ -124,57 +133,29 @@ class RewardModel:
         ids, mask, _ = self.tokens(prompts, device)
         return (module or self.module)(ids, mask, images, features, valid)
 
+    def save(self, folder: str | Path) -> None:
+        with atomic_dir(folder) as tmp:
+            self.module.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / TOKENIZER)
 
-def create_reward_model(base_model: str, settings: RewardSettings) -> RewardModel:
+
+def create_reward_model(base_model: str, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
+                        plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None) -> RewardModel:
     clip, tokenizer = load_clip(base_model)
-    return RewardModel(PerFusionRM(clip, settings), tokenizer)
-
-
-def save_reward_model(model: RewardModel, folder: str | Path) -> None:
-    with atomic_dir(folder) as tmp:
-        model.module.clip.save_pretrained(tmp / "clip")
-        model.tokenizer.save_pretrained(tmp / "clip")
-        save_file({k: v.contiguous() for k, v in _unshared(model.module.plugin_state()).items()},
-                  str(tmp / "plugin.safetensors"))
-        (tmp / "reward.json").write_text(json.dumps(asdict(model.module.settings), indent=2, sort_keys=True))
-
-
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses aliased tensors; a shared merchant encoder is stored once (as text_merchant)."""
-    seen: dict[int, str] = {}
-    result = {}
-    for name, tensor in state.items():
-        pointer = tensor.data_ptr()
-        if pointer in seen and tensor.numel():
-            continue
-        seen[pointer] = name
-        result[name] = tensor
-    return result
+    return RewardModel(PerFusionRM.from_clip(clip, vocab, plugin, shared_plugin, plugin_hidden, merchant), tokenizer)
 
 
 def load_reward_model(source: str | Path, device: torch.device | str = "cpu") -> RewardModel:
-    """A saved reward model folder, a run folder (its ``model/``), or ``zero-shot:BASE``."""
+    """A reward-model run (or its ``model/`` folder), or ``zero-shot:BASE`` for the untouched CLIP."""
     text = str(source)
     if text.startswith(ZERO_SHOT):
-        clip, tokenizer = load_clip(text[len(ZERO_SHOT):])
-        return RewardModel(PerFusionRM(clip, RewardSettings(cardinalities=[], plugin=False)).to(device).eval(),
-                           tokenizer)
-    folder = Path(source)
-    if (folder / "model" / "reward.json").is_file():
-        folder = folder / "model"
-    if not (folder / "reward.json").is_file():
-        raise CheckpointError(f"no reward model in {source} — run `perfusion train-rm` first (or pass "
-                              f"zero-shot:BASE_MODEL)")
-    raw = json.loads((folder / "reward.json").read_text())
-    settings = RewardSettings(**{**raw, "merchant": MerchantEncoderConfig(**raw["merchant"])})
-    clip, tokenizer = load_clip(str(folder / "clip"))
-    module = PerFusionRM(clip, settings)
-    if settings.plugin:
-        state = load_file(str(folder / "plugin.safetensors"))
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("clip.") and not
-                   (settings.shared_plugin and k.startswith("vision_merchant."))]
-        if missing or unexpected:
-            raise CheckpointError(f"{folder / 'plugin.safetensors'} does not match reward.json "
-                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model = create_reward_model(text[len(ZERO_SHOT):], None, plugin=False)
+        return RewardModel(model.module.to(device).eval(), model.tokenizer)
+    folder = model_folder(source, "reward")
+    try:
+        module = PerFusionRM.from_pretrained(folder, use_safetensors=True)
+        tokenizer = CLIPTokenizer.from_pretrained(folder / TOKENIZER)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the reward model in {folder}: {first}") from None
     return RewardModel(module.to(device).eval(), tokenizer)

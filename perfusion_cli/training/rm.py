@@ -16,34 +16,32 @@ from accelerate.utils import gather_object
 
 from perfusion_cli.config import RMTrainConfig
 from perfusion_cli.data.loader import StreamSpec
-from perfusion_cli.data.shards import load_manifest
-from perfusion_cli.errors import ConfigError, CheckpointError
-from perfusion_cli.evaluation.ranking import ranking_metrics, score_split
+from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.losses import bradley_terry_loss, plackett_luce_loss
-from perfusion_cli.models.reward import RewardSettings, create_reward_model, save_reward_model
+from perfusion_cli.models.reward import create_reward_model
 from perfusion_cli.progress import Progress
-from perfusion_cli.training.loop import TrainTask, create_accelerator, run_training
+from perfusion_cli.ranking import ranking_metrics, score_split
+from perfusion_cli.training.loop import TrainTask, run_training, start_run
 
 LOSSES = {"pl": plackett_luce_loss, "bt": bradley_terry_loss}
 
 
 def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, resume: str | None = None,
-                       progress: Progress | None = None, command: str = "") -> dict:
-    accelerator = create_accelerator(config)
+                       progress: Progress | None = None, command: str = "", overwrite: bool = False) -> dict:
     manifest = load_manifest(data_dir)
-    settings = RewardSettings([f["size"] for f in manifest["features"]], features=manifest["features"],
-                              plugin=config.plugin, shared_plugin=config.shared_plugin,
-                              plugin_hidden=config.plugin_hidden, merchant=config.merchant)
-    model = create_reward_model(config.base_model, settings)
+    if config.plugin is False and config.freeze_backbone:
+        raise ConfigError("--no-plugin with --freeze-backbone leaves nothing to train")
+    folder, accelerator = start_run(config, run_dir, resume, overwrite)
+    model = create_reward_model(config.base_model, manifest.vocab, config.plugin, config.shared_plugin,
+                                config.plugin_hidden, config.merchant)
     module = model.module.to(accelerator.device)
     if config.gradient_checkpointing:
-        module.clip.gradient_checkpointing_enable()
+        module.enable_gradient_checkpointing()
     if config.freeze_backbone:
         module.clip.requires_grad_(False)
     plugin = [p for name, p in module.named_parameters() if not name.startswith("clip.")]
     backbone = [p for p in module.clip.parameters() if p.requires_grad]
-    if not plugin and not backbone:
-        raise ConfigError("--no-plugin with --freeze-backbone leaves nothing to train")
     groups = [g for g in ({"params": plugin, "lr": config.lr},
                           {"params": backbone, "lr": config.backbone_lr or config.lr}) if g["params"]]
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
@@ -80,8 +78,7 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
                       num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
                       skip_bad_shards=config.skip_bad_shards)
     task = TrainTask(model=module, param_groups=groups, loss=loss, trainable_state=trainable_state,
-                     load_trainable_state=load_trainable_state, save_final=lambda path: save_reward_model(model, path),
-                     evaluate=evaluate)
+                     load_trainable_state=load_trainable_state, save_final=model.save, evaluate=evaluate)
     meta = {"kind": "reward", "command": command, "base_model": config.base_model, "config": asdict(config),
-            "data": {"path": str(Path(data_dir).resolve()), "source": manifest["source"]}}
-    return run_training(task, config, spec, Path(run_dir), resume, meta, accelerator, progress)
+            "data": {"path": str(Path(data_dir).resolve()), "source": manifest.source}}
+    return run_training(task, config, spec, folder, resume, meta, accelerator, manifest, progress)

@@ -1,4 +1,4 @@
-"""DESIGN §2: the everyday forms work verbatim inside a workspace, with no paths."""
+"""DESIGN §2: the everyday forms work verbatim inside a workspace, with no paths and no recipe."""
 
 import json
 import os
@@ -8,35 +8,34 @@ import pytest
 from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
+from perfusion_cli.config import TINY_RECIPE
+from tests.helpers import tiny_recipe, write_recipe
 
 runner = CliRunner()
-TINY = """
-[train-rm]
-base_model = "tiny"
-batch_size = 4
-max_steps = 2
-plugin_hidden = 8
-[train-rm.merchant]
-embed_dim = 4
-mlp_dims = [8]
-user_dim = 8
 
-[train-gen]
-base_model = "tiny"
-resolution = 64
-batch_size = 2
-max_steps = 2
-grid_size = 4
-grid_channels = 8
-[train-gen.merchant]
-embed_dim = 4
-mlp_dims = [8]
-user_dim = 8
 
-[generate]
-n = 2
-steps = 3
-"""
+def _run_here(folder, commands):
+    cwd = os.getcwd()
+    os.chdir(folder)  # the workspace is the current directory
+    try:
+        for args in commands:
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, f"perfusion {' '.join(args)}\n{result.output}"
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.slow
+def test_the_embedded_default_works_verbatim_in_an_empty_folder(tmp_path):
+    _run_here(tmp_path, [["prepare", "--synthetic"]])
+    # prepare --synthetic wrote the tiny recipe as the workspace recipe: every later command reads it
+    assert (tmp_path / "perfusion.toml").read_text() == TINY_RECIPE.read_text()
+    write_recipe(tmp_path / "perfusion.toml", tiny_recipe())  # shrink steps through the workspace
+    _run_here(tmp_path, [["train-rm"], ["train-gen", "--group-size", "5"],
+                         ["generate", "--merchant", "m0001", "linen dress"]])
+    folder = tmp_path / "outputs" / "m0001" / "linen-dress-seed0"
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert len(list(folder.glob("*.png"))) == 2 and metadata["reward_model"]
 
 
 def _logs_with_merchant_123(raw, logs):
@@ -54,19 +53,12 @@ def _logs_with_merchant_123(raw, logs):
 def test_prepare_train_rm_train_gen_generate_verbatim(tmp_path, market):
     data_dir, _ = market
     _logs_with_merchant_123(data_dir / "raw", tmp_path / "logs")
-    (tmp_path / "perfusion.toml").write_text(TINY)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)  # the workspace is the current directory
-    try:
-        for args in (["prepare", "logs/"], ["train-rm"], ["train-gen", "--group-size", "5"],
-                     ["generate", "--merchant", "123", "linen dress"]):
-            result = runner.invoke(app, args)
-            assert result.exit_code == 0, f"perfusion {' '.join(args)}\n{result.output}"
-    finally:
-        os.chdir(cwd)
+    write_recipe(tmp_path / "perfusion.toml", tiny_recipe())
+    _run_here(tmp_path, [["prepare", "logs/"], ["train-rm"], ["train-gen", "--group-size", "5"],
+                         ["generate", "--merchant", "123", "linen dress"]])
     assert (tmp_path / "data" / "manifest.json").is_file()
-    assert (tmp_path / "runs" / "rm" / "model" / "reward.json").is_file()
-    assert (tmp_path / "runs" / "gen" / "model" / "branch" / "config.json").is_file()
+    assert (tmp_path / "runs" / "rm" / "model" / "config.json").is_file()
+    assert (tmp_path / "runs" / "gen" / "model" / "config.json").is_file()
     folder = tmp_path / "outputs" / "123" / "linen-dress-seed0"
     metadata = json.loads((folder / "metadata.json").read_text())
     assert len(list(folder.glob("*.png"))) == 2 and metadata["merchant"] == "123"

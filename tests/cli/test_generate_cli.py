@@ -14,7 +14,7 @@ def test_generate_without_a_trained_generator_names_train_gen(tmp_path, market):
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
     result = runner.invoke(app, ["--workdir", str(tmp_path), "generate", "--merchant", "123", "linen dress"])
     assert result.exit_code == 1
-    assert "no trained model in" in result.output and "run `perfusion train-gen` first" in result.output
+    assert "no trained generator model in" in result.output and "run `perfusion train-gen` first" in result.output
 
 
 def test_generate_without_data_names_prepare(tmp_path):

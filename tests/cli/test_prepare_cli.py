@@ -3,7 +3,7 @@
 from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
-from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.manifest import load_manifest
 
 runner = CliRunner()
 
@@ -21,7 +21,7 @@ def test_prepare_synthetic_writes_the_workspace_data_folder(tmp_path, monkeypatc
     assert result.exit_code == 0, out
     assert "balanced" in out and "prepared groups" in out
     manifest = load_manifest(tmp_path / "data")
-    assert manifest["created_by"]["command"] == "perfusion " + " ".join(args)
+    assert manifest.raw["created_by"]["command"] == "perfusion " + " ".join(args)
     assert (tmp_path / "data" / "raw" / "truth.json").is_file()
 
 

@@ -6,27 +6,15 @@ import shutil
 from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
+from tests.helpers import tiny_recipe, write_recipe
 
 runner = CliRunner()
-TINY = """
-[train-rm]
-base_model = "tiny"
-batch_size = 4
-max_steps = 2
-lr = 1e-3
-plugin_hidden = 16
-eval_every = 2
-[train-rm.merchant]
-embed_dim = 4
-mlp_dims = [16]
-user_dim = 8
-"""
 
 
 def _workspace(tmp_path, market):
     data_dir, _ = market
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
-    (tmp_path / "perfusion.toml").write_text(TINY)
+    write_recipe(tmp_path / "perfusion.toml", tiny_recipe())
     return tmp_path
 
 
@@ -34,13 +22,18 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     ws = _workspace(tmp_path, market)
     result = runner.invoke(app, ["--workdir", str(ws), "train-rm"])
     assert result.exit_code == 0, result.output
-    assert (ws / "runs" / "rm" / "model" / "reward.json").is_file()
+    assert json.loads((ws / "runs" / "rm" / "model" / "config.json").read_text())["_class_name"] == "PerFusionRM"
     assert json.loads((ws / "runs" / "rm" / "run.json").read_text())["steps"] == 2
+    rows = [json.loads(line) for line in (ws / "runs" / "rm" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in train_rows] == [1, 2], "every step is logged"
+    assert all(row["grad_norm"] > 0 and row["lr"] > 0 for row in train_rows)
     result = runner.invoke(app, ["--workdir", str(ws), "eval", "rm", "--split", "val", "--json", str(ws / "e.json")])
     assert result.exit_code == 0, result.output
     assert "GAUC" in result.output
     report = json.loads((ws / "e.json").read_text())
     assert set(report) >= {"map", "gauc", "n_groups", "n_merchants"} and report["split"] == "val"
+    assert report["n_groups"] == json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]
 
 
 def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, market):
@@ -50,6 +43,7 @@ def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, m
     assert result.exit_code == 1 and "already holds a run: pass --resume latest" in result.output
     result = runner.invoke(app, ["--workdir", str(ws), "train-rm", "--overwrite", "--no-plugin"])
     assert result.exit_code == 0, result.output
+    assert json.loads((ws / "runs" / "rm" / "model" / "config.json").read_text())["plugin"] is False
 
 
 def test_missing_inputs_name_the_command_that_makes_them(tmp_path):

@@ -12,45 +12,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from perfusion_cli.config import MerchantEncoderConfig, RMTrainConfig
-from perfusion_cli.errors import CheckpointError, TrainingError
+from perfusion_cli.errors import CheckpointError, ConfigError, TrainingError
 from perfusion_cli.training import rm as rm_module
 from perfusion_cli.training.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from perfusion_cli.training.rm import train_reward_model
+from tests.helpers import tiny_config, tiny_recipe, write_recipe
 
-RECIPE = """
-[train-rm]
-base_model = "tiny"
-batch_size = 4
-lr = 1e-3
-plugin_hidden = 16
-log_every = 1
-[train-rm.merchant]
-embed_dim = 4
-mlp_dims = [16]
-user_dim = 8
-
-[train-gen]
-base_model = "{sd}"
-resolution = 64
-batch_size = 2
-lr = 1e-4
-beta = 500.0
-grid_size = 4
-grid_channels = 8
-log_every = 1
-[train-gen.merchant]
-embed_dim = 4
-mlp_dims = [16]
-user_dim = 8
-"""
+def workspace_recipe(path):
+    """The shipped tiny recipe, shrunk for tests, with checkpoints only when a test asks for them."""
+    return write_recipe(path, tiny_recipe(train_rm={"checkpoint_every": 1000}, train_gen={"checkpoint_every": 1000}))
 
 
 @pytest.fixture
-def workspace(tmp_path, market, tiny_sd_dir):
+def workspace(tmp_path, market):
     data_dir, _ = market
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
-    (tmp_path / "perfusion.toml").write_text(RECIPE.format(sd=tiny_sd_dir))
+    workspace_recipe(tmp_path / "perfusion.toml")
     return tmp_path
 
 
@@ -142,8 +119,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_previous_checkpoint(market, tmp_
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setitem(rm_module.LOSSES, "pl", poisoned)
-    config = RMTrainConfig(base_model="tiny", batch_size=4, max_steps=10, checkpoint_every=3, plugin_hidden=16,
-                           merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8))
+    config = tiny_config("train-rm", max_steps=10, checkpoint_every=3)
     with pytest.raises(TrainingError, match=r"the loss became nan at step 5.*the last good checkpoint is .*step-00000003"):
         train_reward_model(config, data_dir, tmp_path / "rm")
     assert [p.name for p in checkpoint_dirs(tmp_path / "rm")] == ["step-00000003"]
@@ -164,11 +140,8 @@ def test_checkpoints_that_are_not_safetensors_are_refused(tmp_path):
 
 
 def test_resuming_a_finished_run_asks_for_more_steps(market, tmp_path):
-    from perfusion_cli.errors import ConfigError
-
     data_dir, _ = market
-    config = RMTrainConfig(base_model="tiny", batch_size=4, max_steps=2, checkpoint_every=2, plugin_hidden=8,
-                           merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[8], user_dim=8))
+    config = tiny_config("train-rm", max_steps=2, checkpoint_every=2)
     train_reward_model(config, data_dir, tmp_path / "rm")
     with pytest.raises(ConfigError, match="is at step 2, already at --max-steps 2: raise --max-steps"):
         train_reward_model(config, data_dir, tmp_path / "rm", resume="latest")

@@ -9,20 +9,19 @@ import pytest
 import torch
 
 from perfusion_cli.bench import run_bench
-from perfusion_cli.config import EvalGenConfig, MerchantEncoderConfig, RMTrainConfig
 from perfusion_cli.evaluation.generation import evaluate_generator
 from perfusion_cli.evaluation.scores import AestheticHead
+from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training.rm import train_reward_model
+from tests.helpers import tiny_config
 from tests.smoke.test_generator_training import gen_run  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def rm_run(market, tmp_path_factory):
     data_dir, _ = market
-    run = tmp_path_factory.mktemp("rm")
-    train_reward_model(RMTrainConfig(base_model="tiny", batch_size=4, max_steps=2, plugin_hidden=8,
-                                     merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[8], user_dim=8)),
-                       data_dir, run)
+    run = tmp_path_factory.mktemp("rm") / "run"
+    train_reward_model(tiny_config("train-rm"), data_dir, run)
     return run
 
 
@@ -33,9 +32,9 @@ def evaluation(gen_run, rm_run, market, tmp_path_factory):  # noqa: F811
     folder = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     torch.save(AestheticHead(64).state_dict(), folder / "aesthetic.pth")
-    config = EvalGenConfig(max_pairs=4, n_per_prompt=2, steps=3, guidance=2.0, clip_model="tiny",
-                           aesthetic_weights=str(folder / "aesthetic.pth"))
-    summary = evaluate_generator(run, data_dir, config, folder / "report", str(rm_run))
+    config = tiny_config("eval-gen", n_per_prompt=2, clip_model="tiny", aesthetic_weights=str(folder / "aesthetic.pth"),
+                         reward=str(rm_run))
+    summary = evaluate_generator(run, data_dir, config, folder / "report")
     return summary, folder / "report"
 
 
@@ -82,15 +81,25 @@ def test_report_renders_in_headless_chromium(evaluation, tmp_path):
     assert colours is not None and len(colours) > 20, "the page rendered tables and images, not a blank page"
 
 
-def test_bench_json_holds_the_ratios(gen_run, rm_run, market, tmp_path):  # noqa: F811
+def test_bench_measures_what_it_names(gen_run, rm_run, market):  # noqa: F811
     run, _ = gen_run
     data_dir, _ = market
-    result = run_bench(run, data_dir, "cpu", str(rm_run), steps=2, repeats=1, batch_size=2)
-    assert result["generation"]["backends"]["sdpa"]["latency_ratio"] > 0
-    assert result["generation"]["backends"]["eager"]["memory_ratio"] > 0
-    assert len(result["generation"]["backends"]["sdpa"]["base"]["seconds_per_image"]) == 1
+    config, train = tiny_config("bench", repeats=2, device="cpu"), tiny_config("train-gen")
+    result = run_bench(run, data_dir, config, train, str(rm_run))
+    for backend, entry in result["generation"]["backends"].items():
+        for mode in ("base", "personalized"):
+            assert len(entry[mode]["seconds_per_image"]) == 2, (backend, mode)  # every repeat is kept
+            assert entry[mode]["median"] == pytest.approx(sorted(entry[mode]["seconds_per_image"])[0] / 2
+                                                          + sorted(entry[mode]["seconds_per_image"])[1] / 2)
+        assert entry["latency_ratio"] == pytest.approx(entry["personalized"]["median"] / entry["base"]["median"])
     step = result["train_step"]
-    assert step["ratio_perfusion_vs_dpo"] > 0 and step["ratio_two_passes_vs_shared"] > 0
-    assert result["reward"]["throughput_ratio"] > 0
-    assert result["loader"]["loader_headroom"] > 0
+    pipeline = PerFusionPipeline.from_run(run)
+    # the Diffusion-DPO baseline trains the whole U-Net, PerFusion only its branch, through one objective
+    assert step["diffusion_dpo"]["trainable_parameters"] == sum(p.numel() for p in pipeline.unet.parameters())
+    assert step["perfusion_shared_encoder"]["trainable_parameters"] == sum(p.numel() for p in pipeline.branch.parameters())
+    assert step["beta"] == train.beta and step["groups"] == config.batch_size
+    assert step["ratio_perfusion_vs_dpo"] == pytest.approx(step["perfusion_shared_encoder"]["median"]
+                                                           / step["diffusion_dpo"]["median"])
+    assert result["reward"]["perfusionrm"]["candidates_per_second"] == pytest.approx(
+        result["reward"]["candidates_per_call"] / sorted(result["reward"]["perfusionrm"]["seconds"])[0], rel=0.5)
     json.dumps(result)  # serializable as is

@@ -6,38 +6,40 @@ import numpy as np
 import pytest
 import torch
 
-from perfusion_cli.config import GenerateConfig, GenTrainConfig, MerchantEncoderConfig
+from perfusion_cli.config import GenerateConfig
 from perfusion_cli.errors import DataError
 from perfusion_cli.generation import generate
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training.gen import train_generator
-
-GEN = dict(resolution=64, batch_size=2, lr=1e-3, beta=500.0, grid_size=4, grid_channels=8, log_every=1,
-           merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8))
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
-def gen_run(market, tiny_sd_dir, tmp_path_factory):
+def gen_run(market, tmp_path_factory):
     data_dir, _ = market
-    run = tmp_path_factory.mktemp("gen")
-    summary = train_generator(GenTrainConfig(base_model=str(tiny_sd_dir), max_steps=2, **GEN), data_dir, run)
+    run = tmp_path_factory.mktemp("gen") / "run"
+    summary = train_generator(tiny_config("train-gen"), data_dir, run)
     return run, summary
 
 
 def test_training_writes_a_run_with_its_log(gen_run):
     run, summary = gen_run
     assert summary["steps"] == 2 and summary["shared_encoder"] is True
-    assert (run / "model" / "branch" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (run / "model" / "diffusion_pytorch_model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert {"loss", "model_err", "ref_err", "pair_accuracy"} <= set(rows[0])
+    for row in rows:
+        assert {"loss", "lr", "grad_norm", "model_err", "ref_err", "err_gap", "err_ratio", "pair_accuracy",
+                "reward_margin"} <= set(row)
+        assert row["err_gap"] == pytest.approx(row["model_err"] - row["ref_err"])
+        assert row["err_ratio"] == pytest.approx(row["model_err"] / row["ref_err"])
 
 
 @torch.no_grad()
 def test_pipeline_save_then_load_gives_identical_images(gen_run, tmp_path):
     run, _ = gen_run
     pipeline = PerFusionPipeline.from_run(run)
-    features = torch.tensor([[1] * len(pipeline.branch.config.features)] * 2)
+    features = torch.tensor([[1] * len(pipeline.branch.vocab.features)] * 2)
     kwargs = dict(features=features, num_inference_steps=4, output_type="np")
     first = pipeline(["linen dress"] * 2, generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs)
     pipeline.save_pretrained(tmp_path / "pipe")

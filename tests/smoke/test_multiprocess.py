@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
-from tests.smoke.test_crash_safety import RECIPE, _env
+from tests.smoke.test_crash_safety import _env, workspace_recipe
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["train-rm", "train-gen"])
-def test_two_processes_train_with_equal_batches_and_one_writer(tmp_path, market, tiny_sd_dir, command):
+def test_two_processes_train_with_equal_batches_and_one_writer(tmp_path, market, command):
     data_dir, _ = market
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
-    (tmp_path / "perfusion.toml").write_text(RECIPE.format(sd=tiny_sd_dir))
+    workspace_recipe(tmp_path / "perfusion.toml")
     out = tmp_path / "run"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "perfusion_cli", "--workdir", str(tmp_path), command, "--out", str(out), "--max-steps", "4",

@@ -5,18 +5,16 @@ import json
 import pytest
 import torch
 
-from perfusion_cli.config import MerchantEncoderConfig, RMTrainConfig
-from perfusion_cli.evaluation.ranking import evaluate_reward_model, score_split
+from perfusion_cli.evaluation.ranking import evaluate_reward_model
 from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.ranking import score_split
 from perfusion_cli.training.rm import train_reward_model
-
-SMALL = dict(base_model="tiny", batch_size=8, lr=1e-3, backbone_lr=1e-4, plugin_hidden=32, log_every=1,
-             merchant=MerchantEncoderConfig(embed_dim=8, mlp_dims=[32], user_dim=16))
+from tests.helpers import tiny_config
 
 
 def test_two_steps_train_save_and_reload_identically(market, tmp_path):
     data_dir, _ = market
-    summary = train_reward_model(RMTrainConfig(**SMALL, max_steps=2, eval_every=2), data_dir, tmp_path / "rm")
+    summary = train_reward_model(tiny_config("train-rm", max_steps=2, eval_every=2), data_dir, tmp_path / "rm")
     assert summary["steps"] == 2 and summary["batches_per_process"] == [2]
     assert {"map", "gauc", "loss"} <= set(summary["final"])
     rows = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
@@ -30,7 +28,7 @@ def test_two_steps_train_save_and_reload_identically(market, tmp_path):
 
 def test_freeze_backbone_moves_only_the_plugins(market, tmp_path):
     data_dir, _ = market
-    train_reward_model(RMTrainConfig(**SMALL, max_steps=2, freeze_backbone=True), data_dir, tmp_path / "rm")
+    train_reward_model(tiny_config("train-rm", freeze_backbone=True), data_dir, tmp_path / "rm")
     trained = load_reward_model(tmp_path / "rm").module
     untouched = load_reward_model("zero-shot:tiny").module
     for (name, before), after in zip(untouched.clip.state_dict().items(), trained.clip.state_dict().values()):
@@ -44,7 +42,7 @@ def test_freeze_backbone_moves_only_the_plugins(market, tmp_path):
 def test_perfusion_rm_beats_the_no_plugin_baseline(medium_market, tmp_path):
     results = {}
     for name, plugin in (("perfusion", True), ("no_plugin", False)):
-        config = RMTrainConfig(**{**SMALL, "batch_size": 16, "log_every": 50}, max_steps=150, plugin=plugin)
+        config = tiny_config("train-rm", batch_size=16, max_steps=150, eval_every=None, plugin=plugin)
         train_reward_model(config, medium_market, tmp_path / name)
-        results[name] = evaluate_reward_model(str(tmp_path / name), medium_market, "test")["gauc"]
+        results[name] = evaluate_reward_model(str(tmp_path / name), medium_market, tiny_config("eval-rm"))["gauc"]
     assert results["perfusion"] > results["no_plugin"] + 0.05, results

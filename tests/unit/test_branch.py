@@ -8,13 +8,14 @@ from diffusers import UNet2DConditionModel
 
 from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig
 from perfusion_cli.data.loader import GroupBatch
+from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.tiny import build_tiny_unet
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
-from perfusion_cli.training.gen import GroupDPOObjective, create_frozen
+from perfusion_cli.objective import GroupDPOObjective, diffusion_target
 
-FEATURES = [{"name": "merchant_id", "kind": "categorical", "values": ["a", "b"], "boundaries": [], "size": 3},
-            {"name": "style", "kind": "categorical", "values": ["x", "y"], "boundaries": [], "size": 3}]
+FEATURES = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"]), Feature("style", "categorical", ["x", "y"])])
 MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
 
 
@@ -70,7 +71,7 @@ def _batch(groups=2, k=3, size=64, seed=0):
 
 def _objective(tiny_sd_dir, **overrides):
     config = GenTrainConfig(base_model=str(tiny_sd_dir), resolution=64, beta=500.0, **overrides)
-    frozen = create_frozen(config, torch.device("cpu"))
+    frozen = FrozenSD.load(config.base_model, torch.device("cpu"), share_encoder=config.share_encoder)
     branch = PersonalizedBranch.from_unet(frozen.sd.unet, FEATURES, MERCHANT, grid_size=4, grid_channels=8)
     return GroupDPOObjective(frozen, config), frozen, branch
 
@@ -94,41 +95,57 @@ def test_one_train_step_moves_only_the_branch(tiny_sd_dir):
     assert any("controlnet_down_blocks" in k for k in moved), "the zero convs on the residuals train first"
 
 
+def _loss_and_gradients(tiny_sd_dir, share_encoder=True, checkpointing=False):
+    objective, frozen, branch = _objective(tiny_sd_dir, share_encoder=share_encoder)
+    assert frozen.share_encoder is share_encoder
+    with torch.no_grad():  # make the branch non-trivial, identically in every run
+        generator = torch.Generator().manual_seed(3)
+        for p in branch.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+    if checkpointing:  # as train-gen sets it up with gradient_checkpointing = true
+        branch.controlnet.enable_gradient_checkpointing()
+        frozen.sd.unet.enable_gradient_checkpointing()
+    branch.train()
+    torch.manual_seed(0)
+    loss, _ = objective(branch, _batch())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in branch.named_parameters() if p.grad is not None}
+
+
+def _assert_same(first, second):
+    assert torch.allclose(first[0], second[0], atol=1e-6)
+    assert first[1].keys() == second[1].keys() and len(first[1]) > 10
+    for name, grad in first[1].items():
+        assert torch.allclose(grad, second[1][name], atol=1e-6, rtol=1e-4), name
+
+
 def test_sharing_the_frozen_encoder_gives_the_same_loss_and_gradients(tiny_sd_dir):
-    results = []
-    for share in (True, False):
-        objective, frozen, branch = _objective(tiny_sd_dir, share_encoder=share)
-        assert frozen.share_encoder is share
-        with torch.no_grad():  # make the branch non-trivial, identically in both runs
-            generator = torch.Generator().manual_seed(3)
-            for p in branch.parameters():
-                p.add_(torch.randn(p.shape, generator=generator) * 0.02)
-        torch.manual_seed(0)
-        loss, _ = objective(branch, _batch())
-        loss.backward()
-        results.append((loss.detach(), branch.to_grid.weight.grad.clone()))
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    _assert_same(_loss_and_gradients(tiny_sd_dir, share_encoder=True),
+                 _loss_and_gradients(tiny_sd_dir, share_encoder=False))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_gradient_checkpointing_gives_the_same_loss_and_every_gradient(tiny_sd_dir, share):
+    _assert_same(_loss_and_gradients(tiny_sd_dir, share, checkpointing=False),
+                 _loss_and_gradients(tiny_sd_dir, share, checkpointing=True))
 
 
 def test_group_noise_and_timestep_are_shared_within_a_group(tiny_sd_dir, monkeypatch):
     objective, frozen, branch = _objective(tiny_sd_dir)
     seen = {}
-    original = frozen.predictions
+    original = objective.predict
 
     def spy(branch_, noisy, timesteps, text, features):
         seen["timesteps"] = timesteps
         return original(branch_, noisy, timesteps, text, features)
 
-    monkeypatch.setattr(frozen, "predictions", spy)
+    monkeypatch.setattr(objective, "predict", spy)
     objective(branch, _batch())
     assert seen["timesteps"][:3].unique().numel() == 1 and seen["timesteps"][3:].unique().numel() == 1
 
 
 def test_the_training_target_follows_the_prediction_type():
     from diffusers import DDPMScheduler
-
-    from perfusion_cli.training.gen import diffusion_target
 
     latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     timesteps = torch.tensor([10, 400, 900])

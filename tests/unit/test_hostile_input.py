@@ -6,13 +6,14 @@ import pytest
 from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
-from perfusion_cli.config import MerchantEncoderConfig, RMTrainConfig, load_recipe
+from perfusion_cli.config import load_recipe
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.tiny import build_tokenizer
 from perfusion_cli.training.rm import train_reward_model
-from tests.helpers import many_sessions, prepare_logs, read_jsonl, session, write_logs
+from tests.helpers import many_sessions, prepare_logs, read_jsonl, session, tiny_config, tiny_recipe, write_logs, \
+    write_recipe
 
 runner = CliRunner()
 
@@ -49,15 +50,14 @@ def test_bad_recipe_through_the_cli_is_one_line(tmp_path):
 def _split_shards(market, tmp_path):
     data_dir, _ = market
     manifest = prepare_logs(data_dir / "raw", tmp_path / "data", shard_size=10)
-    return tmp_path / "data", manifest["splits"]["train"]["shards"]
+    return tmp_path / "data", manifest.raw["splits"]["train"]["shards"]
 
 
 def test_a_truncated_shard_stops_training_with_its_name_or_is_skipped(market, tmp_path):
     data, shards = _split_shards(market, tmp_path)
     victim = data / "shards" / shards[1]["name"]
     victim.write_bytes(victim.read_bytes()[:1000])
-    (tmp_path / "perfusion.toml").write_text('[train-rm]\nbase_model = "tiny"\nbatch_size = 4\nmax_steps = 1\n'
-                                             'plugin_hidden = 8\n[train-rm.merchant]\nuser_dim = 8\nmlp_dims = [8]\n')
+    write_recipe(tmp_path / "perfusion.toml", tiny_recipe(train_rm={"max_steps": 1, "eval_every": None}))
     result = runner.invoke(app, ["--workdir", str(tmp_path), "train-rm"])
     assert result.exit_code == 1
     assert f"error: shard {victim} has 1000 bytes, the manifest says {shards[1]['bytes']}: it is truncated" \
@@ -89,9 +89,7 @@ def test_prompts_over_the_tokenizer_length_are_truncated_and_counted(tmp_path):
     rows = [session(f"s{i}", "m1", prompt=long, timestamp=i) for i in range(12)]
     root = write_logs(tmp_path / "logs", [{"merchant_id": "m1"}], rows)
     prepare_logs(root, tmp_path / "data", min_records=1, cold_start_fraction=0.0)
-    config = RMTrainConfig(base_model="tiny", batch_size=4, max_steps=2, plugin_hidden=8,
-                           merchant=MerchantEncoderConfig(embed_dim=4, mlp_dims=[8], user_dim=8))
-    summary = train_reward_model(config, tmp_path / "data", tmp_path / "rm")
+    summary = train_reward_model(tiny_config("train-rm", eval_every=None), tmp_path / "data", tmp_path / "rm")
     assert summary["final"]["truncated_prompts"] == 8
 
 

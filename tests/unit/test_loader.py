@@ -52,15 +52,15 @@ def test_two_workers_cover_a_split_exactly_once(market):
     data_dir, manifest = market
     spec = StreamSpec(data_dir, "train", batch_size=7, group_size=5, resolution=8, num_workers=2)
     single = sorted(s for b in eval_batches(StreamSpec(data_dir, "train", 7, 5, 8)) for s in b.session_ids)
-    assert len(manifest["splits"]["train"]["shards"]) >= 1
+    assert len(manifest.raw["splits"]["train"]["shards"]) >= 1
     workers = sorted(s for b in eval_batches(spec) for s in b.session_ids)
-    assert workers == single and len(single) == manifest["splits"]["train"]["groups"]
+    assert workers == single and len(single) == manifest.raw["splits"]["train"]["groups"]
 
 
 def test_truncated_shard_is_named_or_skipped(tmp_path, market):
     data_dir, _ = market
     manifest = prepare_logs(data_dir / "raw", tmp_path / "data", shard_size=20)
-    names = [s["name"] for s in manifest["splits"]["train"]["shards"]]
+    names = [s["name"] for s in manifest.raw["splits"]["train"]["shards"]]
     victim = tmp_path / "data" / "shards" / names[0]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     spec = StreamSpec(tmp_path / "data", "train", 8, 5, 8)
@@ -68,4 +68,4 @@ def test_truncated_shard_is_named_or_skipped(tmp_path, market):
         list(eval_batches(spec))
     skipping = StreamSpec(tmp_path / "data", "train", 8, 5, 8, skip_bad_shards=True)
     seen = sum(len(b) for b in eval_batches(skipping))
-    assert seen == manifest["splits"]["train"]["groups"] - manifest["splits"]["train"]["shards"][0]["groups"]
+    assert seen == manifest.raw["splits"]["train"]["groups"] - manifest.raw["splits"]["train"]["shards"][0]["groups"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import DataError
 from tests.helpers import png_bytes, prepare_logs, read_jsonl, session, write_image, write_logs
 
@@ -89,15 +89,15 @@ def test_each_bad_row_is_quarantined_with_its_line_and_exact_reason(prepared):
 
 def test_accounting_identity_and_reason_counts(prepared):
     _, manifest = prepared
-    accounting = manifest["accounting"]
+    accounting = manifest.raw["accounting"]
     assert accounting["session_rows"] == 23  # the blank line is not a row
     assert accounting["blank_lines"] == 1
     assert accounting["in_shards"] == 3
     assert accounting["quarantined"] == len(EXPECTED_SESSIONS)
     assert accounting["session_rows"] == accounting["in_shards"] + accounting["quarantined"] + accounting["held_out"]
     assert accounting["balanced"] is True
-    assert manifest["quarantine"]["reasons"]["image_path_escapes"] == 3
-    assert manifest["quarantine"]["rows"] == len(EXPECTED_SESSIONS) + len(EXPECTED_MERCHANTS)
+    assert manifest.raw["quarantine"]["reasons"]["image_path_escapes"] == 3
+    assert manifest.raw["quarantine"]["rows"] == len(EXPECTED_SESSIONS) + len(EXPECTED_MERCHANTS)
     assert accounting["merchants_quarantined"] == len(EXPECTED_MERCHANTS)
 
 
@@ -117,7 +117,7 @@ def test_zero_valid_groups_is_an_error_that_points_at_the_quarantine(tmp_path):
     root = write_logs(tmp_path / "logs", [{"merchant_id": "m1"}], ["{bad", session("s1", "nobody")])
     with pytest.raises(DataError, match=r"no valid groups in .*\(invalid_json ×1, unknown_merchant ×1\)"):
         prepare_logs(root, tmp_path / "data")
-    assert len(read_jsonl(tmp_path / "data" / "quarantine.jsonl")) == 2
+    assert len(read_jsonl(tmp_path / "data" / "prepare-failed" / "quarantine.jsonl")) == 2
     with pytest.raises(DataError, match="no prepared data"):
         load_manifest(tmp_path / "data")
 
@@ -127,8 +127,8 @@ def test_iso_timestamps_and_integer_ids_are_accepted(tmp_path):
             {**session("2", "7"), "session_id": 2, "merchant_id": 7, "timestamp": "2026-01-03T00:00:00"}]
     root = write_logs(tmp_path / "logs", [{"merchant_id": 7}], rows)
     manifest = prepare_logs(root, tmp_path / "data", min_records=1, cold_start_fraction=0.0)
-    assert manifest["accounting"]["in_shards"] == 2
-    assert manifest["quarantine"]["rows"] == 0
+    assert manifest.raw["accounting"]["in_shards"] == 2
+    assert manifest.raw["quarantine"]["rows"] == 0
 
 
 def test_numbers_in_json_with_nan_are_rejected_not_crashing(tmp_path):
@@ -138,13 +138,13 @@ def test_numbers_in_json_with_nan_are_rejected_not_crashing(tmp_path):
     manifest = prepare_logs(root, tmp_path / "data", min_records=1, cold_start_fraction=0.0)
     reasons = {(r["file"], r["reason"]) for r in read_jsonl(tmp_path / "data" / "quarantine.jsonl")}
     assert reasons == {("merchants.jsonl", "bad_value:price"), ("sessions.jsonl", "bad_value:timestamp")}
-    assert manifest["accounting"]["balanced"]
+    assert manifest.raw["accounting"]["balanced"]
 
 
 def test_manifest_records_command_version_and_checksums(prepared):
     out, manifest = prepared
-    assert manifest["created_by"]["version"]
-    shard = manifest["splits"]["train"]["shards"][0]
+    assert manifest.raw["created_by"]["version"]
+    shard = manifest.raw["splits"]["train"]["shards"][0]
     assert len(shard["sha256"]) == 64 and (out / "shards" / shard["name"]).stat().st_size == shard["bytes"]
     assert json.loads((out / "manifest.json").read_text())["format"] == "perfusion-shards/1"
 

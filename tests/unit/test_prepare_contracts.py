@@ -17,14 +17,14 @@ from perfusion_cli.config import PrepareConfig
 from perfusion_cli.data import prepare as prepare_module
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.logs import LogsSource
-from perfusion_cli.data.shards import load_manifest
+from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.vocab import OOV
 from perfusion_cli.errors import DataError
 from tests.helpers import many_sessions, prepare_logs, read_jsonl, write_logs
 
 
 def _checksums(manifest):
-    return {s["name"]: s["sha256"] for split in manifest["splits"].values() for s in split["shards"]}
+    return {s["name"]: s["sha256"] for split in manifest.raw["splits"].values() for s in split["shards"]}
 
 
 def test_prepare_twice_and_from_raw_give_byte_identical_shards(market, tmp_path):
@@ -55,21 +55,21 @@ def test_splits_are_by_time_per_merchant_and_cold_start_merchants_are_whole(mark
     held = [m for m, role in roles.items() if role == "held_out"]
     assert held, "the synthetic marketplace has new merchants with few sessions"
     assert not set(held) & set(seen)
-    assert manifest["held_out"]["reasons"]["few_records"] == sum(
+    assert manifest.raw["held_out"]["reasons"]["few_records"] == sum(
         1 for row in read_jsonl(data_dir / "held_out.jsonl") if row["merchant_id"] in held)
 
 
 def test_vocabulary_is_built_from_training_merchants_only(market):
     data_dir, manifest = market
     table = read_jsonl(data_dir / "merchants.jsonl")
-    names = [f["name"] for f in manifest["features"]]
+    names = [f["name"] for f in manifest.raw["features"]]
     assert names[0] == "merchant_id"
-    kinds = {f["name"]: f["kind"] for f in manifest["features"]}
+    kinds = {f["name"]: f["kind"] for f in manifest.raw["features"]}
     assert kinds["price_level"] == "numeric" and kinds["style"] == "categorical"
     for row in table:
         merchant_slot = row["feature_ids"][0]
         assert (merchant_slot != OOV) == (row["role"] == "train"), row
-    price = next(f for f in manifest["features"] if f["name"] == "price_level")
+    price = next(f for f in manifest.raw["features"] if f["name"] == "price_level")
     assert price["size"] == len(price["boundaries"]) + 2
 
 
@@ -77,16 +77,17 @@ def test_min_records_holds_out_and_counts(tmp_path):
     rows = many_sessions("big", 12) + many_sessions("small", 3, start=100)
     root = write_logs(tmp_path / "logs", [{"merchant_id": "big"}, {"merchant_id": "small"}], rows)
     manifest = prepare_logs(root, tmp_path / "data", min_records=10, cold_start_fraction=0.0)
-    assert manifest["held_out"]["reasons"] == {"few_records": 3}
-    assert manifest["merchants"] == {"held_out": 1, "train": 1}
-    assert manifest["splits"]["train"]["groups"] + manifest["splits"]["val"]["groups"] \
-        + manifest["splits"]["test"]["groups"] == 12
+    assert manifest.raw["held_out"]["reasons"] == {"few_records": 3}
+    assert manifest.raw["merchants"] == {"held_out": 1, "train": 1}
+    assert manifest.raw["splits"]["train"]["groups"] + manifest.raw["splits"]["val"]["groups"] \
+        + manifest.raw["splits"]["test"]["groups"] == 12
 
 
-def test_interrupted_prepare_leaves_nothing_a_reader_accepts(market, tmp_path, monkeypatch):
+def test_interrupted_prepare_leaves_the_earlier_data_untouched(market, tmp_path, monkeypatch):
     data_dir, _ = market
     out = tmp_path / "data"
-    prepare_logs(data_dir / "raw", out)  # a complete earlier run in the same folder
+    before = prepare_logs(data_dir / "raw", out)  # a complete earlier run in the same folder
+    files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".staging" not in p.parts}
     calls = {"n": 0}
     original = LogsSource.read_images
 
@@ -99,9 +100,10 @@ def test_interrupted_prepare_leaves_nothing_a_reader_accepts(market, tmp_path, m
     monkeypatch.setattr(LogsSource, "read_images", dying)
     with pytest.raises(KeyboardInterrupt):
         prepare_module.prepare(data_dir / "raw", out, PrepareConfig(shard_size=3))
-    with pytest.raises(DataError, match="no prepared data"):
-        load_manifest(out)
-    assert not list((out / "shards").glob("*.tmp")), "the half-written shard is removed"
+    assert load_manifest(out).raw == before.raw, "the earlier data is still what a reader gets"
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".staging" not in p.parts}
+    assert after == files, "not one byte of the earlier data changed"
+    assert not list(out.rglob("*.tmp")), "the half-written shard is removed"
 
 
 @pytest.mark.slow
@@ -111,20 +113,20 @@ def test_sigkilled_prepare_leaves_no_readable_data(market, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "perfusion_cli", "prepare", str(data_dir / "raw"),
                                 "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
+    staged = out / ".staging" / "shards"
     while time.time() < deadline and process.poll() is None:
-        if out.exists() and list((out / "shards").glob("*.tmp")):
+        if staged.exists() and list(staged.glob("*.tmp")):
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert list((out / "shards").glob("*.tmp")), "killed while a shard was being written"
+    assert list(staged.glob("*.tmp")), "killed while a shard was being written"
     with pytest.raises(DataError, match="no prepared data"):
         load_manifest(out)
-    for shard in (out / "shards").glob("*.tar"):  # only complete, renamed shards carry the .tar name
-        assert shard.stat().st_size % 512 == 0
+    assert not (out / "shards").exists(), "nothing half-made is where a reader looks"
     again = prepare_logs(data_dir / "raw", out)  # and the next run recovers cleanly
-    assert not list((out / "shards").glob("*.tmp"))
-    assert again["accounting"]["balanced"]
+    assert not list(out.rglob("*.tmp")) and not (out / ".staging").exists()
+    assert again.raw["accounting"]["balanced"]
 
 
 def _jpeg(colour) -> bytes:
@@ -148,10 +150,10 @@ def test_pickapic_rows_become_groups_of_two_and_ties_are_held_out(tmp_path):
     _pickapic(tmp_path / "pick.parquet", rows)
     manifest = prepare_module.prepare(tmp_path / "pick.parquet", tmp_path / "data",
                                       PrepareConfig(format="pickapic", min_records=1, cold_start_fraction=0.0))
-    assert manifest["held_out"]["reasons"] == {"tie": 1}
+    assert manifest.raw["held_out"]["reasons"] == {"tie": 1}
     quarantine = {row["line"]: row["reason"] for row in read_jsonl(tmp_path / "data" / "quarantine.jsonl")}
     assert quarantine == {4: "image_corrupt", 5: "empty_prompt", 6: "bad_value:label_0", 7: "missing_field:user_id"}
-    accounting = manifest["accounting"]
+    accounting = manifest.raw["accounting"]
     assert accounting["session_rows"] == 12 and accounting["in_shards"] == 7 and accounting["balanced"]
     groups = {}
     for split in ("train", "val", "test"):

@@ -62,10 +62,12 @@ def test_prepare_never_crashes_and_every_row_is_accounted_for(lines, min_records
         except DataError as error:
             assert "no valid groups" in str(error) or "--min-records" in str(error)
             if "no valid groups" in str(error):  # every row was rejected, and each is listed
-                rows = [r for r in read_jsonl(root / "out" / "quarantine.jsonl") if r["file"] == "sessions.jsonl"]
+                failed = root / "out" / "prepare-failed" / "quarantine.jsonl"
+                assert str(failed) in str(error)
+                rows = [r for r in read_jsonl(failed) if r["file"] == "sessions.jsonl"]
                 assert len(rows) == non_blank
             return
-        accounting = manifest["accounting"]
+        accounting = manifest.raw["accounting"]
         assert accounting["session_rows"] == non_blank
         assert accounting["balanced"]
         assert accounting["session_rows"] == (accounting["in_shards"] + accounting["quarantined"]
@@ -73,7 +75,7 @@ def test_prepare_never_crashes_and_every_row_is_accounted_for(lines, min_records
         quarantined = [r for r in read_jsonl(root / "out" / "quarantine.jsonl") if r["file"] == "sessions.jsonl"]
         held = read_jsonl(root / "out" / "held_out.jsonl")
         assert len(quarantined) == accounting["quarantined"] and len(held) == accounting["held_out"]
-        assert sum(split["groups"] for split in manifest["splits"].values()) == accounting["in_shards"]
+        assert sum(split["groups"] for split in manifest.raw["splits"].values()) == accounting["in_shards"]
         lines_seen = sorted([r["line"] for r in quarantined] + [h["line"] for h in held])
         assert len(set(lines_seen)) == len(lines_seen), "no row is counted twice"
     finally:

@@ -1,16 +1,21 @@
-"""PerFusionRM: zero-initialized plug-ins equal CLIP; plug-ins personalize; save → load is exact."""
+"""PerFusionRM: zero-initialized plug-ins equal CLIP; plug-ins personalize; save → load is exact;
+gradient checkpointing changes nothing but memory."""
 
 import pytest
 import torch
 from torch import nn
 
 from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.data.vocab import Feature, FeatureVocab
+from perfusion_cli.errors import VocabularyMismatch
+from perfusion_cli.losses import plackett_luce_loss
 from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
 from perfusion_cli.models.merchant import CrossNetwork, MerchantEncoder
-from perfusion_cli.models.reward import (PerFusionRM, RewardModel, RewardSettings, load_reward_model,
-                                         save_reward_model)
+from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
 
-CARDS = [5, 3, 4]
+VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b", "c", "d"]),
+                      Feature("style", "categorical", ["x", "y"]), Feature("price", "numeric", boundaries=[1, 2])])
+CARDS = VOCAB.cardinalities  # [5, 3, 4]
 MERCHANT = MerchantEncoderConfig(embed_dim=4, cross_layers=2, mlp_dims=[16], user_dim=8)
 
 
@@ -25,12 +30,12 @@ def _inputs(seed=0, batch=3, group=4):
 
 def _model(tiny_clip_dir, **settings):
     clip, tokenizer = load_clip(str(tiny_clip_dir))
-    return RewardModel(PerFusionRM(clip, RewardSettings(CARDS, merchant=MERCHANT, plugin_hidden=16, **settings)).eval(),
-                       tokenizer)
+    module = PerFusionRM.from_clip(clip, VOCAB, plugin_hidden=16, merchant=MERCHANT, **settings)
+    return RewardModel(module.eval(), tokenizer)
 
 
 def _clip_scores(clip, tokenizer, prompts, images):
-    """Plain CLIP, written independently of PerFusionRM: logit_scale · cos."""
+    """Plain CLIP through transformers' own forward, written independently of PerFusionRM: logit_scale · cos."""
     ids, mask, _ = tokenize(tokenizer, prompts)
     text = clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
     pixels = clip_pixels(images.flatten(0, 1), 64)
@@ -40,12 +45,12 @@ def _clip_scores(clip, tokenizer, prompts, images):
     return clip.logit_scale.exp() * torch.einsum("bp,bkp->bk", text, image)
 
 
-def _perturb(module: nn.Module):
+def _perturb(module: nn.Module, scale=0.3):
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for plugin in (module.text_plugin, module.vision_plugin):
             for adapter in plugin.adapters:
-                adapter.net[-1].weight.copy_(torch.randn(adapter.net[-1].weight.shape, generator=generator) * 0.3)
+                adapter.net[-1].weight.copy_(torch.randn(adapter.net[-1].weight.shape, generator=generator) * scale)
 
 
 @torch.no_grad()
@@ -74,12 +79,13 @@ def test_a_trained_plugin_makes_scores_depend_on_the_merchant(tiny_clip_dir):
 def test_save_then_load_gives_identical_scores(tiny_clip_dir, tmp_path, shared):
     model = _model(tiny_clip_dir, shared_plugin=shared)
     _perturb(model.module)
-    assert (model.module.text_merchant is model.module.vision_merchant) == shared
-    save_reward_model(model, tmp_path / "rm")
+    assert (model.module.vision_encoder() is model.module.text_merchant) == shared
+    model.save(tmp_path / "rm")
     loaded = load_reward_model(tmp_path / "rm")
     prompts, images, features, valid = _inputs(3)
     assert torch.equal(model.score(prompts, images, features, valid), loaded.score(prompts, images, features, valid))
-    assert (loaded.module.text_merchant is loaded.module.vision_merchant) == shared
+    assert (loaded.module.vision_encoder() is loaded.module.text_merchant) == shared
+    assert loaded.vocab == VOCAB
 
 
 @torch.no_grad()
@@ -88,6 +94,32 @@ def test_zero_shot_scores_equal_plain_clip(tiny_clip_dir):
     prompts, images, features, valid = _inputs()
     expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
     assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
+
+
+def _loss_and_gradients(tiny_clip_dir, checkpointing: bool):
+    torch.manual_seed(0)  # the merchant encoders start random: the same in both runs
+    model = _model(tiny_clip_dir)
+    _perturb(model.module, scale=0.05)  # non-zero adaptive networks: the case that used to break
+    module = model.module.train()
+    if checkpointing:
+        module.enable_gradient_checkpointing()
+    assert module.gradient_checkpointing is checkpointing
+    prompts, images, features, valid = _inputs()
+    selected = torch.zeros_like(valid)
+    selected[:, 0] = True
+    loss = plackett_luce_loss(model.score(prompts, images, features, valid), selected, valid)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_every_gradient(tiny_clip_dir):
+    plain = _loss_and_gradients(tiny_clip_dir, checkpointing=False)
+    checkpointed = _loss_and_gradients(tiny_clip_dir, checkpointing=True)
+    assert torch.allclose(plain[0], checkpointed[0], atol=1e-6)
+    assert plain[1].keys() == checkpointed[1].keys()
+    assert any(name.startswith("clip.") for name in plain[1]) and any("plugin" in name for name in plain[1])
+    for name, grad in plain[1].items():
+        assert torch.allclose(grad, checkpointed[1][name], atol=1e-6, rtol=1e-4), name
 
 
 def test_cross_network_is_dcn_v2():
@@ -102,7 +134,15 @@ def test_cross_network_is_dcn_v2():
 def test_merchant_encoder_rejects_ids_outside_its_vocabulary():
     encoder = MerchantEncoder(CARDS, MERCHANT)
     assert encoder(torch.tensor([[4, 2, 3]])).shape == (1, 8)
-    with pytest.raises(Exception, match="different vocabulary"):
+    with pytest.raises(VocabularyMismatch, match="different vocabulary"):
         encoder(torch.tensor([[5, 0, 0]]))
-    with pytest.raises(Exception, match="expects 3 merchant features, the data has 2"):
+    with pytest.raises(VocabularyMismatch, match="expects 3 merchant features, the data has 2"):
         encoder(torch.tensor([[1, 1]]))
+
+
+def test_a_model_refuses_data_with_another_vocabulary():
+    other = FeatureVocab([*VOCAB.features[:2], Feature("price", "numeric", boundaries=[1, 3])])
+    VOCAB.require_same(FeatureVocab.from_json(VOCAB.to_json()), "reward model", "data")
+    with pytest.raises(VocabularyMismatch, match="reward model was trained on data with a different merchant feature "
+                                                 "vocabulary than data/"):
+        VOCAB.require_same(other, "reward model", "data/")

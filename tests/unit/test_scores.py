@@ -43,12 +43,22 @@ def test_aesthetic_head_must_match_the_clip_width(tmp_path):
     assert scores.shape == (3,)
 
 
+@torch.no_grad()
 def test_clip_score_is_100_times_clamped_cosine():
-    clip = ClipScorer("tiny", torch.device("cpu"))
-    images = torch.rand(4, 3, 64, 64)
+    scorer = ClipScorer("tiny", torch.device("cpu"))
+    images = torch.rand(4, 3, 64, 64)  # already at the tiny CLIP's 64 px: only normalization applies
     prompts = ["linen dress", "wool hoodie", "red silk skirt", "leather handbag"]
-    cosine = (clip.text_embeddings(prompts) * clip.image_embeddings(images)).sum(-1)
-    assert torch.allclose(clip.clip_score(prompts, images), 100 * cosine.clamp(min=0))
+    # written independently of the scorer: transformers' own feature functions, OpenAI's pixel statistics
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    tokens = scorer.tokenizer(prompts, padding="max_length", max_length=scorer.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+    text = scorer.clip.get_text_features(**tokens).pooler_output
+    image = scorer.clip.get_image_features(pixel_values=(images - mean) / std).pooler_output
+    cosine = torch.nn.functional.cosine_similarity(text, image, dim=-1)
+    assert (cosine < 0).any() or (cosine > 0).all()
+    assert torch.allclose(scorer.clip_score(prompts, images), 100 * cosine.clamp(min=0), atol=1e-4)
+    assert torch.allclose(scorer.clip_score(prompts, images)[cosine < 0], torch.zeros(int((cosine < 0).sum())))
 
 
 def test_win_rate_is_the_share_of_pairs_where_personalized_scores_higher():

@@ -1,0 +1,33 @@
+"""``merchants.jsonl`` of a prepared data folder: every valid merchant, its role, profile and feature ids.
+
+``prepare`` writes it (``merchant_table``); ``generate`` and ``serve`` read it (``read_merchants``) to
+encode a merchant with the vocabulary a model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from perfusion_cli.data.vocab import FeatureVocab
+from perfusion_cli.errors import DataError
+
+MERCHANTS = "merchants.jsonl"
+
+
+def merchant_table(profiles: dict[str, dict], records, roles: dict[str, str], vocab: FeatureVocab) -> list[dict]:
+    counts = Counter(record.merchant_id for record in records)
+    return [{"merchant_id": merchant_id, "role": roles.get(merchant_id, "no_sessions"),
+             "groups": counts.get(merchant_id, 0), "features": profiles[merchant_id],
+             "feature_ids": vocab.encode(merchant_id, profiles[merchant_id])}
+            for merchant_id in sorted(profiles)]
+
+
+def read_merchants(data_dir: str | Path) -> dict[str, dict]:
+    path = Path(data_dir) / MERCHANTS
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return {row["merchant_id"]: row for row in map(json.loads, handle)}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is missing or damaged ({exc}) — re-run `perfusion prepare`") from None

@@ -1,0 +1,99 @@
+"""The frozen Stable-Diffusion parts PerFusion trains against: latents, text embeddings, predictions.
+
+``predictions`` gives the personalized ε_θ (frozen U-Net + the branch's residuals, gradients only
+into the branch) and the reference ε_ref (the frozen U-Net alone) on the same noisy latents. With
+``share_encoder`` the U-Net's encoder half runs once for both (``unet_halves``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from perfusion_cli.errors import ConfigError
+from perfusion_cli.models.backbones import SDComponents, load_sd, tokenize
+from perfusion_cli.models.unet_halves import decode, encode, supports_split
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+
+
+def set_attention(sd: SDComponents, attention: str) -> None:
+    """SDPA is diffusers' default on torch 2; xFormers when asked for and installed."""
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise ConfigError("attention 'xformers' needs xformers: pip install 'perfusion[gpu]'") from None
+        sd.unet.enable_xformers_memory_efficient_attention()
+        sd.vae.enable_xformers_memory_efficient_attention()
+
+
+class FrozenSD:
+    def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
+                 cache: bool):
+        self.sd = sd
+        for module in (sd.vae, sd.text_encoder, sd.unet):
+            module.requires_grad_(False).eval().to(device)
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+        self.device, self.dtype = device, dtype
+        self.share_encoder = share_encoder and supports_split(sd.unet)
+        self.cache = cache
+        self._latents: dict[tuple[str, int], torch.Tensor] = {}
+        self._texts: dict[str, torch.Tensor] = {}
+        self.truncated_prompts = 0
+
+    @classmethod
+    def load(cls, base_model: str, device: torch.device, mixed_precision: str = "no", attention: str = "sdpa",
+             share_encoder: bool = True, cache: bool = False, resolution: int | None = None) -> "FrozenSD":
+        sd = load_sd(base_model)
+        set_attention(sd, attention)
+        latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
+        if resolution is not None and resolution % latent_scale:
+            raise ConfigError(f"resolution {resolution} must be a multiple of {latent_scale} for this VAE")
+        return cls(sd, device, DTYPES[mixed_precision], share_encoder, cache)
+
+    @torch.no_grad()
+    def latents(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
+        """images [N, 3, H, W] in [0, 1] → scaled latent means [N, 4, h, w]."""
+        missing = [i for i, key in enumerate(keys) if key not in self._latents] if self.cache else range(len(keys))
+        fresh = {}
+        if len(missing):
+            pixels = images[list(missing)].to(self.device, self.dtype) * 2 - 1
+            encoded = self.sd.vae.encode(pixels).latent_dist.mean * self.sd.vae.config.scaling_factor
+            fresh = dict(zip(missing, encoded))
+            if self.cache:
+                self._latents.update({keys[i]: fresh[i] for i in missing})
+        return torch.stack([fresh[i] if i in fresh else self._latents[key] for i, key in enumerate(keys)])
+
+    @torch.no_grad()
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self._texts}) if self.cache else sorted(set(prompts))
+        encoded = {}
+        if missing:
+            ids, _, truncated = tokenize(self.sd.tokenizer, missing)
+            self.truncated_prompts += truncated
+            encoded = dict(zip(missing, self.sd.text_encoder(ids.to(self.device))[0]))
+            if self.cache:
+                self._texts.update(encoded)
+        return torch.stack([encoded.get(p, self._texts.get(p)) for p in prompts])
+
+    def predictions(self, branch, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε_θ with gradients into ``branch``, ε_ref without)."""
+        unet = self.sd.unet
+        down, mid = branch(noisy, timesteps, text, features=features)
+        if self.share_encoder:
+            with torch.no_grad():
+                encoding = encode(unet, noisy, timesteps, text)
+                reference = decode(unet, encoding)
+            return decode(unet, encoding, down, mid), reference
+        with torch.no_grad():
+            reference = unet(noisy, timesteps, text).sample
+        personalized = unet(noisy, timesteps, text, down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid).sample
+        return personalized, reference
+
+    def full_unet_predictions(self, policy_unet, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Diffusion-DPO as its authors train it: a trainable copy of the whole U-Net is the policy."""
+        with torch.no_grad():
+            reference = self.sd.unet(noisy, timesteps, text).sample
+        return policy_unet(noisy, timesteps, text).sample, reference

@@ -1,0 +1,102 @@
+"""The group-level Diffusion-DPO objective on one batch of groups (DESIGN §5; paper §4.3.2).
+
+For B groups of up to K candidates (only valid candidates are encoded):
+
+1. VAE latents x_0 of every candidate and the prompt's text embedding (frozen; optionally cached);
+2. one noise ε and one timestep t per group, shared by its candidates; x_t = add_noise(x_0, ε, t);
+3. ε_θ and ε_ref from the frozen model (``FrozenSD.predictions``: the personalized branch; or
+   ``full_unet_predictions``: a whole trainable U-Net, Diffusion-DPO's own setting, which ``bench``
+   measures against);
+4. per-candidate errors ‖ε − ε̂‖² (mean over the latent), the implicit rewards
+   r = −(β/2)(err_θ − err_ref), and the Plackett-Luce loss over each group's positives
+   (``pairwise``: Diffusion-DPO on every positive-negative pair).
+
+Positives are the logged selections, or a frozen PerFusionRM's top-k (``positives = "reward"``).
+Besides the loss it returns the diagnostics Diffusion-DPO users ask for: the errors of both models
+and their ratio (the KL price), the implicit reward margin and the pair accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from perfusion_cli.config import GenTrainConfig
+from perfusion_cli.data.loader import GroupBatch
+from perfusion_cli.errors import ConfigError
+from perfusion_cli.losses import group_dpo_loss, implicit_rewards, pairwise_dpo_loss
+from perfusion_cli.models.frozen_sd import FrozenSD
+
+LOSSES = {"group": group_dpo_loss, "pairwise": pairwise_dpo_loss}
+
+
+def diffusion_target(scheduler, latents, noise, timesteps):
+    """What the U-Net predicts: ε, or the velocity for v-prediction models (SD 2.x)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ConfigError(f"prediction_type {kind!r} is not supported")
+
+
+def reward_positives(reward, batch: GroupBatch, top_k: int) -> torch.Tensor:
+    """The frozen reward model's top-k candidates of each group (at least one left as a negative)."""
+    with torch.no_grad():
+        scores = reward.score(batch.prompts, batch.images, batch.features, batch.valid).float()
+    scores = scores.masked_fill(~batch.valid, float("-inf"))
+    k = torch.clamp(batch.valid.sum(1) - 1, max=top_k)  # [B]
+    ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
+    return (ranks < k[:, None]) & batch.valid
+
+
+def preference_diagnostics(rewards: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Over a batch's (positive, negative) pairs: how often r_p > r_n, and the mean margin r_p − r_n."""
+    pairs = (positive & valid).unsqueeze(2) & (valid & ~positive).unsqueeze(1)
+    margins = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+    count = pairs.sum().clamp(min=1)
+    return {"pair_accuracy": ((margins > 0) & pairs).sum().item() / count.item(),
+            "reward_margin": (margins * pairs).sum().item() / count.item()}
+
+
+class GroupDPOObjective:
+    def __init__(self, frozen: FrozenSD, config: GenTrainConfig, reward=None, autocast=None, predict=None):
+        self.frozen = frozen
+        self.config = config
+        self.reward = reward
+        self.scheduler = frozen.sd.noise_scheduler
+        self.loss_fn = LOSSES[config.loss]
+        self.autocast = autocast or contextlib.nullcontext
+        self.predict = predict or frozen.predictions
+
+    def __call__(self, policy, batch: GroupBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        device, valid = self.frozen.device, batch.valid
+        rows = torch.arange(len(batch), device=device).repeat_interleave(valid.shape[1])[valid.flatten()]
+        groups, slots = torch.nonzero(valid, as_tuple=True)
+        keys = [(batch.session_ids[g], k) for g, k in zip(groups.tolist(), slots.tolist())]
+        latents = self.frozen.latents(batch.images[valid], keys)
+        text = self.frozen.text(batch.prompts)
+        # one noise and one timestep per group, shared by its candidates
+        noise = torch.randn((len(batch), *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(batch),), device=device)[rows]
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(self.scheduler, latents, noise, timesteps).float()
+        with self.autocast():
+            personalized, reference = self.predict(policy, noisy, timesteps, text[rows], batch.features[rows])
+        model_err = self._per_candidate(personalized, target, valid)
+        ref_err = self._per_candidate(reference, target, valid)
+        positive = reward_positives(self.reward, batch, self.config.top_k) if self.reward else batch.selected
+        loss = self.loss_fn(model_err, ref_err, positive, self.config.beta, valid)
+        rewards = implicit_rewards(model_err, ref_err, self.config.beta).detach()
+        errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item()}
+        return loss, {**errors, "err_gap": errors["model_err"] - errors["ref_err"],
+                      "err_ratio": errors["model_err"] / max(errors["ref_err"], 1e-12),
+                      **preference_diagnostics(rewards, positive, valid),
+                      "truncated_prompts": self.frozen.truncated_prompts}
+
+    @staticmethod
+    def _per_candidate(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per valid candidate, scattered into [B, K] (zeros in padded slots)."""
+        return torch.zeros(valid.shape, device=target.device).masked_scatter(
+            valid, (prediction.float() - target).pow(2).mean(dim=(1, 2, 3)))

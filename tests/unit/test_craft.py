@@ -1,0 +1,96 @@
+"""The package's shape: a fast CLI that imports no heavy library, and imports that never run back up."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "perfusion_cli"
+HEAVY = ("torch", "diffusers", "transformers", "webdataset", "accelerate", "numpy", "PIL")
+
+# docs/architecture.md: data flows one way; a module imports only from its own layer or the ones above it here.
+LAYERS = [
+    {"__init__", "errors", "config", "io", "progress", "environment", "runs", "workspace"},
+    {"data"},
+    {"models"},
+    {"losses", "metrics", "ranking", "objective", "training"},
+    {"pipeline"},
+    {"evaluation", "generation", "bench", "plan"},
+    {"cli", "__main__"},
+]
+
+
+def _layer(module: str) -> int:
+    return next(index for index, names in enumerate(LAYERS) if module in names)
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("perfusion_cli"):
+            yield node.module.split(".")[1] if "." in node.module else "__init__", node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("perfusion_cli."):
+                    yield alias.name.split(".")[1], node.lineno
+
+
+def test_no_import_runs_back_up_the_layers():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        own = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+        for imported, line in _imports(path):
+            if _layer(imported) > _layer(own):
+                wrong.append(f"{relative}:{line} imports perfusion_cli.{imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    script = ("import sys\nfrom perfusion_cli.cli.main import main\nsys.argv = ['perfusion', *sys.argv[1:]]\n"
+              "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\nelse:\n    code = 0\n"
+              f"print('HEAVY:', sorted(m for m in {HEAVY!r} if m in sys.modules), 'CODE:', code)\n")
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["train-gen", "--help"], 0), (["env"], 0),
+                                        (["train-rm", "--no-such-flag"], 2), (["prepare"], 1)])
+def test_help_usage_errors_and_env_import_no_heavy_library(args, code, tmp_path):
+    result = _run("--workdir", str(tmp_path), *args)
+    assert f"HEAVY: [] CODE: {code}" in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_report_to_a_tracker_that_is_not_installed_names_the_extra(tmp_path, market):
+    import importlib.util
+
+    from perfusion_cli.errors import ConfigError
+    from perfusion_cli.training.rm import train_reward_model
+    from tests.helpers import tiny_config
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match=r"--report-to wandb needs the wandb package: pip install 'perfusion\[wandb\]'"):
+        train_reward_model(tiny_config("train-rm", report_to="wandb"), market[0], tmp_path / "rm")
+    assert not (tmp_path / "rm").exists(), "nothing is written before the run can start"
+
+
+def test_tensorboard_receives_every_logged_curve(tmp_path, market):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from perfusion_cli.training.gen import train_generator
+    from tests.helpers import tiny_config
+
+    train_generator(tiny_config("train-gen", max_steps=3, report_to="tensorboard"), market[0], tmp_path / "gen")
+    events = sorted((tmp_path / "gen" / "trackers").rglob("events.out.tfevents.*"))
+    scalars = {}
+    for event in events:
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    for curve in ("loss", "lr", "grad_norm", "reward_margin", "pair_accuracy", "err_gap", "err_ratio"):
+        assert [step for step, _ in scalars[f"train/{curve}"]] == [1, 2, 3], curve
+    logged = [__import__("json").loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
+    assert [value for _, value in scalars["train/loss"]] == pytest.approx([row["loss"] for row in logged], rel=1e-6)
