@@ -144,32 +144,42 @@ def collate(groups: list[dict]) -> GroupBatch:
     )
 
 
-MAX_FAILURES_IN_A_ROW = 1000
+MAX_TRIES_WITHOUT_A_SAMPLE = 1000
 
 
 class _ShardErrors:
     """WebDataset exception handler: a clear error naming the shard, or a skip that is counted.
 
-    Skipping is bounded: after ``MAX_FAILURES_IN_A_ROW`` failures with no sample decoded in between, the
-    stream stops with an error (an endless resampled stream of unreadable shards would spin forever).
+    It also bounds an endless resampled stream that yields nothing: every shard opened and every sample
+    that fails counts as a try, every decoded sample resets the count, and after
+    ``MAX_TRIES_WITHOUT_A_SAMPLE`` tries with no sample the stream stops with an error. (A shard of zeros
+    is a valid, empty tar: without this, a run on such shards would spin forever at full CPU.)
     """
 
     def __init__(self, skip: bool):
         self.skip = skip
         self.skipped = 0
-        self.in_a_row = 0
+        self.tries = 0
 
     def decoded(self) -> None:
-        self.in_a_row = 0
+        self.tries = 0
+
+    def _try(self, what: str) -> None:
+        self.tries += 1
+        if self.tries >= MAX_TRIES_WITHOUT_A_SAMPLE:
+            raise DataError(f"no sample could be decoded in {self.tries} tries in a row ({self.skipped} skipped in "
+                            f"all; last: {what}) — the shards are unreadable: re-run `perfusion prepare`")
+
+    def opened(self, shards: Iterator[dict]) -> Iterator[dict]:
+        """A pipeline stage counting the shards opened."""
+        for shard in shards:
+            self._try(f"{shard.get('url')} held no readable sample")
+            yield shard
 
     def __call__(self, exn: Exception) -> bool:
         if self.skip:
             self.skipped += 1
-            self.in_a_row += 1
-            if self.in_a_row >= MAX_FAILURES_IN_A_ROW:
-                raise DataError(f"no sample could be decoded in {self.in_a_row} tries in a row ({self.skipped} "
-                                f"skipped in all; last: {exn}) — the shards are unreadable: re-run "
-                                f"`perfusion prepare`") from None
+            self._try(str(exn))
             return True
         if isinstance(exn, DataError):
             raise exn
@@ -194,7 +204,7 @@ def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int
     if training:
         return wds.DataPipeline(
             wds.ResampledShards(shards, seed=wds.utils.make_seed(spec.seed, epoch), deterministic=True),
-            wds.tarfile_to_samples(handler=handler),
+            handler.opened, wds.tarfile_to_samples(handler=handler),
             wds.detshuffle(spec.shuffle_buffer, initial=min(100, spec.shuffle_buffer),
                            seed=wds.utils.make_seed(spec.seed, epoch, *wds.utils.pytorch_worker_info()[:1])),
             wds.map(decode, handler=handler), batch,

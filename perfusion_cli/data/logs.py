@@ -135,8 +135,12 @@ def _feature_value(key: str, value: Any) -> Any:
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, (int, float)):
-        if not math.isfinite(float(value)):  # an int too large for a float raises OverflowError: quarantined
-            raise RowError(f"{R.BAD_VALUE}:{key}", f"feature '{key}' is not finite")
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise RowError(f"{R.BAD_VALUE}:{key}", f"feature '{key}' is not a finite number a float can hold")
         return value
     raise RowError(f"{R.BAD_TYPE}:{key}", f"feature '{key}' must be a string, number, boolean or null")
 

@@ -91,12 +91,13 @@ def _refuse_own_input(source, out: Path) -> None:
     """Writing into the logs folder would replace its merchants.jsonl (and a re-run would find nothing)."""
     root = (source.root if isinstance(source, LogsSource) else source.path).resolve()
     target = out.resolve()
-    inputs = {path.resolve() for path in source.input_files()}
-    clashes = [name for name in OUTPUTS if (target / name).resolve() in inputs
-               or root == (target / name).resolve() or (target / name).resolve() in root.parents]
+    inputs = {path.resolve() for path in source.input_files() if path.exists()}
+    written = {(target / name).resolve(): name for name in OUTPUTS}
+    clashes = [name for path, name in written.items() if path in inputs or path == root or path in root.parents]
     if target == root or clashes:
-        raise DataError(f"prepare would write into its own input {root} (its {', '.join(clashes) or 'files'}): "
-                        f"pass --out DIR outside the logs folder (the default is <workspace>/data)")
+        what = "folder" if target == root else ", ".join(clashes)
+        raise DataError(f"prepare would write into its own input {root} (its {what}): pass --out DIR outside the "
+                        f"logs folder (the default is <workspace>/data)")
 
 
 @contextmanager

@@ -18,6 +18,7 @@ how to evaluate and save); this module runs it: one process on a CPU, or ``accel
 from __future__ import annotations
 
 import math
+import multiprocessing
 import signal
 import time
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ class _Counted:
         return item
 
 
+
+
 def _grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
     norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
     return torch.stack(norms).norm() if norms else torch.zeros(())
@@ -165,6 +168,15 @@ def _optimizer_step(task: TrainTask, model, optimizer, stream, accelerator: Acce
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach().float() / config.grad_accum
     return total, logs
+
+
+def _kill_data_workers() -> None:
+    """A data worker that stopped answering would block the exit (its join never returns): kill it. The
+    DataLoader's SIGCHLD handler would report that death as a crash, so it is removed first."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in multiprocessing.active_children():
+        worker.kill()
+        worker.join(timeout=5)
 
 
 def _interrupted(signals: StopSignals, step: int, checkpoint: Path, why: str = "") -> Interrupted:
@@ -220,7 +232,9 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
             except StopRequested:  # the signal came while waiting for data: the last complete step is step - 1
                 optimizer.zero_grad(set_to_none=True)
                 progress.stop()
-                raise _interrupted(signals, step - 1, checkpoint(step - 1), " (while waiting for data)")
+                saved = checkpoint(step - 1)
+                _kill_data_workers()
+                raise _interrupted(signals, step - 1, saved, " (while waiting for data)")
             scheduler.step()
             flags = accelerator.reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0,
                                                      1.0 if signals.received else 0.0], device=accelerator.device), "max")

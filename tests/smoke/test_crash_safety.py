@@ -145,3 +145,48 @@ def test_resuming_a_finished_run_asks_for_more_steps(market, tmp_path):
     train_reward_model(config, data_dir, tmp_path / "rm")
     with pytest.raises(ConfigError, match="is at step 2, already at --max-steps 2: raise --max-steps"):
         train_reward_model(config, data_dir, tmp_path / "rm", resume="latest")
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_data_checkpoints_and_exits(workspace):
+    """A data-loader worker that stops answering (stuck storage) must not hold the run hostage."""
+    import psutil
+
+    write_recipe(workspace / "perfusion.toml", tiny_recipe(train_rm={"num_workers": 1, "checkpoint_every": 1000}))
+    run = workspace / "runs" / "rm"
+    process = subprocess.Popen(_command(workspace, "train-rm", "--max-steps", 100000), env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        assert _wait_for(lambda: run.joinpath("metrics.jsonl").is_file(), process)
+        worker = psutil.Process(process.pid).children()[0]
+        worker.suspend()  # SIGSTOP: the main process now waits for batches that never come
+        time.sleep(3)
+        steps_before = _losses(run)[-1][0]
+        time.sleep(2)
+        assert _losses(run)[-1][0] == steps_before, "it is waiting"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if worker is not None and worker.is_running():
+            worker.kill()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert "(while waiting for data)" in stderr and "Traceback" not in stderr
+    checkpoint = load_checkpoint(find_checkpoint(run, "latest"), rank=0)
+    assert checkpoint.step == steps_before, "the last completed step is what was saved"
+
+
+def test_generate_output_folders_never_collide(tmp_path):
+    from perfusion_cli.generation import output_folder
+
+    first = output_folder(tmp_path, "M1", "linen dress", 0, True)
+    first.mkdir(parents=True)
+    (first / "metadata.json").write_text(json.dumps({"prompt": "linen dress"}))
+    (first.parent / ".merchant").write_text("M1")
+    assert output_folder(tmp_path, "M1", "linen dress", 0, True) == first, "the same request replaces its own"
+    other_merchant = output_folder(tmp_path, "m1", "linen dress", 0, True)
+    other_prompt = output_folder(tmp_path, "M1", "Linen Dress", 0, True)
+    assert len({first, other_merchant, other_prompt}) == 3
+    assert output_folder(tmp_path, "M1", "linen dress", 0, False) != first, "base images have their own folder"

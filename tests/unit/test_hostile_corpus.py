@@ -1,0 +1,188 @@
+"""A hostile-input corpus for ``prepare``: each row a case with its exact quarantine reason, nothing lost.
+
+Every case runs through one prepare; afterwards the accounting identity balances and every input line
+is in exactly one of shards / quarantine / held out.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from perfusion_cli.errors import DataError
+from tests.helpers import prepare_logs, read_jsonl, session, write_image, write_logs
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+LONG = "x" * 300  # longer than any file system's name limit (255 bytes)
+# (sessions.jsonl line content, the expected quarantine reason); line numbers follow this order
+SESSION_CASES = [
+    (b'{"session_id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json"),
+    ('{"session_id": "s-sur", "merchant_id": "m1", "prompt": "x \\ud800", "timestamp": 1, '
+     '"candidates": [{"image": "images/a.png", "selected": true}, {"image": "images/b.png", "selected": false}]}',
+     "invalid_unicode"),
+    ('{"session_id": "\\udfff", "merchant_id": "m1", "prompt": "linen dress", "timestamp": 1, "candidates": []}',
+     "invalid_unicode"),
+    ('{"session_id": "s-key", "merchant_id": "m1", "prompt": "linen dress", "\\ud83d": 1, "timestamp": 1, '
+     '"candidates": []}', "invalid_unicode"),
+    (json.dumps(session("s-big-time", timestamp=10 ** 400)), "bad_value:timestamp"),
+    (json.dumps({**session("s-inf-time"), "timestamp": "1e400"}).replace('"1e400"', "1e400"), "bad_value:timestamp"),
+    (json.dumps(session("s-long-path", images=(f"images/{LONG}.png", "images/a.png"))), "unreadable_file"),
+    (json.dumps(session("s-strip", images=("images/strip.png", "images/a.png"))), "image_aspect_ratio"),
+    (json.dumps(session("s-tall", images=("images/tall.png", "images/a.png"))), "image_aspect_ratio"),
+    (json.dumps(session("s-ok-wide", images=("images/wide.png", "images/a.png"))), None),  # 4:1 is fine
+]
+MERCHANT_CASES = [
+    ({"merchant_id": "m1", "style": "boho"}, None),
+    ('{"merchant_id": "m2", "price": 1e400}', "bad_value:price"),
+    ('{"merchant_id": "m3", "followers": ' + "9" * 400 + "}", "bad_value:followers"),
+    ('{"merchant_id": "m4", "style": "\\ud800"}', "invalid_unicode"),
+    ('{"merchant_id": "m5", "nested": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid_json"),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile") / "logs"
+    root.mkdir()
+    write_image(root, "images/strip.png", _png(50_000, 1))  # the 1×50,000 memory bomb (a few hundred bytes)
+    write_image(root, "images/tall.png", _png(1, 9))
+    write_image(root, "images/wide.png", _png(64, 16))
+    sessions = [line for line, _ in SESSION_CASES] + [session(f"good-{i}", "m1", timestamp=i) for i in range(3)]
+    write_logs(root, [line for line, _ in MERCHANT_CASES], sessions)
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    manifest = prepare_logs(root, root.parent / "data", min_records=1, cold_start_fraction=0.0)
+    return root, root.parent / "data", manifest, before
+
+
+def test_every_hostile_session_row_is_quarantined_with_its_exact_reason(hostile):
+    _, data, _, _ = hostile
+    rows = {row["line"]: row for row in read_jsonl(data / "quarantine.jsonl") if row["file"] == "sessions.jsonl"}
+    expected = {line: reason for line, (_, reason) in enumerate(SESSION_CASES, start=1) if reason}
+    assert {line: row["reason"] for line, row in rows.items()} == expected
+    assert "lone surrogate" in rows[2]["detail"] and "too large" in rows[5]["detail"]
+    assert "50000x1" in rows[8]["detail"]
+
+
+def test_every_hostile_merchant_row_is_quarantined_with_its_exact_reason(hostile):
+    _, data, _, _ = hostile
+    rows = {row["line"]: row["reason"] for row in read_jsonl(data / "quarantine.jsonl")
+            if row["file"] == "merchants.jsonl"}
+    assert rows == {line: reason for line, (_, reason) in enumerate(MERCHANT_CASES, start=1) if reason}
+
+
+def test_the_accounting_balances_and_the_input_is_untouched(hostile):
+    root, data, manifest, before = hostile
+    accounting = manifest.raw["accounting"]
+    assert accounting["balanced"] and accounting["session_rows"] == len(SESSION_CASES) + 3
+    assert accounting["in_shards"] == 4 and accounting["quarantined"] == len(SESSION_CASES) - 1
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
+    quarantine = (data / "quarantine.jsonl").read_bytes()
+    quarantine.decode("ascii")  # every quarantined snippet, surrogates included, is written escaped
+
+
+def test_a_prompt_with_a_lone_surrogate_never_reaches_training(hostile):
+    from perfusion_cli.data.loader import StreamSpec, eval_batches
+
+    _, data, _, _ = hostile
+    prompts = [p for split in ("train", "val", "test") for b in eval_batches(StreamSpec(data, split, 8, 2, 16))
+               for p in b.prompts]
+    assert prompts and all(p.encode("utf-8") for p in prompts)
+
+
+def test_prepare_refuses_to_write_into_its_own_logs_folder(tmp_path):
+    root = write_logs(tmp_path / "data", [{"merchant_id": "m1"}], [session(f"s{i}", timestamp=i) for i in range(3)])
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    with pytest.raises(DataError, match=r"prepare would write into its own input .*/data \(its folder\): "
+                                        r"pass --out DIR outside the logs folder"):
+        prepare_logs(root, root, min_records=1)
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
+
+
+def test_a_prepare_into_a_synthetic_folder_drops_the_old_hidden_tastes(market, tmp_path):
+    data_dir, _ = market
+    prepare_logs(data_dir / "raw", tmp_path / "data")
+    assert (tmp_path / "data" / "truth.json").is_file()
+    logs = write_logs(tmp_path / "logs", [{"merchant_id": "m0001"}], [session(f"s{i}", "m0001", timestamp=i)
+                                                                        for i in range(3)])
+    prepare_logs(logs, tmp_path / "data", min_records=1, cold_start_fraction=0.0)
+    assert not (tmp_path / "data" / "truth.json").exists(), "the oracle must not read another marketplace's tastes"
+
+
+def test_a_failing_re_prepare_keeps_the_old_data(market, tmp_path):
+    data_dir, _ = market
+    first = prepare_logs(data_dir / "raw", tmp_path / "data")
+    bad = write_logs(tmp_path / "bad", [{"merchant_id": "m1"}], ["{nope"])
+    with pytest.raises(DataError, match="no valid groups"):
+        prepare_logs(bad, tmp_path / "data")
+    from perfusion_cli.data.manifest import load_manifest
+
+    assert load_manifest(tmp_path / "data").raw == first.raw
+    assert read_jsonl(tmp_path / "data" / "prepare-failed" / "quarantine.jsonl")[0]["reason"] == "invalid_json"
+
+
+def test_two_prepares_into_one_folder_do_not_interleave(market, tmp_path):
+    import fcntl
+
+    data_dir, _ = market
+    out = tmp_path / "data"
+    out.mkdir()
+    with open(out / ".prepare.lock", "a+") as handle:  # another prepare holds the folder
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(DataError, match=r"another `perfusion prepare` is writing to .*/data: wait for it"):
+            prepare_logs(data_dir / "raw", out)
+    assert not (out / "manifest.json").exists()
+    assert prepare_logs(data_dir / "raw", out).raw["accounting"]["balanced"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_image_is_quarantined(tmp_path):
+    root = write_logs(tmp_path / "logs", [{"merchant_id": "m1"}],
+                      [session(f"s{i}", timestamp=i) for i in range(2)] + [session("locked", images=(
+                          "images/locked.png", "images/a.png"))], extra_images=("images/locked.png",))
+    (root / "images" / "locked.png").chmod(0)
+    prepare_logs(root, tmp_path / "data", min_records=1, cold_start_fraction=0.0)
+    assert [r["reason"] for r in read_jsonl(tmp_path / "data" / "quarantine.jsonl")] == ["unreadable_file"]
+
+
+def test_the_loader_cost_of_an_extreme_image_is_bounded_by_the_output_size():
+    """Old shards (or another writer) may still hold a 1×50,000 strip: decoding it never blows it up."""
+    import subprocess
+    import sys
+
+    script = """
+import io, resource, sys
+from PIL import Image
+from perfusion_cli.data.loader import load_image
+data = io.BytesIO(); Image.new("RGB", (int(sys.argv[1]), 1), (9, 9, 9)).save(data, format="PNG")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_image(data.getvalue(), 64)
+print(tuple(image.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+    grown = {}
+    for width in (64, 50_000):
+        out = subprocess.run([sys.executable, "-c", script, str(width)], capture_output=True, text=True, check=True)
+        shape, kilobytes = out.stdout.rsplit(" ", 1)
+        assert shape == "(3, 64, 64)"
+        grown[width] = int(kilobytes)
+    assert grown[50_000] < grown[64] + 20_000, grown  # within 20 MB of a normal image (was +850 MB)
+
+
+def test_resized_square_matches_resize_then_crop():
+    from perfusion_cli.data.loader import load_image
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 255, (48, 96, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    expected = Image.fromarray(array).resize((64, 32), Image.BICUBIC).crop((16, 0, 48, 32))
+    got = (load_image(buffer.getvalue(), 32).permute(1, 2, 0).numpy() * 255).round()
+    assert np.abs(got - np.asarray(expected, dtype=np.float32)).mean() < 4.0
