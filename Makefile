@@ -1,4 +1,4 @@
-# `make demo` and `make test` each set up .venv on a fresh machine (Python 3.10+), then run.
+# `make demo` and `make test` each set up .venv on a fresh machine (Python 3.11+), then run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,8 +21,8 @@ test: $(STAMP)
 
 # The whole job on the synthetic marketplace with the bundled tiny models, in the workspace $(DEMO)/.
 demo: $(STAMP)
-	rm -rf $(DEMO) && mkdir -p $(DEMO) && cp recipes/tiny-cpu.toml $(DEMO)/perfusion.toml
-	cd $(DEMO) && $(PERFUSION) prepare --synthetic
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	cd $(DEMO) && $(PERFUSION) prepare --synthetic   # writes the tiny recipe as $(DEMO)/perfusion.toml
 	cd $(DEMO) && $(PERFUSION) train-rm
 	cd $(DEMO) && $(PERFUSION) eval rm --checkpoint runs/rm --checkpoint zero-shot:tiny --json outputs/eval-rm.json
 	cd $(DEMO) && $(PERFUSION) train-gen --group-size 5
