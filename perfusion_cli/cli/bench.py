@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
+from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 
 
 @boundary
@@ -25,10 +25,17 @@ def bench_command(
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loader workers.")] = None,
     json_out: options.JsonOut = None,
     recipe: options.Recipe = None,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Count what the recipe costs at its real settings, from configs alone (no weights, no GPU).")] = False,
+    merchants: Annotated[int, typer.Option(
+        "--merchants", min=1, help="With --plan: merchants in the vocabulary (sizes the id embedding).")] = 10_000,
 ) -> None:
     """Seconds per image and peak memory (base vs personalized, per attention backend), train-step
     cost vs Diffusion-DPO (β, loss and group size from the recipe's train-gen section), reward-model
-    throughput, data-loader throughput."""
+    throughput, data-loader throughput. With --plan: parameters, GFLOPs and peak memory per process of
+    the recipe's train-rm, train-gen and generate, counted on the meta device."""
+    if plan:
+        return plan_command(ctx, recipe, merchants, json_out)
     config = context.section(ctx, recipe, "bench", locals())
     train = context.section(ctx, recipe, "train-gen", {})
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
@@ -79,3 +86,28 @@ def print_bench(result: dict) -> None:
         ["a train step consumes", loader["train_step_consumes_groups_per_second"]],
         ["headroom (loader / consumption)", loader["loader_headroom"]]]))
     say(f"total {result['seconds']:.1f} s")
+
+
+def plan_command(ctx: typer.Context, recipe: Path | None, merchants: int, json_out: Path | None) -> None:
+    path = context.recipe_path(ctx, recipe)
+    if path is None:
+        raise fail("--plan needs a recipe: --recipe FILE.toml (or a shipped one: --recipe sd15-industrial)")
+    from perfusion_cli.io import atomic_write_json
+    from perfusion_cli.plan import plan_recipe
+
+    with console.status(f"counting {path} on the meta device"):
+        result = plan_recipe(str(path), merchants)
+    rows = [[job["job"], f"{job['trainable_parameters'] / 1e6:,.1f}M", f"{job['frozen_parameters'] / 1e6:,.1f}M",
+             f"{job['gflops']:,.0f}", f"{job['peak_gib']:.2f}",
+             job["precision"] + (", ckpt" if job["gradient_checkpointing"] else ""),
+             "/".join(card.split()[0] for card, fits in job["fits"].items() if fits) or "none"]
+            for job in result["jobs"]]
+    console.print(table(f"plan for {path} (per process; counted on the meta device, offline)",
+                        ["job", "trainable", "frozen", "GFLOPs", "peak GiB", "precision", "fits (GB)"], rows))
+    for job in result["jobs"]:
+        say(f"{job['job']}: {job['shape']}" + (f"; {job['notes']}" if job["notes"] else ""))
+    for key, value in result["assumptions"].items():
+        if key != "merchant_encoder":
+            say(f"assumed {key.replace('_', ' ')}: {value}")
+    if json_out:
+        atomic_write_json(json_out, result)

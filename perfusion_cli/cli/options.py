@@ -30,3 +30,6 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run alre
 GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]
 ReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="none, tensorboard or wandb (trackers through Accelerate; optional extras).")]
+NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", help="Data-loader worker processes.")]
+Attention = Annotated[Optional[str], typer.Option("--attention", help="sdpa or xformers.")]
+Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Image resolution (pixels, square).")]

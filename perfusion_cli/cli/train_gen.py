@@ -26,15 +26,16 @@ def train_gen_command(
         "--reward", help="Reward-model run for --positives reward (default <workspace>/runs/rm).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Positives per group with --positives reward.")] = None,
     base_model: options.BaseModel = None,
-    resolution: Annotated[Optional[int], typer.Option("--resolution")] = None,
+    resolution: options.Resolution = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
     grad_accum: options.GradAccum = None,
+    num_workers: options.NumWorkers = None,
     mixed_precision: options.MixedPrecision = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing")] = None,
-    attention: Annotated[Optional[str], typer.Option("--attention", help="sdpa or xformers.")] = None,
+    attention: options.Attention = None,
     share_encoder: Annotated[Optional[bool], typer.Option(
         "--share-encoder/--no-share-encoder", help="One frozen encoder pass for ε_θ and ε_ref.")] = None,
     cache_latents: Annotated[Optional[bool], typer.Option("--cache-latents/--no-cache-latents")] = None,

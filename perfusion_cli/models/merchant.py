@@ -10,6 +10,8 @@ Paper §4.2, eqs. 2-3; DCN-V2 is Wang et al. 2021 ("DCN V2", full-rank cross mat
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ class MerchantEncoder(nn.Module):
     def __init__(self, cardinalities: list[int], config: MerchantEncoderConfig):
         super().__init__()
         self.cardinalities = list(cardinalities)
-        offsets = torch.tensor([0, *torch.tensor(cardinalities).cumsum(0)[:-1].tolist()], dtype=torch.long)
+        offsets = torch.tensor([0, *itertools.accumulate(cardinalities)][:-1], dtype=torch.long)
         self.register_buffer("offsets", offsets, persistent=False)
         self.embedding = nn.Embedding(sum(cardinalities), config.embed_dim)
         nn.init.normal_(self.embedding.weight, std=0.05)
@@ -56,7 +58,7 @@ class MerchantEncoder(nn.Module):
             raise VocabularyMismatch(f"the model expects {len(self.cardinalities)} merchant features, the data has "
                                   f"{features.shape[-1]}: it was prepared with a different vocabulary")
         limits = torch.tensor(self.cardinalities, device=features.device)
-        if bool((features < 0).any()) or bool((features >= limits).any()):
+        if not features.is_meta and (bool((features < 0).any()) or bool((features >= limits).any())):
             raise VocabularyMismatch("merchant feature ids fall outside the model's vocabulary: the data was "
                                   "prepared with a different vocabulary than the model was trained on")
         embedded = self.embedding(features + self.offsets.to(features.device))  # [B, F, d]

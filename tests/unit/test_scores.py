@@ -70,3 +70,19 @@ def test_win_rate_is_the_share_of_pairs_where_personalized_scores_higher():
     assert summary["win_rate"]["oracle"] == pytest.approx(0.5)
     assert summary["models"]["perfusion"]["oracle"] == pytest.approx(3.25 / 4)
     assert summary["models"]["base"]["clip"] is None and summary["unavailable"] == {"clip": "why not"}
+
+
+def test_frechet_distance_equals_clean_fids_formula_and_survives_rank_deficiency():
+    from cleanfid.fid import frechet_distance as clean_fid_distance
+
+    from perfusion_cli.evaluation.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) * 1.3 + 0.2
+    expected = clean_fid_distance(first.mean(0), np.cov(first, rowvar=False), second.mean(0),
+                                  np.cov(second, rowvar=False))
+    assert frechet_distance(first, second) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(first, first) == pytest.approx(0.0, abs=1e-6)
+    # fewer images than feature dimensions (any small CLIP-feature evaluation): finite, and fast
+    value = frechet_distance(rng.normal(size=(4, 768)), rng.normal(size=(6, 768)))
+    assert np.isfinite(value) and value > 0

@@ -1,0 +1,134 @@
+"""The real architectures, from their public configs: for counting on the meta device (``bench --plan``)
+and for writing random-weight models in the exact hub folder layouts (the real-architecture test).
+
+A model built from its config with random weights loads, trains and samples exactly like the trained
+one, and its FLOPs and memory are the same (DESIGN §10). The configs of the hub ids we ship
+(``perfusion_cli/architectures/index.json``) are small JSON files in the package; a local folder's
+own ``config.json`` files serve as well, and ``tiny`` reads the bundled tiny backbones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+
+from perfusion_cli.errors import ConfigError
+from perfusion_cli.models.backbones import TINY, resolve
+
+ARCHITECTURES = Path(__file__).resolve().parent.parent / "architectures"
+SD_PARTS = ("unet", "vae", "text_encoder", "scheduler")
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the architecture config {path}: {exc}") from None
+
+
+def _shipped(base: str) -> Path | None:
+    entry = _read(ARCHITECTURES / "index.json").get(base)
+    return ARCHITECTURES / entry if entry else None
+
+
+def known_bases() -> list[str]:
+    return sorted(key for key in _read(ARCHITECTURES / "index.json") if not key.startswith("_"))
+
+
+def _missing(base: str) -> ConfigError:
+    return ConfigError(f"no architecture config for {base!r}: pass a local model folder, or one of the hub ids "
+                       f"whose configs ship with perfusion ({', '.join(known_bases())})")
+
+
+def sd_configs(base: str) -> dict[str, dict]:
+    """The configs of a Stable-Diffusion base: unet, vae, text_encoder, scheduler."""
+    shipped = _shipped(base)
+    if shipped is not None:
+        return {part: _read(shipped / f"{part}.json") for part in SD_PARTS}
+    folder = Path(resolve(base, "sd")) if base == TINY else Path(base)
+    if not (folder / "unet" / "config.json").is_file():
+        raise _missing(base)
+    names = {"scheduler": "scheduler_config.json"}
+    return {part: _read(folder / part / names.get(part, "config.json")) for part in SD_PARTS}
+
+
+def clip_config(base: str) -> dict:
+    shipped = _shipped(base)
+    if shipped is not None:
+        return _read(shipped)
+    folder = Path(resolve(base, "clip")) if base == TINY else Path(base)
+    if not (folder / "config.json").is_file():
+        raise _missing(base)
+    return _read(folder / "config.json")
+
+
+@dataclass
+class SDArchitecture:
+    """The Stable-Diffusion modules of a base, built from configs (random weights; on any device)."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    scheduler: object  # the class its config names (SD 1.5: PNDMScheduler)
+
+
+def build_sd(base: str, dtype: torch.dtype = torch.float32) -> SDArchitecture:
+    """Build under ``with torch.device("meta")`` to count without allocating."""
+    import diffusers
+
+    configs = sd_configs(base)
+    scheduler_class = getattr(diffusers, configs["scheduler"].get("_class_name", "DDPMScheduler"), DDPMScheduler)
+    return SDArchitecture(
+        unet=UNet2DConditionModel.from_config(configs["unet"]).to(dtype),
+        vae=AutoencoderKL.from_config(configs["vae"]).to(dtype),
+        text_encoder=CLIPTextModel(_text_config(configs["text_encoder"])).to(dtype),
+        scheduler=scheduler_class.from_config(configs["scheduler"]),
+    )
+
+
+def build_clip(base: str, dtype: torch.dtype = torch.float32) -> CLIPModel:
+    return CLIPModel(CLIPConfig(**_without_meta(clip_config(base)))).to(dtype)
+
+
+def _text_config(values: dict) -> CLIPTextConfig:
+    return CLIPTextConfig(**_without_meta(values))
+
+
+def _without_meta(values: dict) -> dict:
+    return {key: value for key, value in values.items() if key not in ("architectures", "_name_or_path")}
+
+
+def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """A random-weight Stable-Diffusion folder in the hub layout (``model_index.json``, one sub-folder per
+    component, safetensors weights), with the bundled tokenizer (its ids fit the real 49,408-token vocab)."""
+    from diffusers import StableDiffusionPipeline
+
+    from perfusion_cli.models.tiny import build_tokenizer
+
+    torch.manual_seed(seed)
+    sd = build_sd(base, dtype)
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = sd.text_encoder.config.max_position_embeddings
+    pipeline = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=tokenizer, unet=sd.unet,
+                                       scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def write_random_clip(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """A random-weight CLIP folder in the hub layout, with the bundled tokenizer."""
+    from perfusion_cli.models.tiny import build_tokenizer
+
+    torch.manual_seed(seed)
+    clip = build_clip(base, dtype)
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = clip.config.text_config.max_position_embeddings
+    clip.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)

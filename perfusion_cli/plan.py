@@ -1,0 +1,242 @@
+"""``perfusion bench --plan --recipe R``: what a recipe costs at its real settings, before renting a GPU.
+
+From configs alone (no weights, no GPU, offline), the recipe's models are built on the meta device and
+one step of each job is traced through the same modules the commands run:
+
+- ``train-rm``: PerFusionRM's two towers with their plug-ins on ``batch_size`` groups of
+  ``group_size`` images, backward, AdamW step;
+- ``train-gen``: the frozen SD parts (VAE encode unless latents are cached, text encoder), the
+  personalized branch and ``FrozenSD.predictions`` (shared encoder half, two decoder passes),
+  backward, AdamW step;
+- ``generate``: one guided denoising step (batch 2: unconditional + conditional) with and without the
+  branch, the text encoder and the VAE decode; per image = text + steps × step + decode.
+
+Each count gives parameters (trainable / frozen), GFLOPs and the peak of live tensor bytes
+(``accounting.count``). Mixed precision: the step is traced in the compute dtype (bf16/fp16); the
+trainable weights, their gradients and AdamW's two moments are kept in fp32 by Accelerate, which adds
+8 bytes per trainable parameter to the traced peak. The loss tail (a few element-wise ops on B×K
+scalars) is left out. Attention is counted as a memory-efficient kernel (see ``accounting``). What is
+not modelled: the CUDA context (about 0.5–1 GB) and allocator fragmentation; ``fits`` keeps 8 % of
+a card free for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from perfusion_cli.accounting import Cost, count, parameters, tensors_of
+from perfusion_cli.config import (SECTIONS, GenerateConfig, GenTrainConfig, MerchantEncoderConfig, RMTrainConfig, build,
+                                  load_recipe)
+from perfusion_cli.data.vocab import Feature, FeatureVocab
+from perfusion_cli.models.architectures import build_clip, build_sd
+from perfusion_cli.models.backbones import SDComponents
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
+from perfusion_cli.models.reward import PerFusionRM
+
+CARDS_GIB = (24, 40, 80)
+HEADROOM = 0.92
+TEXT_TOKENS = 77
+META = torch.device("meta")
+
+
+def planning_vocab(merchants: int) -> FeatureVocab:
+    """A stand-in vocabulary (the real one comes from the data): the merchant id and six profile features."""
+    features = [Feature("merchant_id", "categorical", [f"m{i}" for i in range(merchants)])]
+    features += [Feature(f"feature_{i}", "categorical", [str(v) for v in range(16)]) for i in range(6)]
+    return FeatureVocab(features)
+
+
+@dataclass
+class JobPlan:
+    job: str
+    model: str
+    shape: str
+    precision: str
+    gradient_checkpointing: bool
+    trainable_parameters: int
+    frozen_parameters: int
+    gflops: float
+    peak_gib: float
+    fits: dict[str, bool]
+    notes: str = ""
+
+
+def _tokens(text_config) -> int:
+    """Prompts are padded to the tokenizer's length: 77 for CLIP's text towers (fewer for tiny ones)."""
+    return min(TEXT_TOKENS, text_config.max_position_embeddings)
+
+
+def _fits(peak_bytes: int) -> dict[str, bool]:
+    return {f"{card} GB": peak_bytes <= card * 2**30 * HEADROOM for card in CARDS_GIB}
+
+
+def _with_master_weights(cost: Cost, trainable: int, mixed: bool) -> int:
+    return cost.peak_bytes + (8 * trainable if mixed else 0)
+
+
+def _adamw_step(module: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5, foreach=False)
+
+
+@dataclass
+class Step:
+    """One traced job: the step to run, the tensors alive before it, and the module that trains."""
+
+    run: object
+    existing: list[torch.Tensor]
+    trainable: torch.nn.Module
+    frozen_parameters: int
+    shape: str
+    notes: str = ""
+
+
+def train_rm_step(config: RMTrainConfig, vocab: FeatureVocab, device: torch.device = META) -> Step:
+    dtype = DTYPES[config.mixed_precision]
+    with device:
+        clip = build_clip(config.base_model, dtype)
+        module = PerFusionRM.from_clip(clip, vocab, config.plugin, config.shared_plugin, config.plugin_hidden,
+                                       config.merchant).to(dtype)
+    if config.gradient_checkpointing:
+        module.enable_gradient_checkpointing()
+    if config.freeze_backbone:
+        module.clip.requires_grad_(False)
+    module.train()
+    images, size = config.batch_size * config.group_size, module.image_size
+    tokens = _tokens(module.clip.config.text_config)
+    with device:
+        ids = torch.zeros(config.batch_size, tokens, dtype=torch.long)
+        mask = torch.ones(config.batch_size, tokens, dtype=torch.long)
+        pixels = torch.zeros(images, 3, size, size, dtype=dtype)
+        features = torch.zeros(config.batch_size, len(vocab.features), dtype=torch.long)
+    optimizer = _adamw_step(module)
+
+    def step() -> None:
+        text = module.text_embeddings(ids, mask, features)  # [B, P]
+        image = module.image_embeddings(pixels, features.repeat_interleave(config.group_size, 0))  # [B·K, P]
+        scores = (image.view(config.batch_size, config.group_size, -1) * text[:, None]).sum(-1)
+        scores.float().logsumexp(-1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return Step(step, [*tensors_of(module), ids, mask, pixels, features], module, parameters(module, False),
+                f"{config.batch_size} groups × {config.group_size} images at {size}² + {tokens}-token prompts")
+
+
+def _job(name: str, config, step: Step) -> JobPlan:
+    cost = count(step.run, step.existing)
+    trainable = parameters(step.trainable, True)
+    peak = _with_master_weights(cost, trainable, config.mixed_precision != "no")
+    return JobPlan(name, config.base_model, step.shape, config.mixed_precision, config.gradient_checkpointing,
+                   trainable, step.frozen_parameters, cost.gflops, peak / 2**30, _fits(peak), step.notes)
+
+
+def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.device = META) -> Step:
+    dtype = DTYPES[config.mixed_precision]
+    with device:
+        parts = build_sd(config.base_model, dtype)
+    frozen = FrozenSD(SDComponents(parts.vae, parts.text_encoder, None, parts.unet, parts.scheduler,
+                                   config.base_model), device, dtype, config.share_encoder, config.cache_latents)
+    sd = frozen.sd
+    with device:
+        branch = PersonalizedBranch.from_unet(sd.unet, vocab, config.merchant, config.grid_size,
+                                              config.grid_channels).to(dtype).train()
+    if config.gradient_checkpointing:
+        branch.controlnet.enable_gradient_checkpointing()
+        sd.unet.enable_gradient_checkpointing()
+    scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    groups, k, latent = config.batch_size, config.group_size, config.resolution // scale
+    with device:
+        pixels = torch.zeros(groups * k, 3, config.resolution, config.resolution, dtype=dtype)
+        cached = torch.zeros(groups * k, sd.unet.config.in_channels, latent, latent, dtype=dtype)
+        ids = torch.zeros(groups, _tokens(sd.text_encoder.config), dtype=torch.long)
+        features = torch.zeros(groups * k, len(vocab.features), dtype=torch.long)
+        timesteps = torch.full((groups * k,), 500, dtype=torch.long)
+    optimizer = _adamw_step(branch)
+
+    def step() -> None:
+        with torch.no_grad():
+            latents = cached if config.cache_latents else sd.vae.encode(pixels).latent_dist.mean
+            text = sd.text_encoder(ids)[0].repeat_interleave(k, 0)
+        noise = torch.randn_like(latents)
+        noisy = sd.noise_scheduler.add_noise(latents, noise, timesteps)
+        personalized, reference = frozen.predictions(branch, noisy, timesteps, text, features)
+        ((personalized.float() - noise.float()).pow(2).mean() - reference.float().mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    existing = [*tensors_of(sd.unet, sd.vae, sd.text_encoder, branch), ids, features, timesteps,
+                cached if config.cache_latents else pixels]
+    encode = "cached latents" if config.cache_latents else "VAE encode in the step"
+    return Step(step, existing, branch, parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder),
+                f"{groups} groups × {k} candidates at {config.resolution}² ({encode})",
+                "shared frozen encoder half" if frozen.share_encoder else "two full frozen passes")
+
+
+def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab) -> list[JobPlan]:
+    """Per image, base and personalized: text + steps × guided step + VAE decode, in fp16 weights."""
+    dtype = torch.float16
+    with META:
+        sd = build_sd(train.base_model, dtype)
+        branch = PersonalizedBranch.from_unet(sd.unet, vocab, train.merchant, train.grid_size,
+                                              train.grid_channels).to(dtype).eval()
+    resolution = config.resolution or train.resolution
+    scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    latent = resolution // scale
+    rows = 2 if config.guidance > 1 else 1
+    with META:
+        ids = torch.zeros(rows, _tokens(sd.text_encoder.config), dtype=torch.long)
+        sample = torch.zeros(rows, sd.unet.config.in_channels, latent, latent, dtype=dtype)
+        t = torch.zeros((), dtype=torch.long)
+        context = torch.zeros(rows, _tokens(sd.text_encoder.config), sd.unet.config.cross_attention_dim, dtype=dtype)
+        cond = torch.zeros(rows, branch.config.grid_channels, latent, latent, dtype=dtype)
+        one = torch.zeros(1, sd.unet.config.in_channels, latent, latent, dtype=dtype)
+    weights = [*tensors_of(sd.unet, sd.vae, sd.text_encoder)]
+    inputs = [ids, sample, t, context, cond, one]
+    with torch.no_grad():
+        text = count(lambda: sd.text_encoder(ids), weights + inputs)
+        decode = count(lambda: sd.vae.decode(one), weights + inputs)
+        plans = []
+        for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
+            def guided_step(personalized=personalized) -> None:
+                residuals = {}
+                if personalized:
+                    down, mid = branch(sample, t, context, cond=cond)
+                    residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                sd.unet(sample, t, context, **residuals)
+
+            loaded = weights + (tensors_of(branch) if personalized else [])
+            step = count(guided_step, loaded + inputs)
+            flops = text.flops + config.steps * step.flops + decode.flops
+            extra = sum(t.numel() * t.element_size() for t in tensors_of(branch)) if personalized else 0
+            peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
+            total = parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder) + (
+                parameters(branch) if personalized else 0)
+            plans.append(JobPlan(name, train.base_model, f"1 image at {resolution}², {config.steps} steps, guidance "
+                                 f"{config.guidance:g} (batch {rows} per step)", "fp16", False, 0, total, flops / 1e9,
+                                 peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
+    return plans
+
+
+def plan_recipe(recipe: str, merchants: int = 10_000, jobs: tuple[str, ...] = ("train-rm", "train-gen", "generate")
+                ) -> dict:
+    """Every job of a recipe, planned; the sections a recipe leaves out use the defaults of config.py."""
+    sections = load_recipe(recipe)
+    section = lambda name: build(SECTIONS[name], sections.get(name, {}), where=f"recipe {recipe} [{name}]")  # noqa: E731
+    vocab = planning_vocab(merchants)
+    plans: list[JobPlan] = []
+    if "train-rm" in jobs:
+        plans.append(_job("train-rm", section("train-rm"), train_rm_step(section("train-rm"), vocab)))
+    if "train-gen" in jobs:
+        plans.append(_job("train-gen", section("train-gen"), train_gen_step(section("train-gen"), vocab)))
+    if "generate" in jobs:
+        plans += plan_generate(section("train-gen"), section("generate"), vocab)
+    return {"recipe": str(recipe), "assumptions": {
+        "merchants": merchants, "profile_features": len(vocab.features) - 1, "text_tokens": TEXT_TOKENS,
+        "attention": "memory-efficient kernel (SDPA flash/efficient or xFormers)",
+        "mixed_precision": "step traced in the compute dtype; fp32 weights, gradients and AdamW moments of the "
+                           "trainable parameters added (8 bytes each over the traced ones)",
+        "fits": f"peak ≤ {HEADROOM:.0%} of the card (CUDA context and fragmentation not modelled)",
+        "merchant_encoder": asdict(MerchantEncoderConfig())}, "jobs": [asdict(plan) for plan in plans]}

@@ -1,0 +1,105 @@
+"""The shipped GPU recipes on their real architectures, with random weights, through the CLI (DESIGN §10).
+
+Random-weight SD 1.5 (U-Net 860 M, VAE, CLIP text encoder) and CLIP ViT-L/14 are written in the exact
+hub folder layouts from the real configs; each GPU recipe then runs with its own settings (gradient
+checkpointing, encoder sharing, its loss, β, learning rates, accumulation) and only size flags
+overridden: --base-model (ViT-L/14 stands in for the recipes' ViT-H/14, which with AdamW would not fit
+the CI machine's 24 GiB), --resolution 128, --batch-size 1, --max-steps 2, --mixed-precision no
+(bf16 is for GPUs), --attention sdpa (xFormers needs CUDA) and --num-workers 0 (2 cores).
+About 8 minutes on 2 CPU cores.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from perfusion_cli.models.architectures import write_random_clip, write_random_sd
+
+pytestmark = [pytest.mark.real_arch, pytest.mark.slow]
+SIZE = ["--resolution", "128", "--batch-size", "1", "--max-steps", "2", "--mixed-precision", "no",
+        "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real-layouts")
+    sd = write_random_sd("stable-diffusion-v1-5/stable-diffusion-v1-5", root / "stable-diffusion-v1-5")
+    clip = write_random_clip("openai/clip-vit-large-patch14", root / "clip-vit-large-patch14")
+    return sd, clip
+
+
+def _perfusion(workspace, *args, timeout=900):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "perfusion_cli", "--workdir", str(workspace), *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, f"perfusion {' '.join(map(str, args))}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def _workspace(tmp_path, market):
+    shutil.copytree(market[0], tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    return tmp_path
+
+
+def test_the_layouts_are_the_hub_layouts(layouts):
+    sd, clip = layouts
+    index = json.loads((sd / "model_index.json").read_text())
+    assert {k for k in index if not k.startswith("_")} >= {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
+    for part in ("unet", "vae"):
+        assert (sd / part / "config.json").is_file() and (sd / part / "diffusion_pytorch_model.safetensors").is_file()
+    assert (sd / "text_encoder" / "model.safetensors").is_file() and (clip / "model.safetensors").is_file()
+    unet = json.loads((sd / "unet" / "config.json").read_text())
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280] and unet["cross_attention_dim"] == 768
+    assert json.loads((clip / "config.json").read_text())["vision_config"]["num_hidden_layers"] == 24
+
+
+def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
+    sd, clip = layouts
+    ws = _workspace(tmp_path, market)
+    recipe = ["--recipe", "sd15-industrial"]
+    _perfusion(ws, "train-rm", *recipe, "--base-model", clip, "--batch-size", "1", "--max-steps", "2",
+               "--mixed-precision", "no", "--num-workers", "0")
+    rm = json.loads((ws / "runs" / "rm" / "run.json").read_text())
+    assert rm["config"]["gradient_checkpointing"] is True and rm["config"]["backbone_lr"] == 3e-6
+    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
+    gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
+    assert gen["shared_encoder"] is True and gen["config"]["beta"] == 5000.0
+    assert gen["config"]["gradient_checkpointing"] is True and gen["batches_per_process"] == [2 * 4]  # grad_accum 4
+    rows = [json.loads(line) for line in (ws / "runs" / "gen" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["err_ratio"] > 0 and row["grad_norm"] >= 0 for row in rows)
+    branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())
+    assert branch["controlnet_config"]["block_out_channels"] == [320, 640, 1280, 1280]
+
+    _perfusion(ws, "generate", *recipe, "--merchant", "m0001", "linen dress", "--n", "1", "--steps", "2",
+               "--resolution", "128")
+    metadata = json.loads((ws / "outputs" / "m0001" / "linen-dress-seed0" / "metadata.json").read_text())
+    assert metadata["images"][0]["reward"] is not None and metadata["prompt_token_limit"] == 77
+
+    from perfusion_cli.evaluation.scores import AestheticHead
+    from safetensors.torch import save_file
+
+    save_file(AestheticHead(768).state_dict(), str(tmp_path / "aesthetic.safetensors"))  # ViT-L/14's width
+    _perfusion(ws, "eval", "gen", *recipe, "--max-pairs", "1", "--n-per-prompt", "2", "--steps", "2",
+               "--clip-model", clip, "--aesthetic-weights", tmp_path / "aesthetic.safetensors",
+               "--json", tmp_path / "eval.json")
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["unavailable"] == {} and summary["pairs"] == 1
+    assert all(isinstance(value, float) for value in summary["models"]["perfusion"].values())
+    assert summary["fid"]["features"].startswith("clip image features")
+
+
+def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
+    sd, clip = layouts
+    ws = _workspace(tmp_path, market)
+    recipe = ["--recipe", "sd15-pickapic"]
+    _perfusion(ws, "train-rm", *recipe, "--base-model", clip, "--batch-size", "1", "--max-steps", "2",
+               "--mixed-precision", "no", "--num-workers", "0")
+    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
+    gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
+    assert gen["config"]["group_size"] == 2 and gen["config"]["gradient_checkpointing"] is True
+    assert torch.isfinite(torch.tensor(gen["final"]["loss"]))

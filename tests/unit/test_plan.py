@@ -1,0 +1,129 @@
+"""``bench --plan``: counts on the meta device checked against independent counts and measured peaks."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel
+from diffusers.models.attention_processor import Attention
+
+from perfusion_cli.accounting import count, parameters
+from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig
+from perfusion_cli.models.architectures import build_clip, build_sd
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.plan import planning_vocab, train_gen_step, train_rm_step
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+META = torch.device("meta")
+
+
+def test_the_shipped_configs_are_the_real_architectures():
+    with META:
+        sd = build_sd(SD15)
+        branch = PersonalizedBranch.from_unet(sd.unet, planning_vocab(10), MerchantEncoderConfig())
+        clip_l = build_clip("openai/clip-vit-large-patch14")
+        clip_h = build_clip("laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+        stock = ControlNetModel.from_unet(sd.unet)
+    # the published parameter counts of these checkpoints
+    assert parameters(sd.unet) == 859_520_964 and parameters(sd.vae) == 83_653_863
+    assert parameters(sd.text_encoder) == 123_060_480
+    assert parameters(stock) == 361_279_120  # a SD 1.5 ControlNet
+    # ours replaces only the image-hint encoder by a 1×1 conv on the merchant grid (16 → 320 channels)
+    assert parameters(branch.controlnet) == parameters(stock) - parameters(stock.controlnet_cond_embedding) + 16 * 320 + 320
+    assert parameters(clip_l) == 427_616_513 and parameters(clip_h) == 986_109_441
+
+
+def _hook_flops(modules, step) -> int:
+    """An independent count: formulas per layer type from forward hooks (matmuls of linears, convolutions and
+    attention), instead of per aten op."""
+    total = [0]
+
+    def linear(module, inputs, output):
+        total[0] += 2 * output.numel() * module.in_features
+
+    def conv(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total[0] += 2 * output.numel() * (module.in_channels // module.groups) * kernel
+
+    def attention(module, inputs, kwargs, output):
+        query = inputs[0] if inputs else kwargs["hidden_states"]
+        context = kwargs.get("encoder_hidden_states")
+        context = query if context is None else context
+        tokens = query.shape[-2] * query.shape[-1] / module.query_dim if query.dim() == 4 else query.shape[1]
+        keys = context.shape[1] if context.dim() == 3 else context.shape[-2] * context.shape[-1]
+        total[0] += 4 * query.shape[0] * tokens * keys * module.inner_dim
+
+    handles = []
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Linear):
+                handles.append(layer.register_forward_hook(linear))
+            elif isinstance(layer, torch.nn.Conv2d):
+                handles.append(layer.register_forward_hook(conv))
+            elif isinstance(layer, Attention):
+                handles.append(layer.register_forward_hook(attention, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+@pytest.mark.parametrize("personalized", [False, True])
+def test_flops_of_a_guided_sd15_step_agree_with_an_independent_count(personalized):
+    with META:
+        sd = build_sd(SD15, torch.float16)
+        branch = PersonalizedBranch.from_unet(sd.unet, planning_vocab(10), MerchantEncoderConfig()).half()
+        sample = torch.zeros(2, 4, 64, 64, dtype=torch.float16)
+        context = torch.zeros(2, 77, 768, dtype=torch.float16)
+        cond = torch.zeros(2, branch.config.grid_channels, 64, 64, dtype=torch.float16)
+        t = torch.zeros((), dtype=torch.long)
+
+    def step():
+        residuals = {}
+        if personalized:
+            down, mid = branch(sample, t, context, cond=cond)
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        sd.unet(sample, t, context, **residuals)
+
+    with torch.no_grad():
+        counted = count(step).flops
+    independent = _hook_flops([sd.unet, branch], step)
+    assert abs(counted - independent) / independent < 0.03, (counted / 1e9, independent / 1e9)
+    if not personalized:
+        assert counted / 1e9 == pytest.approx(1607, rel=0.005)  # one guided step of SD 1.5 at 512² (NOTES.md)
+
+
+def _measured_peak(step) -> int:
+    """Peak allocated bytes of a real CPU run, from the PyTorch profiler's memory timeline."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step.run()
+    path = Path(tempfile.mkdtemp()) / "memory.json"
+    prof.export_memory_timeline(str(path), device="cpu")
+    _, sizes = json.loads(path.read_text())
+    return int(np.array(sizes).sum(axis=1).max())
+
+
+@pytest.mark.parametrize("job, config", [
+    ("train-gen", GenTrainConfig(base_model="tiny", resolution=64, batch_size=4, grid_size=4, grid_channels=8)),
+    ("train-gen", GenTrainConfig(base_model="tiny", resolution=64, batch_size=4, grid_size=4, grid_channels=8,
+                                 gradient_checkpointing=True, share_encoder=False)),
+    ("train-gen", GenTrainConfig(base_model="tiny", resolution=64, batch_size=4, cache_latents=True)),
+    ("train-rm", RMTrainConfig(base_model="tiny", batch_size=8, plugin_hidden=64)),
+    ("train-rm", RMTrainConfig(base_model="tiny", batch_size=8, gradient_checkpointing=True)),
+], ids=["gen", "gen-checkpointing", "gen-cached", "rm", "rm-checkpointing"])
+def test_the_memory_estimate_is_within_15_percent_of_the_measured_peak(job, config):
+    build = train_gen_step if job == "train-gen" else train_rm_step
+    vocab = planning_vocab(50)
+    planned = build(config, vocab)  # on the meta device: nothing allocated
+    estimate = count(planned.run, planned.existing).peak_bytes
+    torch.manual_seed(0)
+    measured = _measured_peak(build(config, vocab, torch.device("cpu")))
+    assert abs(estimate - measured) / measured < 0.15, (estimate / 2**20, measured / 2**20)
