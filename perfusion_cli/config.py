@@ -47,6 +47,11 @@ class SyntheticConfig:
     group_size: int = bounded(5, ge=2, le=64)
     resolution: int = bounded(64, ge=16, le=1024)
     seed: int = bounded(0, ge=0)
+    # Draws of the marketplace (tune on one, report on another): the renderer, the taste mix, and the
+    # Gumbel noise of the merchants' picks (utilities span about ±2).
+    style: Literal["catalogue", "studio"] = "catalogue"
+    taste: Literal["colour", "mixed", "subtle"] = "colour"
+    noise: float = bounded(0.3, ge=0, le=10)
 
 
 @dataclass
@@ -85,6 +90,7 @@ class TrainLoopConfig:
     lr: float = bounded(1e-5, gt=0, le=1)
     weight_decay: float = bounded(1e-2, ge=0)
     warmup_steps: int = bounded(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 at max_steps
     max_steps: int = bounded(1000, ge=1)
     grad_accum: int = bounded(1, ge=1)
     max_grad_norm: Optional[float] = bounded(1.0, gt=0)  # None: no clipping (the norm is still logged)
@@ -130,6 +136,12 @@ class GenTrainConfig(TrainLoopConfig):
     grid_size: int = bounded(8, ge=1, le=256)
     grid_channels: int = bounded(16, ge=1)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
+    # Staying near the reference (off-policy logs pull the branch away from what the base draws):
+    # sft_weight λ adds λ·‖ε − ε_θ‖² on the positives (an SFT anchor on the selected candidates);
+    # safeguard_weight adds a hinge on each positive's error rising above the reference's (after the idea
+    # of Diffusion-SDPO, arXiv 2511.03317).
+    sft_weight: float = bounded(0.0, ge=0)
+    safeguard_weight: float = bounded(0.0, ge=0)
     # Warn (in the log and on screen) when the branch's denoising error on the training groups exceeds
     # the frozen reference's by this factor: the model is leaving the reference (reward hacking).
     warn_error_ratio: float = bounded(1.5, gt=1)

@@ -9,7 +9,10 @@ For B groups of up to K candidates (only valid candidates are encoded):
    measures against);
 4. per-candidate errors ‖ε − ε̂‖² (mean over the latent), the implicit rewards
    r = −(β/2)(err_θ − err_ref), and the Plackett-Luce loss over each group's positives
-   (``pairwise``: Diffusion-DPO on every positive-negative pair).
+   (``pairwise``: Diffusion-DPO on every positive-negative pair);
+5. optionally, anchors that keep the model near the reference: ``sft_weight``·err_θ over the positives
+   (an SFT term on the selected candidates) and ``safeguard_weight``·max(0, err_θ − err_ref) over the
+   positives (a positive's error may not rise above the reference's; after Diffusion-SDPO).
 
 Positives are the logged selections, or a frozen PerFusionRM's top-k (``positives = "reward"``).
 Besides the loss it returns the diagnostics Diffusion-DPO users ask for: the errors of both models
@@ -88,12 +91,25 @@ class GroupDPOObjective:
         ref_err = self._per_candidate(reference, target, valid)
         positive = reward_positives(self.reward, batch, self.config.top_k) if self.reward else batch.selected
         loss = self.loss_fn(model_err, ref_err, positive, self.config.beta, valid)
+        anchors = self._anchors(model_err, ref_err, positive & valid)
+        loss = loss + sum(anchors.values())
         rewards = implicit_rewards(model_err, ref_err, self.config.beta).detach()
         errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item()}
-        return loss, {**errors, "err_gap": errors["model_err"] - errors["ref_err"],
+        return loss, {**errors, **{key: float(value) for key, value in anchors.items()},
+                      "err_gap": errors["model_err"] - errors["ref_err"],
                       "err_ratio": errors["model_err"] / max(errors["ref_err"], 1e-12),
                       **preference_diagnostics(rewards, positive, valid),
                       "truncated_prompts": self.frozen.truncated_prompts}
+
+    def _anchors(self, model_err: torch.Tensor, ref_err: torch.Tensor, positive: torch.Tensor) -> dict:
+        """Terms that hold the positives' denoising error near (or below) the reference's."""
+        terms = {}
+        if self.config.sft_weight:
+            terms["sft_term"] = self.config.sft_weight * model_err[positive].mean()
+        if self.config.safeguard_weight:
+            terms["safeguard_term"] = self.config.safeguard_weight * torch.relu(
+                model_err[positive] - ref_err[positive]).mean()
+        return terms
 
     @staticmethod
     def _per_candidate(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from perfusion_cli.data.loader import EvalStream, StreamSpec
+from perfusion_cli.data.loader import EvalStream, GroupBatch, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.metrics import gauc, mean_average_precision
 from perfusion_cli.models.reward import RewardModel
@@ -39,15 +40,29 @@ def score_split(model: RewardModel, data_dir: Path, split: str, *, batch_size: i
                 num_workers: int = 0, max_groups: int | None = None, skip_bad_shards: bool = False,
                 module: torch.nn.Module | None = None, progress=None) -> RankingScores:
     """Score every candidate of this process's share of ``split`` (all of it in a single process)."""
+
+    def score(batch: GroupBatch) -> torch.Tensor:
+        return model.score(batch.prompts, batch.images, batch.features, batch.valid, module=module)
+
+    return score_groups(score, data_dir, split, model.module.image_size, batch_size=batch_size, device=device,
+                        num_workers=num_workers, max_groups=max_groups, skip_bad_shards=skip_bad_shards,
+                        progress=progress)
+
+
+@torch.no_grad()
+def score_groups(score: Callable[[GroupBatch], torch.Tensor], data_dir: Path, split: str, resolution: int, *,
+                 batch_size: int = 32, device="cpu", num_workers: int = 0, max_groups: int | None = None,
+                 skip_bad_shards: bool = False, progress=None) -> RankingScores:
+    """Any scorer of groups ([B, K] scores for a batch) over a split: the reward model, or the oracle."""
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), split, batch_size, manifest.max_candidates, model.module.image_size,
+    spec = StreamSpec(Path(data_dir), split, batch_size, manifest.max_candidates, resolution,
                       num_workers=num_workers, skip_bad_shards=skip_bad_shards)
     stream = EvalStream(spec)
     parts = {"scores": [], "labels": [], "groups": [], "merchants": []}
     seen = 0
     for batch in stream:
         batch = batch.to(device)
-        scores = model.score(batch.prompts, batch.images, batch.features, batch.valid, module=module).float().cpu()
+        scores = score(batch).float().cpu()
         valid = batch.valid.cpu()
         per_group = valid.sum(1).tolist()
         parts["scores"].append(scores[valid].numpy())

@@ -40,14 +40,20 @@ def eval_rm_command(
         results = [evaluate_reward_model(source, data, config, progress) for source in sources]
     finally:
         progress.stop()
-    rows = [[r["model"], r["map"], r["gauc"], r["n_groups"], r["n_merchants"]] for r in results]
-    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "groups", "merchants"], rows))
+    from perfusion_cli.evaluation.ceilings import ceilings
+
+    bounds = ceilings(data, config)  # synthetic data: the oracle and the population taste
+    oracle = bounds[0]["gauc"] if bounds else None
+    rows = [[r["model"], r["map"], r["gauc"], "-" if oracle is None else f"{r['gauc'] / oracle:.0%}", r["n_groups"],
+             r["n_merchants"]] for r in results + bounds]
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle GAUC", "groups",
+                                                            "merchants"], rows))
     for result in results:
         if result["skipped_shards"] or result["skipped_samples"]:
             say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "
                 f"{result['skipped_samples']} undecodable sample(s): " + "; ".join(result["skipped_shards"][:3]))
     if json_out:
-        atomic_write_json(json_out, results[0] if len(results) == 1 else results)
+        atomic_write_json(json_out, results[0] if len(results) == 1 and not bounds else results + bounds)
 
 
 @app.command("gen")
@@ -104,6 +110,14 @@ def print_generation_summary(summary: dict) -> None:
             f"reference images): base {fid['base']:.3f}, PerFusion {fid['perfusion']:.3f}")
     else:
         say(f"FID: n/a — {fid['unavailable']}")
+    denoising = summary.get("denoising", {})
+    if "ratio" in denoising:
+        say(f"denoising error on {denoising['groups']} held-out groups: PerFusion {denoising['model_err']:.4f}, "
+            f"reference {denoising['ref_err']:.4f} (×{denoising['ratio']:.2f})")
+    kept = summary.get("kept_quality", {})
+    if kept:
+        shown = {k: v for k, v in kept.items() if v is not None}
+        say("taste gain at kept quality: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shown.items()))
     for metric, reason in summary["unavailable"].items():
         say(f"{metric}: n/a — {reason}")
     if summary.get("report"):

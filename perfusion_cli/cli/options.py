@@ -33,3 +33,4 @@ ReportTo = Annotated[Optional[str], typer.Option(
 NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", help="Data-loader worker processes.")]
 Attention = Annotated[Optional[str], typer.Option("--attention", help="sdpa or xformers.")]
 Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Image resolution (pixels, square).")]
+LrSchedule = Annotated[Optional[str], typer.Option("--lr-schedule", help="constant or cosine (decays to 0).")]

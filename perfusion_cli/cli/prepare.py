@@ -28,6 +28,11 @@ def prepare_command(
     merchants: Annotated[Optional[int], typer.Option("--merchants", help="Synthetic: merchants.")] = None,
     sessions_per_merchant: Annotated[Optional[int], typer.Option(
         "--sessions-per-merchant", help="Synthetic: sessions per merchant.")] = None,
+    style: Annotated[Optional[str], typer.Option(
+        "--style", help="Synthetic: the renderer, catalogue (what the tiny base learned) or studio.")] = None,
+    taste: Annotated[Optional[str], typer.Option(
+        "--taste", help="Synthetic: the taste mix, colour, mixed or subtle (harder: colour matters less).")] = None,
+    noise: Annotated[Optional[float], typer.Option("--noise", help="Synthetic: noise of the merchants' picks.")] = None,
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
@@ -53,7 +58,8 @@ def prepare_command(
     try:
         if synthetic:
             synthetic_config = context.section(ctx, recipe, "synthetic", {
-                "merchants": merchants, "sessions_per_merchant": sessions_per_merchant, "seed": seed})
+                "merchants": merchants, "sessions_per_merchant": sessions_per_merchant, "seed": seed, "style": style,
+                "taste": taste, "noise": noise})
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line())
         else:
             manifest = prepare(logs, out, config, progress, context.command_line())

@@ -20,6 +20,10 @@ def train_gen_command(
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Candidates per group (K).")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO β (5000 for SD 1.5, Diffusion-DPO's).")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="group (Plackett-Luce) or pairwise.")] = None,
+    sft_weight: Annotated[Optional[float], typer.Option(
+        "--sft-weight", help="λ of an SFT anchor on the positives (keeps the model near the base).")] = None,
+    safeguard_weight: Annotated[Optional[float], typer.Option(
+        "--safeguard-weight", help="Weight of the hinge on a positive's error rising above the reference's.")] = None,
     positives: Annotated[Optional[str], typer.Option(
         "--positives", help="labels (the logged selections) or reward (PerFusionRM's top-k).")] = None,
     reward: Annotated[Optional[str], typer.Option(
@@ -31,6 +35,7 @@ def train_gen_command(
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
     grad_accum: options.GradAccum = None,
+    lr_schedule: options.LrSchedule = None,
     num_workers: options.NumWorkers = None,
     mixed_precision: options.MixedPrecision = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(

@@ -29,6 +29,7 @@ def train_rm_command(
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
     grad_accum: options.GradAccum = None,
+    lr_schedule: options.LrSchedule = None,
     num_workers: options.NumWorkers = None,
     mixed_precision: options.MixedPrecision = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validations.")] = None,

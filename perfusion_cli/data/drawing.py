@@ -3,18 +3,29 @@
 A design is an item silhouette (named by the prompt) filled with a colour, a pattern and a material
 texture, on a plain light background. Drawing is pure numpy plus one PIL polygon fill, so a 64×64
 image costs well under a millisecond and the whole marketplace draws in seconds on two cores.
+
+Two renderers ("styles") draw the same kinds of designs differently, so that recipes can be tuned on
+one marketplace and reported on another (DESIGN §7):
+
+- ``catalogue``: what the bundled tiny base was pre-trained on — flat fills on a cool light grey;
+- ``studio``: another silhouette for every item, stronger material textures, a dark outline, a faint
+  drop shadow and a warm canvas, and products drawn wider or narrower (``width``). A tiny base trained
+  on the catalogue does not draw these: for it, studio candidates are off-policy, as real logs are
+  whenever the candidates came from another model or from designers.
 """
 
 from __future__ import annotations
 
 import colorsys
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 BACKGROUND = np.array([236, 236, 232], dtype=np.float32)
+CANVAS = {"catalogue": BACKGROUND, "studio": np.array([247, 242, 233], dtype=np.float32)}
+STYLES = tuple(CANVAS)
 PATTERNS = ("solid", "stripes", "dots", "checks")
 MATERIALS = ("linen", "cotton", "denim", "silk", "wool", "leather")
 
@@ -32,6 +43,18 @@ SILHOUETTES: dict[str, list[tuple[float, float]]] = {
     "handbag": [(-0.4, -0.12), (0.4, -0.12), (0.46, 0.4), (-0.46, 0.4)],
 }
 ITEMS = tuple(SILHOUETTES)
+# The studio renderer's own cut of every item (same items, other shapes).
+STUDIO_SILHOUETTES: dict[str, list[tuple[float, float]]] = {
+    "dress": [(-0.1, -0.5), (0.1, -0.5), (0.24, -0.3), (0.12, -0.12), (0.3, 0.2), (0.44, 0.5), (-0.44, 0.5),
+              (-0.3, 0.2), (-0.12, -0.12), (-0.24, -0.3)],
+    "t-shirt": [(-0.12, -0.42), (0.12, -0.42), (0.42, -0.3), (0.46, -0.02), (0.3, -0.02), (0.3, 0.44),
+                (-0.3, 0.44), (-0.3, -0.02), (-0.46, -0.02), (-0.42, -0.3)],
+    "skirt": [(-0.22, -0.4), (0.22, -0.4), (0.3, 0.0), (0.46, 0.4), (-0.46, 0.4), (-0.3, 0.0)],
+    "trousers": [(-0.26, -0.5), (0.26, -0.5), (0.36, 0.5), (0.1, 0.5), (0.0, -0.05), (-0.1, 0.5), (-0.36, 0.5)],
+    "hoodie": [(-0.12, -0.5), (0.12, -0.5), (0.24, -0.36), (0.46, 0.4), (0.3, 0.44), (0.24, 0.06), (0.24, 0.46),
+               (-0.24, 0.46), (-0.24, 0.06), (-0.3, 0.44), (-0.46, 0.4), (-0.24, -0.36)],
+    "handbag": [(-0.34, -0.16), (0.34, -0.16), (0.44, 0.12), (0.38, 0.42), (-0.38, 0.42), (-0.44, 0.12)],
+}
 # Materials a merchant would plausibly ask for, per item.
 ITEM_MATERIALS: dict[str, tuple[str, ...]] = {
     "dress": ("linen", "cotton", "silk"),
@@ -57,6 +80,8 @@ class Design:
     dx: float = 0.0
     dy: float = 0.0
     seed: int = 0
+    width: float = 1.0  # horizontal stretch of the silhouette
+    style: str = "catalogue"
 
     @property
     def prompt(self) -> str:
@@ -97,7 +122,8 @@ def _silhouette_alpha(design: Design, size: int) -> np.ndarray:
     extent = design.scale * big * 0.9
     cx = big * (0.5 + design.dx)
     cy = big * (0.5 + design.dy)
-    points = [(cx + x * extent, cy + y * extent) for x, y in SILHOUETTES[design.item]]
+    outline = (STUDIO_SILHOUETTES if design.style == "studio" else SILHOUETTES)[design.item]
+    points = [(cx + x * extent * design.width, cy + y * extent) for x, y in outline]
     draw.polygon(points, fill=255)
     if design.item == "handbag":
         box = [cx - 0.25 * extent, cy - 0.45 * extent, cx + 0.25 * extent, cy + 0.2 * extent]
@@ -135,8 +161,12 @@ def _pattern_field(pattern: str, size: int, phase: float) -> np.ndarray:
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
-def _texture(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Multiplicative luminance texture [H, W] around 1."""
+def _texture(material: str, size: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Multiplicative luminance texture [H, W] around 1; ``strength`` scales its amplitude."""
+    return 1 + strength * (_material(material, size, rng) - 1)
+
+
+def _material(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid(size)
     noise = rng.standard_normal((size, size)).astype(np.float32)
     if material == "linen":
@@ -159,6 +189,7 @@ def draw(design: Design, size: int = 64) -> np.ndarray:
     """Render a design as uint8 RGB [size, size, 3]."""
     rng = np.random.default_rng(design.seed)
     alpha = _silhouette_alpha(design, size)[..., None]
+    studio = design.style == "studio"
     base = _rgb(design.hue, design.lightness, design.saturation)
     # The secondary colour keeps the hue and moves lightness away from the base, so the mean colour
     # of a patterned item stays close to its base colour.
@@ -167,14 +198,26 @@ def draw(design: Design, size: int = 64) -> np.ndarray:
     field = _pattern_field(design.pattern, size, phase=float(rng.uniform()))[..., None]
     garment = base * (1 - field) + second * field
     shade = 1.06 - 0.12 * np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    garment = garment * _texture(design.material, size, rng)[..., None] * shade
-    image = BACKGROUND * (1 - alpha) + np.clip(garment, 0, 255) * alpha
+    garment = garment * _texture(design.material, size, rng, 1.8 if studio else 1.0)[..., None] * shade
+    canvas = np.broadcast_to(CANVAS[design.style], garment.shape).copy()
+    if studio:
+        garment = _outlined(garment, alpha)
+        canvas = canvas * (1 - 0.06 * np.roll(alpha, (max(1, size // 32), max(1, size // 32)), (0, 1)))
+    image = canvas * (1 - alpha) + np.clip(garment, 0, 255) * alpha
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def random_design(rng: np.random.Generator, item: str, material: str) -> Design:
-    """A design from the population distribution that the base model learns."""
-    return Design(
+def _outlined(garment: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Darken the silhouette's rim: pixels with a transparent neighbour."""
+    inside = alpha[..., 0] > 0.5
+    rim = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1))
+    return np.where(rim[..., None], garment * 0.45, garment)
+
+
+def random_design(rng: np.random.Generator, item: str, material: str, style: str = "catalogue",
+                  vary_width: bool = False) -> Design:
+    """A design from the population distribution (the catalogue's is what the tiny base learned)."""
+    design = Design(
         item=item,
         material=material,
         hue=float(rng.uniform()),
@@ -185,4 +228,8 @@ def random_design(rng: np.random.Generator, item: str, material: str) -> Design:
         dx=float(rng.uniform(-0.04, 0.04)),
         dy=float(rng.uniform(-0.04, 0.04)),
         seed=int(rng.integers(2**31)),
+        style=style,
     )
+    if vary_width:  # drawn only when asked, so the default marketplace stays the one the benchmarks used
+        design = replace(design, width=float(np.exp(rng.uniform(np.log(0.75), np.log(1.3)))))
+    return design

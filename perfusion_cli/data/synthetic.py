@@ -8,22 +8,32 @@ hidden taste (``oracle.Taste``) that depends on those features plus an idiosyncr
 - pattern preference: the style's, pulled towards plain by a high price level, plus noise;
 - scale preference: the category's, plus noise.
 
-A session is one prompt ("linen dress") with K candidates drawn from the population distribution;
-the merchant selects the 1–2 with the highest oracle utility after Gumbel noise. ``followers`` and
-``shop_age_years`` carry no taste at all: a model has to learn to ignore them.
+With the richer taste mixes (``taste = "mixed"`` or ``"subtle"``) two more parts are drawn:
+
+- width preference (wide or narrow silhouettes): the category's, plus a large personal part;
+- vividness preference (saturated or muted colours): the region's, plus a personal part;
+
+and the weights move from colour towards pattern, silhouette and vividness (``oracle.TASTE_MIXES``).
+
+A session is one prompt ("linen dress") with K candidates drawn from the population distribution of
+the marketplace's renderer (``style``: the catalogue the tiny base learned, or the studio's other
+silhouettes, textures and canvas); the merchant selects the 1–2 with the highest oracle utility after
+Gumbel noise of scale ``noise``. ``followers`` and ``shop_age_years`` carry no taste at all: a model
+has to learn to ignore them. The defaults draw exactly the marketplace the benchmarks were first made
+on; the other draws change only when asked for.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from perfusion_cli.data.drawing import ITEM_MATERIALS, draw, random_design
-from perfusion_cli.data.oracle import Taste, oracle_utility, utility_of, measure  # noqa: F401 (re-export)
+from perfusion_cli.data.oracle import TASTE_MIXES, Taste, oracle_utility, utility_of, measure  # noqa: F401
 from perfusion_cli.config import SyntheticConfig
 from perfusion_cli.io import atomic_write_bytes, atomic_write_json
 
@@ -37,7 +47,8 @@ CATEGORY_SCALE = {"womenswear": 0.3, "menswear": -0.2, "kidswear": -0.5, "access
 STYLE_HUE = {"minimalist": 0.60, "bohemian": 0.07, "streetwear": 0.33, "classic": 0.97, "romantic": 0.86}
 STYLE_PATTERN = {"minimalist": -0.8, "bohemian": 0.8, "streetwear": 0.3, "classic": -0.4, "romantic": 0.5}
 REGION_LIGHTNESS = {"nordic": 0.35, "mediterranean": 0.7, "continental": 0.5, "coastal": 0.6}
-SELECTION_NOISE = 0.3  # Gumbel scale; utilities span about ±2
+CATEGORY_WIDTH = {"womenswear": 0.4, "menswear": -0.3, "kidswear": 0.2, "accessories": -0.5}
+REGION_VIVID = {"nordic": -0.6, "mediterranean": 0.6, "continental": -0.2, "coastal": 0.3}
 SESSION_DAYS = 180
 TRUTH = "truth.json"
 
@@ -59,7 +70,7 @@ class Merchant:
                 "shop_age_years": self.shop_age_years}
 
 
-def make_merchant(rng: np.random.Generator, index: int) -> Merchant:
+def make_merchant(rng: np.random.Generator, index: int, mix: str = "colour") -> Merchant:
     category = str(rng.choice(list(CATEGORY_ITEMS)))
     style = str(rng.choice(list(STYLE_HUE)))
     region = str(rng.choice(list(REGION_LIGHTNESS)))
@@ -70,7 +81,11 @@ def make_merchant(rng: np.random.Generator, index: int) -> Merchant:
         lightness=float(np.clip(REGION_LIGHTNESS[region] + rng.normal(0, 0.06), 0.25, 0.8)),
         pattern=float(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + rng.normal(0, 0.25), -1, 1)),
         scale=float(np.clip(CATEGORY_SCALE[category] + rng.normal(0, 0.35), -1, 1)),
+        weights=dict(TASTE_MIXES[mix]),
     )
+    if mix != "colour":  # drawn only for the richer mixes, so the default marketplace stays as it was
+        taste = replace(taste, width=float(np.clip(CATEGORY_WIDTH[category] + rng.normal(0, 0.5), -1, 1)),
+                        vivid=float(np.clip(REGION_VIVID[region] + rng.normal(0, 0.4), -1, 1)))
     return Merchant(
         merchant_id=f"m{index:04d}", category=category, style=style, region=region,
         price_level=price_level, followers=int(rng.integers(10, 100_000)),
@@ -78,10 +93,10 @@ def make_merchant(rng: np.random.Generator, index: int) -> Merchant:
     )
 
 
-def choose_selected(utilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """1 or 2 positives: the top candidates by utility plus Gumbel noise."""
+def choose_selected(utilities: np.ndarray, rng: np.random.Generator, noise: float = 0.3) -> np.ndarray:
+    """1 or 2 positives: the top candidates by utility plus Gumbel noise of scale ``noise``."""
     n_positive = 1 if rng.uniform() < 0.6 else 2
-    noisy = utilities + rng.gumbel(0.0, SELECTION_NOISE, size=utilities.shape)
+    noisy = utilities + rng.gumbel(0.0, noise, size=utilities.shape)
     selected = np.zeros(len(utilities), dtype=bool)
     selected[np.argsort(-noisy)[:n_positive]] = True
     return selected
@@ -98,7 +113,8 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
     """Write raw logs (DESIGN §3) plus ``truth.json`` under ``out``; returns ``out``."""
     out = Path(out)
     rng = np.random.default_rng(config.seed)
-    merchants = [make_merchant(rng, index) for index in range(config.merchants)]
+    merchants = [make_merchant(rng, index, config.taste) for index in range(config.merchants)]
+    vary_width = config.style != "catalogue" or config.taste != "colour"
     sessions = []
     for index, merchant in enumerate(merchants):
         start = float(rng.uniform(0, 30)) * 86400
@@ -106,10 +122,10 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
         for number, offset in enumerate(times):
             item = str(rng.choice(CATEGORY_ITEMS[merchant.category]))
             material = str(rng.choice(ITEM_MATERIALS[item]))
-            designs = [random_design(rng, item, material) for _ in range(config.group_size)]
+            designs = [random_design(rng, item, material, config.style, vary_width) for _ in range(config.group_size)]
             images = [draw(design, config.resolution) for design in designs]
             utilities = np.array([oracle_utility(merchant.taste, image) for image in images])
-            selected = choose_selected(utilities, rng)
+            selected = choose_selected(utilities, rng, config.noise)
             session_id = f"{merchant.merchant_id}-s{number:03d}"
             candidates = []
             for k, image in enumerate(images):
@@ -125,23 +141,30 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
     _write_jsonl(out / "sessions.jsonl", sessions)
     atomic_write_json(out / TRUTH, {
         "merchants": {m.merchant_id: {**m.taste.to_dict(), "style": m.style} for m in merchants},
-        "config": {"merchants": config.merchants, "sessions_per_merchant": config.sessions_per_merchant,
-                   "group_size": config.group_size, "resolution": config.resolution, "seed": config.seed},
+        "config": asdict(config),
     })
     return out
 
 
-def load_truth(path: str | Path) -> dict[str, Taste] | None:
-    """Merchant id → Taste from a ``truth.json``, or from the folder holding one (synthetic raw logs, or a
-    prepared data folder, where ``prepare`` copies it); None when there is none (real data)."""
+def read_truth(path: str | Path) -> dict | None:
+    """The whole ``truth.json`` (``merchants`` and the marketplace's ``config``) from the file or the folder
+    holding one (synthetic raw logs, or a prepared data folder, where ``prepare`` copies it); None for
+    real data."""
     path = Path(path)
     if path.is_dir():
         path = path / TRUTH
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as handle:
-        merchants = json.load(handle)["merchants"]
-    return {merchant_id: Taste.from_mapping(values) for merchant_id, values in merchants.items()}
+        return json.load(handle)
+
+
+def load_truth(path: str | Path) -> dict[str, Taste] | None:
+    """Merchant id → Taste (see ``read_truth``); None when there is no hidden taste (real data)."""
+    truth = read_truth(path)
+    if truth is None:
+        return None
+    return {merchant_id: Taste.from_mapping(values) for merchant_id, values in truth["merchants"].items()}
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

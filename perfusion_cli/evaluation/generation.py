@@ -26,6 +26,7 @@ from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import PerfusionError
 from perfusion_cli.evaluation.fid import compute_fid
+from perfusion_cli.evaluation.quality import INTEGRITY, denoising_errors, integrity_scores, kept_quality
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
 from perfusion_cli.models.reward import load_reward_model
@@ -33,7 +34,7 @@ from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.progress import NullProgress, Progress
 
 MODELS = ("base", "perfusion")
-METRICS = ("clip", "aesthetic", "perfusionrm", "oracle")
+METRICS = ("clip", "aesthetic", "perfusionrm", "oracle", *INTEGRITY)
 
 
 @dataclass
@@ -112,6 +113,8 @@ def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest)
             reasons["perfusionrm"] = str(exc)
     else:
         reasons["perfusionrm"] = "no reward model (train one with `perfusion train-rm`, or pass --reward)"
+    for metric in INTEGRITY:
+        scorers[metric] = metric
     truth = load_truth(manifest.data_dir)
     if truth is not None:
         scorers["oracle"] = truth
@@ -130,6 +133,8 @@ def _score(metric: str, scorer, pairs: list[EvalPair], images: torch.Tensor) -> 
         values = torch.cat([scorer.clip_score(prompts[i:i + 64], flat[i:i + 64]).cpu() for i in range(0, len(flat), 64)])
     elif metric == "aesthetic":
         values = torch.cat([scorer(flat[i:i + 64]).cpu() for i in range(0, len(flat), 64)])
+    elif metric in INTEGRITY:
+        values = integrity_scores(metric, flat)
     elif metric == "perfusionrm":
         features = torch.tensor([pair.features for pair in pairs])
         values = scorer.score([p.prompt for p in pairs], images.to(scorer.module.clip.device),
@@ -180,6 +185,8 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
         files = {model: _save_images(result.images[model], folder, pairs, model, config.seed) for model in MODELS}
         summary["fid"] = _fid(result, pairs, folder, Path(scratch), device, scorers.get("clip"),
                               config.fid_inception)
+        summary["denoising"] = denoising_errors(pipeline, data_dir, config)
+        summary["kept_quality"] = kept_quality(summary)
         if report_dir:
             summary["report"] = str(write_report(Path(report_dir), summary, pairs, files, result, run_dir,
                                                  config.reward))
@@ -200,7 +207,7 @@ def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: 
             models[model][metric] = float(np.nanmean(per_pair[model]))
         comparable = ~np.isnan(per_pair["base"]) & ~np.isnan(per_pair["perfusion"])
         wins = per_pair["perfusion"][comparable] > per_pair["base"][comparable]
-        win_rate[metric] = float(wins.mean()) if comparable.any() else None
+        win_rate[metric] = float(wins.mean()) if comparable.any() and metric not in INTEGRITY else None
     return {"split": config.split, "pairs": len(pairs), "merchants": len({p.merchant_id for p in pairs}),
             "images_per_pair": config.n_per_prompt, "steps": config.steps, "guidance": config.guidance,
             "seed": config.seed, "models": models, "win_rate": win_rate, "unavailable": reasons}

@@ -88,6 +88,38 @@ def _metrics_table(summary: dict) -> str:
             + (f"<p class='note'>Not computed:</p><ul class='note'>{reasons}</ul>" if reasons else ""))
 
 
+KEPT = [("oracle_gain", "oracle utility gain (PerFusion − base)"), ("oracle_win_rate", "oracle win rate"),
+        ("perfusionrm_win_rate", "PerFusionRM win rate"),
+        ("clean_background_kept", "clean-background share, PerFusion / base"),
+        ("intact_kept", "intact-product share, PerFusion / base"), ("clip_score_delta", "CLIP score, PerFusion − base"),
+        ("fid_ratio", "CLIP-feature FID, PerFusion / base"),
+        ("denoising_error_ratio", "denoising error on held-out groups, PerFusion / reference")]
+
+
+def _kept_quality(summary: dict) -> str:
+    kept = summary.get("kept_quality", {})
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_cell(kept.get(key))}</td></tr>" for key, label in KEPT)
+    return f"<table>{rows}</table>"
+
+
+def _montage(pairs, files: dict, merchants: int = 3, per_merchant: int = 6) -> str:
+    """For a few merchants, their base images in one row and PerFusion's from the same seeds below."""
+    by_merchant = defaultdict(list)
+    for index, pair in enumerate(pairs):
+        by_merchant[pair.merchant_id] += [(index, j) for j in range(len(files["base"][index]))]
+    blocks = []
+    for merchant, cells in sorted(by_merchant.items())[:merchants]:
+        rows = []
+        for model, label in (("base", "base"), ("perfusion", "PerFusion")):
+            images = "".join(f"<td><img src='images/{files[model][p][j]}' alt='{label}'></td>"
+                             for p, j in cells[:per_merchant])
+            rows.append(f"<tr><th>{label}</th>{images}</tr>")
+        prompts = "".join(f"<td class='note'>{html.escape(pairs[p].prompt)}</td>" for p, _ in cells[:per_merchant])
+        blocks.append(f"<h3>merchant {html.escape(merchant)}</h3><table class='grid'>{''.join(rows)}"
+                      f"<tr><th></th>{prompts}</tr></table>")
+    return "".join(blocks)
+
+
 def _grids(pairs, files: dict, result, summary: dict) -> str:
     by_merchant = defaultdict(list)
     for index, pair in enumerate(pairs):
@@ -126,6 +158,8 @@ def write_report(folder: Path, summary: dict, pairs, files: dict, result, gen_ru
 <p>{summary['pairs']} held-out (merchant, prompt) pairs from split <b>{html.escape(summary['split'])}</b>,
 {summary['merchants']} merchants, {summary['images_per_pair']} image(s) per pair and model, {summary['steps']}
 denoising steps, guidance {summary['guidance']}. Base and PerFusion images of a row share their seed.</p>
+<h2>Taste gain at kept quality</h2>{_kept_quality(summary)}
+<h2>Base above PerFusion, same seeds</h2>{_montage(pairs, files)}
 <h2>Metrics</h2>{_metrics_table(summary)}
 <h2>Training curves</h2><div class="curves">{curve_html}</div>
 <h2>Images per merchant</h2>{_grids(pairs, files, result, summary)}

@@ -195,7 +195,8 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
         folder.current.root.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed + accelerator.process_index)
     optimizer = torch.optim.AdamW(task.param_groups, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps,
+    schedule = "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup"
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.max_steps)
     model, optimizer = accelerator.prepare(task.model, optimizer)
     log = MetricsLog(folder, main, accelerator)

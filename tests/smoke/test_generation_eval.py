@@ -42,9 +42,16 @@ def test_every_metric_is_reported_for_both_models(evaluation):
     summary, _ = evaluation
     assert summary["pairs"] == 4 and summary["images_per_pair"] == 2
     for model in ("base", "perfusion"):
-        assert set(summary["models"][model]) == {"clip", "aesthetic", "perfusionrm", "oracle"}
+        assert set(summary["models"][model]) == {"clip", "aesthetic", "perfusionrm", "oracle", "clean_background",
+                                                 "intact"}
         assert all(isinstance(v, float) for v in summary["models"][model].values()), summary["models"][model]
-    assert all(0.0 <= v <= 1.0 for v in summary["win_rate"].values())
+        assert 0.0 <= summary["models"][model]["clean_background"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for m, v in summary["win_rate"].items() if m not in ("clean_background", "intact"))
+    denoising = summary["denoising"]
+    assert denoising["ratio"] == pytest.approx(denoising["model_err"] / denoising["ref_err"]) and denoising["groups"] > 0
+    kept = summary["kept_quality"]
+    assert kept["oracle_gain"] == pytest.approx(summary["models"]["perfusion"]["oracle"] - summary["models"]["base"]["oracle"])
+    assert kept["fid_ratio"] == pytest.approx(summary["fid"]["perfusion"] / summary["fid"]["base"])
     assert summary["unavailable"] == {}
     fid = summary["fid"]
     assert fid["features"].startswith("clip image features of tiny") and fid["base"] >= 0 and fid["perfusion"] >= 0
@@ -55,7 +62,8 @@ def test_report_references_images_and_plots_that_exist(evaluation):
     _, report = evaluation
     page = (report / "index.html").read_text()
     sources = re.findall(r"src='([^']+)'", page)
-    assert any(s.startswith("curves/") for s in sources) and sum(s.startswith("images/") for s in sources) == 16
+    # 16 images in the per-merchant grids, and the montage (base above PerFusion) repeats those of 3 merchants
+    assert any(s.startswith("curves/") for s in sources) and sum(s.startswith("images/") for s in sources) == 16 + 12
     for source in sources:
         assert (report / source).is_file(), source
     assert "http://" not in page and "https://" not in page, "no network at view time"
