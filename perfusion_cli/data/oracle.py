@@ -156,7 +156,7 @@ class Integrity:
     """Is this still a product photo? A clean background and one intact product."""
 
     clean_background: bool  # the border is plain (uniform), light and nearly grey: a product-photo canvas
-    intact: bool  # a product is there, in one piece, and does not run off the frame
+    intact: bool  # a product is there, in one piece (≥ 90 % of what differs from the canvas), inside the frame
 
     @property
     def product(self) -> bool:
@@ -175,7 +175,8 @@ def integrity(image: Image.Image | np.ndarray) -> Integrity:
     intact = False
     if mask.mean() >= _MIN_PIXELS:
         labels, count = ndimage.label(mask)
-        largest = np.bincount(labels.ravel())[1:].max() if count else 0
-        touches = mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
-        intact = largest >= 0.9 * mask.sum() and not touches
+        sizes = np.bincount(labels.ravel())[1:]
+        product = labels == (1 + int(sizes.argmax()))
+        touches = product[0].any() or product[-1].any() or product[:, 0].any() or product[:, -1].any()
+        intact = sizes.max() >= 0.9 * mask.sum() and not touches
     return Integrity(plain and light and grey, bool(intact))
