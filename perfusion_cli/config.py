@@ -79,6 +79,9 @@ class MerchantEncoderConfig:
     mlp_dims: list[int] = bounded([256], ge=1)
     user_dim: int = bounded(128, ge=1)
     dropout: float = bounded(0.0, ge=0, lt=1)
+    # While training, replace the merchant id by the out-of-vocabulary id with this probability, so the
+    # profile features learn the taste they carry (sparse and cold-start merchants lean on them).
+    id_dropout: float = bounded(0.0, ge=0, lt=1)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class RMTrainConfig(TrainLoopConfig):
     plugin_hidden: int = bounded(256, ge=1)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
     eval_max_groups: Optional[int] = bounded(None, ge=1)
+    augment_flip: bool = False  # mirror each candidate with probability 1/2 (tastes are left-right symmetric)
 
 
 @dataclass

@@ -21,6 +21,8 @@ was trained on) and safetensors weights. That folder is a generator run's ``mode
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -43,14 +45,12 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, controlnet_config: dict, cardinalities: list[int], features: list | None = None,
-                 embed_dim: int = 16, cross_layers: int = 3, mlp_dims: list[int] | tuple = (256,), user_dim: int = 128,
-                 dropout: float = 0.0, grid_size: int = 8, grid_channels: int = 16, base_model: str | None = None,
-                 resolution: int | None = None):
+                 merchant_encoder: dict | None = None, grid_size: int = 8, grid_channels: int = 16,
+                 base_model: str | None = None, resolution: int | None = None):
         super().__init__()
-        self.merchant = MerchantEncoder(cardinalities, MerchantEncoderConfig(
-            embed_dim=embed_dim, cross_layers=cross_layers, mlp_dims=list(mlp_dims), user_dim=user_dim,
-            dropout=dropout))
-        self.to_grid = nn.Linear(user_dim, grid_channels * grid_size * grid_size)
+        encoder = MerchantEncoderConfig(**(merchant_encoder or {}))
+        self.merchant = MerchantEncoder(cardinalities, encoder)
+        self.to_grid = nn.Linear(encoder.user_dim, grid_channels * grid_size * grid_size)
         self.controlnet = ControlNetModel.from_config({**controlnet_config, "conditioning_channels": grid_channels})
         first = self.controlnet.config.block_out_channels[0]
         self.controlnet.controlnet_cond_embedding = nn.Conv2d(grid_channels, first, kernel_size=1)
@@ -64,10 +64,8 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
         """A branch whose ControlNet copies ``unet``'s encoder and middle block weights."""
         source = ControlNetModel.from_unet(unet)
         branch = cls(controlnet_config=_public(source.config), cardinalities=vocab.cardinalities,
-                     features=vocab.to_json(), embed_dim=merchant.embed_dim, cross_layers=merchant.cross_layers,
-                     mlp_dims=list(merchant.mlp_dims), user_dim=merchant.user_dim, dropout=merchant.dropout,
-                     grid_size=grid_size, grid_channels=grid_channels, base_model=base_model,
-                     resolution=resolution)
+                     features=vocab.to_json(), merchant_encoder=asdict(merchant), grid_size=grid_size,
+                     grid_channels=grid_channels, base_model=base_model, resolution=resolution)
         copied = {k: v for k, v in source.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
         missing, unexpected = branch.controlnet.load_state_dict(copied, strict=False)
         assert not unexpected and all(k.startswith("controlnet_cond_embedding.") for k in missing)

@@ -52,6 +52,7 @@ class MerchantEncoder(nn.Module):
             previous = hidden
         layers.append(nn.Linear(previous, config.user_dim))
         self.mlp = nn.Sequential(*layers)
+        self.id_dropout = config.id_dropout
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.shape[-1] != len(self.cardinalities):
@@ -61,5 +62,8 @@ class MerchantEncoder(nn.Module):
         if not features.is_meta and (bool((features < 0).any()) or bool((features >= limits).any())):
             raise VocabularyMismatch("merchant feature ids fall outside the model's vocabulary: the data was "
                                   "prepared with a different vocabulary than the model was trained on")
+        if self.training and self.id_dropout > 0:  # the vocabulary's first feature is the merchant id
+            dropped = torch.rand(features.shape[0], device=features.device) < self.id_dropout
+            features = torch.cat([features[:, :1].masked_fill(dropped[:, None], 0), features[:, 1:]], dim=1)
         embedded = self.embedding(features + self.offsets.to(features.device))  # [B, F, d]
         return self.mlp(self.cross(embedded.flatten(1)))

@@ -15,7 +15,7 @@ write and read ``config.json`` + safetensors. ``RewardModel`` pairs it with its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,32 +43,29 @@ class PerFusionRM(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, clip_config: dict, features: list[dict] | None = None, plugin: bool = True,
-                 shared_plugin: bool = False, plugin_hidden: int = 256, embed_dim: int = 16, cross_layers: int = 3,
-                 mlp_dims: list[int] | tuple = (256,), user_dim: int = 128, dropout: float = 0.0):
+                 shared_plugin: bool = False, plugin_hidden: int = 256, merchant_encoder: dict | None = None):
         super().__init__()
         self.clip = CLIPModel(CLIPConfig.from_dict(clip_config))
         self.image_size = self.clip.config.vision_config.image_size
         self.gradient_checkpointing = False
         if plugin:
-            merchant = MerchantEncoderConfig(embed_dim=embed_dim, cross_layers=cross_layers, mlp_dims=list(mlp_dims),
-                                             user_dim=user_dim, dropout=dropout)
+            encoder = MerchantEncoderConfig(**(merchant_encoder or {}))
             cardinalities = self.vocab.cardinalities
-            self.text_merchant = MerchantEncoder(cardinalities, merchant)
+            self.text_merchant = MerchantEncoder(cardinalities, encoder)
             if not shared_plugin:
-                self.vision_merchant = MerchantEncoder(cardinalities, merchant)
+                self.vision_merchant = MerchantEncoder(cardinalities, encoder)
             text, vision = self.clip.config.text_config, self.clip.config.vision_config
-            self.text_plugin = TowerPlugin(text.num_hidden_layers, text.hidden_size, user_dim, plugin_hidden)
-            self.vision_plugin = TowerPlugin(vision.num_hidden_layers, vision.hidden_size, user_dim, plugin_hidden)
+            self.text_plugin = TowerPlugin(text.num_hidden_layers, text.hidden_size, encoder.user_dim, plugin_hidden)
+            self.vision_plugin = TowerPlugin(vision.num_hidden_layers, vision.hidden_size, encoder.user_dim,
+                                             plugin_hidden)
 
     @classmethod
     def from_clip(cls, clip: CLIPModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
                   plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None) -> "PerFusionRM":
         """A PerFusionRM around a loaded CLIP (its weights copied in), with fresh zero-initialized plug-ins."""
-        merchant = merchant or MerchantEncoderConfig()
         model = cls(clip_config=clip.config.to_dict(), features=vocab.to_json() if vocab else [], plugin=plugin,
-                    shared_plugin=shared_plugin, plugin_hidden=plugin_hidden, embed_dim=merchant.embed_dim,
-                    cross_layers=merchant.cross_layers, mlp_dims=list(merchant.mlp_dims), user_dim=merchant.user_dim,
-                    dropout=merchant.dropout)
+                    shared_plugin=shared_plugin, plugin_hidden=plugin_hidden,
+                    merchant_encoder=asdict(merchant or MerchantEncoderConfig()))
         model.clip = clip
         return model
 

@@ -51,7 +51,11 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
     def loss(wrapped, batch):
         ids, mask, cut = model.tokens(batch.prompts, accelerator.device)
         truncated["prompts"] += cut
-        scores = wrapped(ids, mask, batch.images, batch.features, batch.valid)
+        images = batch.images
+        if config.augment_flip:
+            flip = torch.rand(images.shape[:2], device=images.device) < 0.5
+            images = torch.where(flip[..., None, None, None], images.flip(-1), images)
+        scores = wrapped(ids, mask, images, batch.features, batch.valid)
         return loss_fn(scores, batch.selected, batch.valid), {"truncated_prompts": truncated["prompts"]}
 
     def trainable_state() -> dict[str, torch.Tensor]:

@@ -146,3 +146,16 @@ def test_a_model_refuses_data_with_another_vocabulary():
     with pytest.raises(VocabularyMismatch, match="reward model was trained on data with a different merchant feature "
                                                  "vocabulary than data/"):
         VOCAB.require_same(other, "reward model", "data/")
+
+
+def test_id_dropout_hides_the_merchant_id_only_while_training():
+    torch.manual_seed(0)
+    encoder = MerchantEncoder(CARDS, MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8, id_dropout=0.99))
+    features = torch.tensor([[3, 1, 2], [4, 2, 1]])
+    without_id = features.clone()
+    without_id[:, 0] = 0  # the out-of-vocabulary id
+    encoder.eval()
+    assert not torch.allclose(encoder(features), encoder(without_id))
+    encoder.train()
+    torch.manual_seed(1)
+    assert torch.allclose(encoder(features), encoder(without_id))  # dropped with probability 0.99
