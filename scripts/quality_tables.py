@@ -44,7 +44,8 @@ def reward_part(workdir: Path) -> None:
     for split in ("test", "cold_start"):
         run(workdir, "eval", "rm", "--split", split, *checkpoints, "--checkpoint", "zero-shot:tiny",
             "--json", f"eval-rm-{split}.json")
-    tables = {split: json.loads((workdir / f"eval-rm-{split}.json").read_text()) for split in ("test", "cold_start")}
+    tables = {split: json.loads((workdir / f"eval-rm-{split}.json").read_text())["models"]
+              for split in ("test", "cold_start")}
     print("\n| model | test MAP | test GAUC | cold-start MAP | cold-start GAUC | train wall time |")
     print("|---|---|---|---|---|---|")
     names = [*RM_VARIANTS, "zero-shot tiny CLIP"]

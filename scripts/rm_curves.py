@@ -42,7 +42,8 @@ def draw(root: Path, taste: str, sessions: int, seed: str, recipe: str, train_fl
         report = workdir / f"eval-{split}.json"
         run(workdir, "eval", "rm", "--recipe", recipe, "--split", split, "--checkpoint", "runs/perfusionrm",
             "--checkpoint", "runs/no_plugin", "--json", str(report))
-        rows = json.loads(report.read_text())
+        report = json.loads(report.read_text())
+        rows = report["models"] + report["ceilings"]
         result[split] = {"perfusionrm": rows[0]["gauc"], "no_plugin": rows[1]["gauc"], "oracle": rows[2]["gauc"],
                          "population": rows[3]["gauc"], "groups": rows[0]["n_groups"]}
     return result

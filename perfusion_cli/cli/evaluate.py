@@ -53,7 +53,8 @@ def eval_rm_command(
             say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "
                 f"{result['skipped_samples']} undecodable sample(s): " + "; ".join(result["skipped_shards"][:3]))
     if json_out:
-        atomic_write_json(json_out, results[0] if len(results) == 1 and not bounds else results + bounds)
+        # one shape whatever was asked: every model in the order given, then the ceilings ([] on real data)
+        atomic_write_json(json_out, {"split": config.split, "models": results, "ceilings": bounds})
 
 
 @app.command("gen")
@@ -79,6 +80,8 @@ def eval_gen_command(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML report here.")] = None,
     json_out: options.JsonOut = None,
     device: options.Device = None,
+    branch_every: options.BranchEvery = None,
+    branch_until: options.BranchUntil = None,
     recipe: options.Recipe = None,
 ) -> None:
     """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""

@@ -32,8 +32,12 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     assert result.exit_code == 0, result.output
     assert "GAUC" in result.output
     report = json.loads((ws / "e.json").read_text())
-    assert set(report) >= {"map", "gauc", "n_groups", "n_merchants"} and report["split"] == "val"
-    assert report["n_groups"] == json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]
+    assert report["split"] == "val" and [row["model"] for row in report["ceilings"]] == [
+        "oracle (ceiling)", "population taste (no personalization)"], "synthetic data: the ceilings beside the model"
+    (model,) = report["models"]
+    assert set(model) >= {"map", "gauc", "n_groups", "n_merchants"} and model["split"] == "val"
+    val_groups = json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]
+    assert model["n_groups"] == report["ceilings"][0]["n_groups"] == val_groups
 
 
 def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, market):

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("text, message", [
     ("[trian-rm]\nlr = 1\n", r"unknown section \[trian-rm\] \(known: synthetic, prepare, train-rm"),
-    ("[train-rm]\nlrr = 1\n", r"\[train-rm\]: unknown key 'lrr' \(known: backbone_lr, base_model"),
+    ("[train-rm]\nlrr = 1\n", r"\[train-rm\]: unknown key 'lrr' \(known: augment_flip, backbone_lr, base_model"),
     ("[train-rm]\nbatch_size = \"16\"\n", r"\[train-rm\]: key 'batch_size' must be an integer, got '16'"),
     ("[train-rm]\nloss = \"ce\"\n", r"key 'loss' must be one of 'pl', 'bt', got 'ce'"),
     ("[train-rm]\nmerchant = 3\n", r"key 'merchant' must be a table"),
