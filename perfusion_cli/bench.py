@@ -105,9 +105,10 @@ def attention_backends() -> dict[str, object]:
 
 
 def _set_attention(pipeline: PerFusionPipeline, processor_class) -> None:
-    for module in (pipeline.unet, pipeline.branch.controlnet, pipeline.vae):
+    for module in (pipeline.unet, pipeline.vae):
         if module.attn_processors:
             module.set_attn_processor(processor_class())
+    pipeline.branch.attach(pipeline.unet, processor_class)  # the branch's own layers, or the adapter's processors
 
 
 def bench_generation(pipeline: PerFusionPipeline, features: torch.Tensor, steps: int, repeats: int,
@@ -131,6 +132,48 @@ def bench_generation(pipeline: PerFusionPipeline, features: torch.Tensor, steps:
         entry["memory_ratio"] = entry["personalized"]["peak_mb"] / entry["base"]["peak_mb"]
         out["backends"][name] = entry
     _set_attention(pipeline, backends["sdpa"])
+    return out
+
+
+CHEAP = {"full schedule": (1, 1.0), "every 2nd step": (2, 1.0), "every 3rd step": (3, 1.0),
+         "first half only": (1, 0.5), "every 2nd step, first 60 %": (2, 0.6)}
+
+
+def bench_cheap(pipeline: PerFusionPipeline, features: torch.Tensor, steps: int, repeats: int,
+                progress: Progress) -> dict:
+    """Seconds per image of the base and of PerFusion with each branch-reuse setting, in one run (SDPA)."""
+    device = pipeline.device
+
+    def run(**kwargs):
+        return lambda: pipeline(["linen dress"], num_inference_steps=steps, output_type="pt",
+                                generator=torch.Generator().manual_seed(0), **kwargs)
+
+    out = {"base": statistics.median(timed(run(), device, repeats))}
+    for name, (every, until) in CHEAP.items():
+        out[name] = statistics.median(timed(run(features=features[:1], branch_every=every, branch_until=until),
+                                            device, repeats))
+        progress.advance(1)
+    return {"seconds_per_image": out, "ratio_to_base": {name: value / out["base"] for name, value in out.items()}}
+
+
+def bench_batched(pipeline: PerFusionPipeline, features: torch.Tensor, steps: int, progress: Progress,
+                  counts: tuple[int, ...] = (1, 4, 16)) -> dict:
+    """Images per second for k requests from different merchants (one image each): one pipeline call per
+    request against one batched call (the condition is per sample)."""
+    device = pipeline.device
+    out = {}
+    for k in counts:
+        rows = features[torch.arange(k) % len(features)]
+        one_by_one = timed(lambda: [pipeline(["linen dress"], features=rows[i:i + 1], num_inference_steps=steps,
+                                             output_type="pt", generator=torch.Generator().manual_seed(i))
+                                    for i in range(k)], device, 1, warmup=0)[0]
+        batched = timed(lambda: pipeline(["linen dress"] * k, features=rows, num_inference_steps=steps,
+                                         output_type="pt",
+                                         generator=[torch.Generator().manual_seed(i) for i in range(k)]),
+                        device, 1, warmup=0)[0]
+        out[str(k)] = {"one_by_one_images_per_second": k / one_by_one, "batched_images_per_second": k / batched,
+                       "speedup": one_by_one / batched}
+        progress.advance(1)
     return out
 
 
@@ -224,10 +267,12 @@ def run_bench(run_dir: Path, data_dir: Path, config: BenchConfig, train: GenTrai
                       num_workers=config.num_workers)
     batch = next(train_batches(spec, steps_per_epoch=1)).to(device)
     backends = len(attention_backends())
-    progress.start("benchmarking", 2 * backends + 3 + (2 if reward_source else 0))
+    progress.start("benchmarking", 2 * backends + 3 + len(CHEAP) + 3 + (2 if reward_source else 0))
     result = {"machine": describe(torch_runtime=True), "device": str(device), "command": command, "repeats": repeats,
               "data": str(data_dir), "model": str(run_dir), "features": len(manifest.vocab.features)}
     result["generation"] = bench_generation(pipeline, batch.features, steps, repeats, progress)
+    result["branch_reuse"] = bench_cheap(pipeline, batch.features, steps, repeats, progress)
+    result["batched"] = bench_batched(pipeline, batch.features, steps, progress)
     result["train_step"] = bench_train_step(pipeline, batch, train, repeats, progress)
     result["reward"] = bench_reward(reward_source, batch, repeats, device, progress)
     result["loader"] = bench_loader(spec, 8, result["train_step"]["perfusion_shared_encoder"]["median"])

@@ -137,8 +137,12 @@ class GenTrainConfig(TrainLoopConfig):
     attention: Literal["sdpa", "xformers"] = "sdpa"
     share_encoder: bool = True
     cache_latents: bool = False
+    # The branch kind: controlnet (PerFusion's ControlNet copy of the encoder half; grid_* size its
+    # condition) or adapter (merchant tokens through decoupled cross-attention; adapter_tokens of them).
+    branch: Literal["controlnet", "adapter"] = "controlnet"
     grid_size: int = bounded(8, ge=1, le=256)
     grid_channels: int = bounded(16, ge=1)
+    adapter_tokens: int = bounded(4, ge=1, le=77)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
     # Staying near the reference (off-policy logs pull the branch away from what the base draws):
     # sft_weight λ adds λ·‖ε − ε_θ‖² on the positives (an SFT anchor on the selected candidates);
@@ -163,6 +167,11 @@ class GenerateConfig:
     cold_start: Optional[Literal["mean", "features"]] = None
     reward: Optional[str] = None  # None: <workspace>/runs/rm when it holds a trained reward model
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Cheaper personalization: the branch on every N-th denoising step (its output reused in between),
+    # and only on the first fraction of the steps.
+    branch_every: int = bounded(1, ge=1, le=1000)
+    branch_until: float = bounded(1.0, gt=0, le=1)
+    batch_size: int = bounded(16, ge=1)  # images per pipeline call; --requests batches across merchants
 
 
 @dataclass
@@ -186,6 +195,8 @@ class EvalGenConfig:
     reward: Optional[str] = None  # None: <workspace>/runs/rm when it holds a trained reward model
     fid_inception: Optional[str] = None  # None: FID on the evaluation CLIP's image features
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    branch_every: int = bounded(1, ge=1, le=1000)
+    branch_until: float = bounded(1.0, gt=0, le=1)
 
 
 @dataclass

@@ -12,9 +12,11 @@ Output folders are named after the merchant and prompt; two requests whose names
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import torch
 from PIL import Image
 
 from perfusion_cli.config import GenerateConfig
-from perfusion_cli.data.manifest import Manifest, load_manifest
+from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
 from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.data.vocab import FeatureVocab
@@ -56,16 +58,17 @@ def parse_profile(pairs: list[str], vocab: FeatureVocab) -> dict:
     return profile
 
 
-def merchant_condition(pipeline: PerFusionPipeline, manifest: Manifest, merchant: str, config: GenerateConfig,
-                       profile_pairs: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
-    """(features [1, F] or None, embedding [1, d_u] or None, a description for the metadata)."""
+def merchant_condition(pipeline: PerFusionPipeline, merchants: dict[str, dict], data_dir: Path, merchant: str,
+                       config: GenerateConfig, profile_pairs: list[str]) -> tuple[torch.Tensor | None,
+                                                                                   torch.Tensor | None, dict]:
+    """(features [1, F] or None, embedding [1, d_u] or None, a description for the metadata);
+    ``merchants`` is the prepared data's table (``read_merchants``)."""
     vocab = pipeline.branch.vocab
-    merchants = read_merchants(manifest.data_dir)
     if merchant in merchants:
         ids = vocab.encode(merchant, merchants[merchant]["features"])
         return torch.tensor([ids]), None, {"source": "prepared data", "role": merchants[merchant]["role"]}
     if not config.cold_start:
-        raise DataError(f"unknown merchant {merchant!r}: it is not in the prepared data ({manifest.data_dir}) — pass "
+        raise DataError(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}) — pass "
                         f"--cold-start mean, or --cold-start features --features key=value …")
     if config.cold_start == "features":
         if not profile_pairs:
@@ -113,59 +116,141 @@ def _read_metadata(folder: Path) -> dict | None:
         return {} if folder.exists() else None
 
 
+@dataclass
+class Request:
+    """One merchant's prompt: ``n`` images from seeds ``seed``, ``seed + 1``, …"""
+
+    merchant: str
+    prompt: str
+    n: int
+    seed: int
+
+
+@dataclass
+class _Condition:
+    features: torch.Tensor | None  # [1, F], or None for a cold start by the mean embedding
+    embedding: torch.Tensor | None  # [1, d_u]: what the branch is conditioned on (None: the base model)
+    source: dict
+
+
+class Designer:
+    """The generator, its data and reward model, loaded once; serves one request or many (batched)."""
+
+    def __init__(self, run_dir: Path, data_dir: Path, config: GenerateConfig, progress: Progress | None = None):
+        self.progress = progress or NullProgress()
+        self.run_dir, self.data_dir, self.config = run_dir, Path(data_dir), config
+        self.manifest = load_manifest(data_dir)
+        self.merchants = read_merchants(data_dir)
+        if config.rerank and not config.reward:
+            raise ConfigError("--rerank needs a reward model: train one (`perfusion train-rm`) or pass --reward")
+        device = pick_device(config.device)
+        self.pipeline = PerFusionPipeline.from_run(run_dir, device)
+        self.pipeline.branch.vocab.require_same(self.manifest.vocab, "generator", data_dir)
+        self.reward = None
+        if config.reward:
+            self.reward = load_reward_model(config.reward, device)
+            self.reward.vocab.require_same(self.manifest.vocab, "reward model", data_dir)
+
+    @torch.no_grad()
+    def condition(self, merchant: str, profile_pairs: list[str]) -> _Condition:
+        features, embedding, source = merchant_condition(self.pipeline, self.merchants, self.data_dir, merchant,
+                                                         self.config, profile_pairs)
+        if features is not None:
+            embedding = self.pipeline.branch.merchant(features.to(self.pipeline.device))
+        return _Condition(features, embedding if self.config.personalization else None, source)
+
+    @torch.no_grad()
+    def images(self, requests: list[Request], conditions: list[_Condition]) -> list[torch.Tensor]:
+        """Every request's images, in batches of ``batch_size`` across requests (the condition is per sample)."""
+        jobs = [(r, i) for r, request in enumerate(requests) for i in range(request.n)]
+        config = self.config
+        self.progress.start(f"generating {len(jobs)} image(s)", math.ceil(len(jobs) / config.batch_size) * config.steps)
+        out: list[torch.Tensor] = []
+        for start in range(0, len(jobs), config.batch_size):
+            chunk = jobs[start:start + config.batch_size]
+            embeddings = [conditions[r].embedding for r, _ in chunk]
+            personal = torch.cat(embeddings) if all(e is not None for e in embeddings) else None
+            out.append(self.pipeline([requests[r].prompt for r, _ in chunk], merchant_embedding=personal,
+                                     num_inference_steps=config.steps, guidance_scale=config.guidance,
+                                     height=config.resolution, width=config.resolution, output_type="pt",
+                                     generator=[torch.Generator().manual_seed(requests[r].seed + i) for r, i in chunk],
+                                     on_step=self.progress.advance, branch_every=config.branch_every,
+                                     branch_until=config.branch_until).images)
+        self.progress.stop()
+        flat = torch.cat(out)
+        bounds = [0, *itertools.accumulate(request.n for request in requests)]
+        return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    def write(self, request: Request, images: torch.Tensor, condition: _Condition, out_root: Path) -> dict:
+        """Score (reward model; oracle on synthetic data), rerank if asked, write PNGs + metadata.json."""
+        config = self.config
+        seeds = [request.seed + i for i in range(request.n)]
+        _, _, truncated = tokenize(self.pipeline.tokenizer, [request.prompt])
+        scores = _reward_scores(self.reward, request.prompt, images, condition.features,
+                                len(self.manifest.vocab.features))
+        oracle = _oracle(self.data_dir, request.merchant, images)
+        order = list(range(request.n))
+        if config.rerank:
+            order = sorted(order, key=lambda i: -scores["values"][i])
+        folder = output_folder(out_root, request.merchant, request.prompt, request.seed, config.personalization)
+        entries = []
+        with atomic_dir(folder) as tmp:
+            for rank, index in enumerate(order):
+                name = f"{rank:02d}-seed{seeds[index]}.png"
+                array = np.round(images[index].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+                Image.fromarray(array).save(tmp / name)
+                entries.append({"file": name, "seed": seeds[index], "rank": rank,
+                                "reward": scores["values"][index] if scores["values"] else None,
+                                "oracle": oracle[index] if oracle else None})
+            metadata = {"merchant": request.merchant, "prompt": request.prompt, "prompt_truncated": bool(truncated),
+                        "prompt_token_limit": min(self.pipeline.tokenizer.model_max_length, 77),
+                        "seed": request.seed, "personalized": config.personalization,
+                        "merchant_source": condition.source, "model": str(self.run_dir),
+                        "reward_model": config.reward, "reward_note": scores["note"], "reranked": config.rerank,
+                        "settings": {**asdict(config), "n": request.n, "seed": request.seed}, "images": entries}
+            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=True))
+        (folder.parent / ".merchant").write_text(request.merchant, encoding="utf-8")
+        metadata["folder"] = str(folder)
+        return metadata
+
+    def serve(self, requests: list[Request], out_root: Path, profile_pairs: list[str] | None = None) -> list[dict]:
+        conditions = [self.condition(request.merchant, profile_pairs or []) for request in requests]
+        images = self.images(requests, conditions)
+        return [self.write(request, batch, condition, out_root)
+                for request, batch, condition in zip(requests, images, conditions)]
+
+
 def generate(run_dir: Path, data_dir: Path, merchant: str, prompt: str, config: GenerateConfig, out_root: Path,
              profile_pairs: list[str] | None = None, progress: Progress | None = None) -> dict:
-    """Generate, score (reward model; oracle on synthetic data), rerank if asked, write; returns metadata."""
-    progress = progress or NullProgress()
-    manifest = load_manifest(data_dir)
-    reward_source = config.reward
-    if config.rerank and not reward_source:
-        raise ConfigError("--rerank needs a reward model: train one (`perfusion train-rm`) or pass --reward")
-    device = pick_device(config.device)
-    pipeline = PerFusionPipeline.from_run(run_dir, device)
-    pipeline.branch.vocab.require_same(manifest.vocab, "generator", data_dir)
-    reward = None
-    if reward_source:
-        reward = load_reward_model(reward_source, device)
-        reward.vocab.require_same(manifest.vocab, "reward model", data_dir)
-    features, embedding, source = merchant_condition(pipeline, manifest, merchant, config, profile_pairs or [])
-    seeds = [config.seed + i for i in range(config.n)]
-    _, _, truncated = tokenize(pipeline.tokenizer, [prompt])
-    personal = {"features": features.repeat(config.n, 1), "merchant_embedding": None} if features is not None else \
-        {"features": None, "merchant_embedding": embedding.repeat(config.n, 1)}
-    if not config.personalization:
-        personal = {"features": None, "merchant_embedding": None}
-    progress.start(f"generating {config.n} image(s)", config.steps)
-    images = pipeline([prompt] * config.n, **personal, num_inference_steps=config.steps,
-                      guidance_scale=config.guidance, height=config.resolution, width=config.resolution,
-                      generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
-                      on_step=progress.advance).images
-    progress.stop()
-    scores = _reward_scores(reward, prompt, images, features, len(manifest.vocab.features))
-    oracle = _oracle(data_dir, merchant, images)
-    order = list(range(config.n))
-    if config.rerank:
-        order = sorted(order, key=lambda i: -scores["values"][i])
-    folder = output_folder(out_root, merchant, prompt, config.seed, config.personalization)
-    entries = []
-    with atomic_dir(folder) as tmp:
-        for rank, index in enumerate(order):
-            name = f"{rank:02d}-seed{seeds[index]}.png"
-            array = np.round(images[index].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
-            Image.fromarray(array).save(tmp / name)
-            entries.append({"file": name, "seed": seeds[index], "rank": rank,
-                            "reward": scores["values"][index] if scores["values"] else None,
-                            "oracle": oracle[index] if oracle else None})
-        metadata = {"merchant": merchant, "prompt": prompt, "prompt_truncated": bool(truncated),
-                    "prompt_token_limit": min(pipeline.tokenizer.model_max_length, 77),
-                    "seed": config.seed, "personalized": config.personalization,
-                    "merchant_source": source, "model": str(run_dir), "reward_model": reward_source,
-                    "reward_note": scores["note"], "reranked": config.rerank, "settings": asdict(config),
-                    "images": entries}
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=True))
-    (folder.parent / ".merchant").write_text(merchant, encoding="utf-8")
-    metadata["folder"] = str(folder)
-    return metadata
+    """One merchant and prompt: ``config.n`` images; returns the metadata it wrote."""
+    designer = Designer(run_dir, data_dir, config, progress)
+    return designer.serve([Request(merchant, prompt, config.n, config.seed)], out_root, profile_pairs)[0]
+
+
+def read_requests(path: Path, config: GenerateConfig) -> list[Request]:
+    """``--requests FILE.jsonl``: one ``{"merchant", "prompt", "n"?, "seed"?}`` per line; a bad line is an error
+    naming it (nothing is generated until every line is valid)."""
+    requests = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            request = Request(str(row["merchant"]), str(row["prompt"]), int(row.get("n", config.n)),
+                              int(row.get("seed", config.seed)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path} line {number}: expected {{\"merchant\", \"prompt\", \"n\"?, \"seed\"?}} "
+                            f"({type(exc).__name__}: {exc})") from None
+        if not request.prompt.strip() or not 1 <= request.n <= 256 or request.seed < 0:
+            raise DataError(f"{path} line {number}: the prompt must not be empty, n must be in 1..256 and seed ≥ 0")
+        requests.append(request)
+    if not requests:
+        raise DataError(f"{path} holds no request")
+    return requests
 
 
 def _reward_scores(reward, prompt, images, features, n_features: int) -> dict:

@@ -9,6 +9,7 @@ the base model and resolution it was trained on): the one reader of a generator 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -19,24 +20,35 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from perfusion_cli.models.backbones import load_sd, tokenize
-from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.branches import load_branch
 from perfusion_cli.runs import model_folder
+
+
+COMPUTE, REUSE, OFF = "compute", "reuse", "off"
+
+
+def branch_schedule(steps: int, every: int = 1, until: float = 1.0) -> list[str]:
+    """Per denoising step: compute the branch, reuse its last output, or run the base alone."""
+    if every < 1 or not 0 < until <= 1:
+        raise ValueError(f"branch_every must be ≥ 1 and branch_until in (0, 1], got {every} and {until}")
+    active = math.ceil(until * steps)
+    return [OFF if index >= active else COMPUTE if index % every == 0 else REUSE for index in range(steps)]
 
 
 class PerFusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->branch->unet->vae"
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, branch: PersonalizedBranch):
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, branch):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, branch=branch)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        branch.attach(unet)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
-        branch = PersonalizedBranch.from_pretrained(model_folder(run_dir, "generator"), torch_dtype=dtype,
-                                                    use_safetensors=True)
+        branch = load_branch(model_folder(run_dir, "generator"), dtype)
         sd = load_sd(branch.config.base_model, dtype)
         scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
         pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch)
@@ -63,11 +75,14 @@ class PerFusionPipeline(DiffusionPipeline):
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  personalization_scale: float = 1.0, output_type: str = "pil",
-                 on_step: Callable[[int], None] | None = None) -> ImagePipelineOutput:
+                 on_step: Callable[[int], None] | None = None, branch_every: int = 1,
+                 branch_until: float = 1.0) -> ImagePipelineOutput:
         """Images for prompts; personalized by ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
 
         With neither, this samples the frozen base model: the same seeds then give the
-        non-personalized counterpart of a personalized image.
+        non-personalized counterpart of a personalized image. ``branch_every`` N computes the branch on
+        every N-th step and reuses its output in between; ``branch_until`` F runs it on the first
+        fraction F of the steps only (the base model draws the rest). 1 and 1.0: every step.
         """
         # 1. inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -93,15 +108,17 @@ class PerFusionPipeline(DiffusionPipeline):
             u = merchant_embedding if merchant_embedding is not None else self.branch.merchant(features.to(self.device))
             cond = self.branch.condition_from_embedding(u.to(self.device, self.branch.dtype), shape[-2:])
             cond = torch.cat([cond, cond]) if guided else cond
+        schedule = branch_schedule(num_inference_steps, branch_every, branch_until) if personalized else None
         # 5. denoising loop
-        for t in self.scheduler.timesteps:
+        extra: dict = {}
+        for index, t in enumerate(self.scheduler.timesteps):
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            residuals = {}
-            if personalized:
-                down, mid = self.branch(model_input, t, text, cond=cond, scale=personalization_scale)
-                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            noise = self.unet(model_input, t, text, **residuals).sample
+            if schedule is None or schedule[index] == OFF:
+                extra = {}
+            elif schedule[index] == COMPUTE:
+                extra = self.branch(model_input, t, text, cond=cond, scale=personalization_scale)
+            noise = self.unet(model_input, t, text, **extra).sample
             if guided:
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + guidance_scale * (conditional - unconditional)

@@ -33,6 +33,7 @@ from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.backbones import SDComponents
 from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
 from perfusion_cli.models.reward import PerFusionRM
 
@@ -141,10 +142,10 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
                                    config.base_model), device, dtype, config.share_encoder, config.cache_latents)
     sd = frozen.sd
     with device:
-        branch = PersonalizedBranch.from_unet(sd.unet, vocab, config.merchant, config.grid_size,
-                                              config.grid_channels).to(dtype).train()
+        branch = create_branch(config, sd.unet, vocab, config.base_model).to(dtype).train()
     if config.gradient_checkpointing:
-        branch.controlnet.enable_gradient_checkpointing()
+        if isinstance(branch, PersonalizedBranch):
+            branch.controlnet.enable_gradient_checkpointing()
         sd.unet.enable_gradient_checkpointing()
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     groups, k, latent = config.batch_size, config.group_size, config.resolution // scale
@@ -172,7 +173,8 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
     encode = "cached latents" if config.cache_latents else "VAE encode in the step"
     return Step(step, existing, branch, parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder),
                 f"{groups} groups × {k} candidates at {config.resolution}² ({encode})",
-                "shared frozen encoder half" if frozen.share_encoder else "two full frozen passes")
+                f"{config.branch} branch; " + ("shared frozen encoder half" if frozen.share_encoder and branch.residual_only
+                                               else "two full frozen passes"))
 
 
 def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab) -> list[JobPlan]:
@@ -180,8 +182,7 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
     dtype = torch.float16
     with META:
         sd = build_sd(train.base_model, dtype)
-        branch = PersonalizedBranch.from_unet(sd.unet, vocab, train.merchant, train.grid_size,
-                                              train.grid_channels).to(dtype).eval()
+        branch = create_branch(train, sd.unet, vocab, train.base_model).to(dtype).eval()
     resolution = config.resolution or train.resolution
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     latent = resolution // scale
@@ -191,7 +192,7 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
         sample = torch.zeros(rows, sd.unet.config.in_channels, latent, latent, dtype=dtype)
         t = torch.zeros((), dtype=torch.long)
         context = torch.zeros(rows, _tokens(sd.text_encoder.config), sd.unet.config.cross_attention_dim, dtype=dtype)
-        cond = torch.zeros(rows, branch.config.grid_channels, latent, latent, dtype=dtype)
+        cond = branch.condition(torch.zeros(rows, len(vocab.features), dtype=torch.long), (latent, latent)).to(dtype)
         one = torch.zeros(1, sd.unet.config.in_channels, latent, latent, dtype=dtype)
     weights = [*tensors_of(sd.unet, sd.vae, sd.text_encoder)]
     inputs = [ids, sample, t, context, cond, one]
@@ -201,11 +202,8 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
         plans = []
         for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
             def guided_step(personalized=personalized) -> None:
-                residuals = {}
-                if personalized:
-                    down, mid = branch(sample, t, context, cond=cond)
-                    residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-                sd.unet(sample, t, context, **residuals)
+                extra = branch(sample, t, context, cond=cond) if personalized else {}
+                sd.unet(sample, t, context, **extra)
 
             loaded = weights + (tensors_of(branch) if personalized else [])
             step = count(guided_step, loaded + inputs)

@@ -23,8 +23,8 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 TRACKERS = "trackers"
 
-# kind → (the model class that save_pretrained records, the command that makes it)
-KINDS = {"reward": ("PerFusionRM", "train-rm"), "generator": ("PersonalizedBranch", "train-gen")}
+# kind → (the model classes that save_pretrained records, the command that makes it)
+KINDS = {"reward": (("PerFusionRM",), "train-rm"), "generator": (("PersonalizedBranch", "MerchantAdapter"), "train-gen")}
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,13 @@ def model_class(folder: Path) -> str | None:
 def model_folder(path: str | Path, kind: str) -> Path:
     """The saved model of ``kind`` in ``path`` (a run folder or its ``model/``), or an error naming the
     command that makes it."""
-    class_name, command = KINDS[kind]
+    class_names, command = KINDS[kind]
     path = Path(path)
     for candidate in (path / MODEL, path):
-        if model_class(candidate) == class_name:
+        if model_class(candidate) in class_names:
             return candidate
-    other = next((k for k, (name, _) in KINDS.items() if name in (model_class(path / MODEL), model_class(path))), None)
+    found = (model_class(path / MODEL), model_class(path))
+    other = next((k for k, (names, _) in KINDS.items() if any(name in names for name in found)), None)
     if other:
         raise CheckpointError(f"{path} holds a {other} model, not a {kind} model — pass the run `perfusion "
                               f"{command}` wrote")

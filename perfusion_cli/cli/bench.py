@@ -65,6 +65,13 @@ def print_bench(result: dict) -> None:
                          "ratio"], rows))
     if "xformers" in generation:
         say(f"xformers: {generation['xformers']}")
+    cheap = result["branch_reuse"]
+    console.print(table("branch reuse (SDPA)", ["", "s/image", "× base"],
+                        [[name, value, cheap["ratio_to_base"][name]] for name, value in cheap["seconds_per_image"].items()]))
+    console.print(table("batched generation (requests from different merchants)", ["requests", "one by one img/s",
+                                                                                   "batched img/s", "speed-up"],
+                        [[k, v["one_by_one_images_per_second"], v["batched_images_per_second"], v["speedup"]]
+                         for k, v in result["batched"].items()]))
     step = result["train_step"]
     console.print(table(f"train step ({step['groups']} groups, {step['candidates']} candidates)", ["", "median s"], [
         ["PerFusion (shared frozen encoder)", step["perfusion_shared_encoder"]["median"]],

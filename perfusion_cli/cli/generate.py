@@ -14,8 +14,12 @@ from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say
 @boundary
 def generate_command(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Argument(help="What to design, e.g. \"linen dress\".")],
-    merchant: Annotated[str, typer.Option("--merchant", help="Merchant id (from the prepared data).")],
+    prompt: Annotated[Optional[str], typer.Argument(help="What to design, e.g. \"linen dress\".",
+                                                    show_default=False)] = None,
+    merchant: Annotated[Optional[str], typer.Option("--merchant", help="Merchant id (from the prepared data).")] = None,
+    requests: Annotated[Optional[Path], typer.Option(
+        "--requests", help="JSONL of {\"merchant\", \"prompt\", \"n\", \"seed\"}: many requests, the pipeline loaded once, "
+                           "batched across merchants.")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Images to generate.")] = None,
     seed: options.Seed = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")] = None,
@@ -34,22 +38,30 @@ def generate_command(
         "--reward", help="Reward model for scores/--rerank (default <workspace>/runs/rm when it exists).")] = None,
     out: options.Out = None,
     device: options.Device = None,
+    branch_every: options.BranchEvery = None,
+    branch_until: options.BranchUntil = None,
     recipe: options.Recipe = None,
 ) -> None:
-    """Generate product designs for one merchant; PNGs + metadata.json."""
+    """Generate product designs for one merchant (--merchant ID "PROMPT") or for many (--requests FILE.jsonl);
+    PNGs + metadata.json, one folder per request."""
+    if (requests is None) == (merchant is None or prompt is None):
+        raise fail('give --merchant ID "PROMPT", or --requests FILE.jsonl (one of them)')
     config = context.with_default_reward(ctx, context.section(ctx, recipe, "generate", locals()))
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     if features and config.cold_start != "features":
         raise fail("--features only applies with --cold-start features")
-    from perfusion_cli.generation import generate
+    from perfusion_cli.generation import Designer, Request, read_requests
 
+    todo = read_requests(requests, config) if requests else [Request(merchant, prompt, config.n, config.seed)]
     progress = RichProgress()
     try:
-        metadata = generate(run, data, merchant, prompt, config, out or context.workspace(ctx).outputs, features, progress)
+        written = Designer(run, data, config, progress).serve(todo, out or context.workspace(ctx).outputs, features)
     finally:
         progress.stop()
-    rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
-             "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
-    console.print(table(f"{merchant}: {prompt!r} ({'personalized' if metadata['personalized'] else 'base model'})",
-                        ["image", "seed", "PerFusionRM", "oracle"], rows))
-    say(f"wrote {metadata['folder']}")
+    for metadata in written:
+        rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
+                 "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
+        kind = "personalized" if metadata["personalized"] else "base model"
+        console.print(table(f"{metadata['merchant']}: {metadata['prompt']!r} ({kind})",
+                            ["image", "seed", "PerFusionRM", "oracle"], rows))
+        say(f"wrote {metadata['folder']}")

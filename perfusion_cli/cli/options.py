@@ -34,3 +34,7 @@ NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", help="Data-l
 Attention = Annotated[Optional[str], typer.Option("--attention", help="sdpa or xformers.")]
 Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Image resolution (pixels, square).")]
 LrSchedule = Annotated[Optional[str], typer.Option("--lr-schedule", help="constant or cosine (decays to 0).")]
+BranchEvery = Annotated[Optional[int], typer.Option(
+    "--branch-every", help="Compute the branch every N denoising steps, reusing its output in between.")]
+BranchUntil = Annotated[Optional[float], typer.Option(
+    "--branch-until", help="Run the branch on the first fraction of the steps only (then the base alone).")]

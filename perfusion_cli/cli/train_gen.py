@@ -19,6 +19,8 @@ def train_gen_command(
     out: options.Out = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Candidates per group (K).")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO β (5000 for SD 1.5, Diffusion-DPO's).")] = None,
+    branch: Annotated[Optional[str], typer.Option(
+        "--branch", help="controlnet (PerFusion's) or adapter (merchant tokens, ~2% of the U-Net).")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="group (Plackett-Luce) or pairwise.")] = None,
     sft_weight: Annotated[Optional[float], typer.Option(
         "--sft-weight", help="λ of an SFT anchor on the positives (keeps the model near the base).")] = None,

@@ -79,6 +79,7 @@ def _generate(pipeline: PerFusionPipeline, pairs: list[EvalPair], config: EvalGe
         chunk = jobs[start:start + 16]
         features = torch.tensor([pairs[p].features for p, _ in chunk]) if personalized else None
         images = pipeline([pairs[p].prompt for p, _ in chunk], features=features, num_inference_steps=config.steps,
+                          branch_every=config.branch_every, branch_until=config.branch_until,
                           guidance_scale=config.guidance, output_type="pt",
                           generator=[torch.Generator().manual_seed(config.seed + j) for _, j in chunk]).images
         out.append(images.cpu())

@@ -42,6 +42,7 @@ def _public(config) -> dict:
 
 class PersonalizedBranch(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
+    residual_only = True  # it only adds to the U-Net's skips and middle block: the encoder half can be shared
 
     @register_to_config
     def __init__(self, controlnet_config: dict, cardinalities: list[int], features: list | None = None,
@@ -85,15 +86,22 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
         grid = self.to_grid(u).view(-1, channels, grid_size, grid_size)
         return F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
 
+    def attach(self, unet: UNet2DConditionModel, processor: type | None = None) -> None:
+        """Nothing to install: the residuals are passed to the U-Net call."""
+        if processor is not None:
+            self.controlnet.set_attn_processor(processor())
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 features: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                scale: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Residuals for the frozen U-Net: (down-block residuals, mid-block residual).
+                scale: float = 1.0) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The frozen U-Net's extra keyword arguments: this branch's down-block and mid-block residuals.
 
         Pass ``features`` [B, F], or a precomputed ``cond`` [B, c, h, w] (one per sample in the batch).
+        Every branch kind answers a call with the U-Net's keyword arguments, so the trainer calls the
+        branch itself (through DDP's wrapper) and the U-Net call is the same for every kind.
         """
         if cond is None:
             cond = self.condition(features, sample.shape[-2:])
         down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=cond.to(sample.dtype),
                                     conditioning_scale=scale, return_dict=False)
-        return down, mid
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -13,6 +13,8 @@ from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, load_sd, tokenize
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 
+# the U-Net keyword arguments of a branch that only adds residuals (decode's order)
+RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 
 
@@ -36,7 +38,7 @@ class FrozenSD:
             if module.dtype != dtype:
                 module.to(dtype=dtype)
         self.device, self.dtype = device, dtype
-        self.share_encoder = share_encoder and supports_split(sd.unet)
+        self.share_encoder = share_encoder and supports_split(sd.unet)  # and a branch that allows it
         self.cache = cache
         self._latents: dict[tuple[str, int], torch.Tensor] = {}
         self._texts: dict[str, torch.Tensor] = {}
@@ -78,19 +80,17 @@ class FrozenSD:
         return torch.stack([encoded.get(p, self._texts.get(p)) for p in prompts])
 
     def predictions(self, branch, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ε_θ with gradients into ``branch``, ε_ref without)."""
+        """(ε_θ with gradients into ``branch``, ε_ref without); ``branch`` is any branch kind."""
         unet = self.sd.unet
-        down, mid = branch(noisy, timesteps, text, features=features)
-        if self.share_encoder:
+        extra = branch(noisy, timesteps, text, features=features)
+        if self.share_encoder and set(extra) == set(RESIDUALS):  # the branch only adds to skips and middle block
             with torch.no_grad():
                 encoding = encode(unet, noisy, timesteps, text)
                 reference = decode(unet, encoding)
-            return decode(unet, encoding, down, mid), reference
+            return decode(unet, encoding, *(extra[key] for key in RESIDUALS)), reference
         with torch.no_grad():
             reference = unet(noisy, timesteps, text).sample
-        personalized = unet(noisy, timesteps, text, down_block_additional_residuals=down,
-                            mid_block_additional_residual=mid).sample
-        return personalized, reference
+        return unet(noisy, timesteps, text, **extra).sample, reference
 
     def full_unet_predictions(self, policy_unet, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
         """Diffusion-DPO as its authors train it: a trainable copy of the whole U-Net is the policy."""

@@ -20,6 +20,7 @@ from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import base_reference
 from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
@@ -53,11 +54,10 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
         reward.vocab.require_same(manifest.vocab, "reward model", data_dir)
     frozen = FrozenSD.load(config.base_model, device, config.mixed_precision, config.attention, config.share_encoder,
                            config.cache_latents, config.resolution)
-    branch = PersonalizedBranch.from_unet(frozen.sd.unet, manifest.vocab, config.merchant, config.grid_size,
-                                          config.grid_channels, base_reference(config.base_model),
-                                          config.resolution).to(device)
+    branch = create_branch(config, frozen.sd.unet, manifest.vocab, base_reference(config.base_model)).to(device)
     if config.gradient_checkpointing:
-        branch.controlnet.enable_gradient_checkpointing()
+        if isinstance(branch, PersonalizedBranch):
+            branch.controlnet.enable_gradient_checkpointing()
         frozen.sd.unet.enable_gradient_checkpointing()
     objective = GroupDPOObjective(frozen, config, reward, accelerator.autocast)
 
@@ -80,6 +80,6 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
                      load_trainable_state=load_trainable_state, save_final=save_final,
                      diagnose=error_ratio_warning(config.warn_error_ratio))
     meta = {"kind": "generator", "command": command, "base_model": config.base_model, "config": asdict(config),
-            "shared_encoder": frozen.share_encoder,
+            "shared_encoder": frozen.share_encoder and branch.residual_only, "branch": config.branch,
             "data": {"path": str(Path(data_dir).resolve()), "source": manifest.source}}
     return run_training(task, config, spec, folder, resume, meta, accelerator, manifest, progress)

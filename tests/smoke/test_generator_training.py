@@ -79,3 +79,52 @@ def test_unknown_merchant_needs_a_cold_start(gen_run, market, tmp_path):
                        GenerateConfig(n=1, steps=2, cold_start="features"), tmp_path,
                        profile_pairs=["style=bohemian region=coastal", "price_level=35"])
     assert profile["merchant_source"]["profile"] == {"style": "bohemian", "region": "coastal", "price_level": 35.0}
+
+
+@torch.no_grad()
+def _images_the_old_way(pipeline, prompt, features, steps, guidance, seed):
+    """Sampling with the ControlNet branch on every step, written out as before branch reuse existed."""
+    text = pipeline.text_encoder(pipeline.tokenizer([prompt, ""][::-1], padding="max_length", truncation=True,
+                                                    max_length=pipeline.tokenizer.model_max_length,
+                                                    return_tensors="pt").input_ids)[0]
+    pipeline.scheduler.set_timesteps(steps)
+    size = pipeline.default_resolution // pipeline.vae_scale_factor
+    latents = torch.randn((4, size, size), generator=torch.Generator().manual_seed(seed))[None]
+    latents = latents * pipeline.scheduler.init_noise_sigma
+    cond = pipeline.branch.condition(features, (size, size)).repeat(2, 1, 1, 1)
+    for t in pipeline.scheduler.timesteps:
+        model_input = pipeline.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        down, mid = pipeline.branch.controlnet(model_input, t, text, controlnet_cond=cond, return_dict=False)
+        noise = pipeline.unet(model_input, t, text, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid).sample
+        unconditional, conditional = noise.chunk(2)
+        latents = pipeline.scheduler.step(unconditional + guidance * (conditional - unconditional), t, latents).prev_sample
+    return (pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_branch_every_1_until_1_draws_exactly_the_images_of_the_full_schedule(gen_run):
+    run, _ = gen_run
+    pipeline = PerFusionPipeline.from_run(run)
+    features = torch.tensor([[1] * len(pipeline.branch.vocab.features)])
+    kwargs = dict(features=features, num_inference_steps=4, guidance_scale=3.0, output_type="pt")
+    ours = pipeline(["linen dress"], generator=[torch.Generator().manual_seed(7)], branch_every=1, branch_until=1.0,
+                    **kwargs).images
+    assert torch.equal(ours, _images_the_old_way(pipeline, "linen dress", features, 4, 3.0, 7))
+    cheaper = pipeline(["linen dress"], generator=[torch.Generator().manual_seed(7)], branch_every=2, **kwargs).images
+    base = pipeline(["linen dress"], generator=[torch.Generator().manual_seed(7)], num_inference_steps=4,
+                    guidance_scale=3.0, output_type="pt").images
+    assert not torch.equal(cheaper, ours) and not torch.equal(cheaper, base)
+
+
+def test_the_adapter_branch_trains_saves_reloads_and_generates(market, tmp_path):
+    data_dir, _ = market
+    summary = train_generator(tiny_config("train-gen", branch="adapter"), data_dir, tmp_path / "adapter")
+    assert summary["branch"] == "adapter" and summary["shared_encoder"] is False
+    assert json.loads((tmp_path / "adapter" / "model" / "config.json").read_text())["_class_name"] == "MerchantAdapter"
+    pipeline = PerFusionPipeline.from_run(tmp_path / "adapter")
+    assert type(pipeline.branch).__name__ == "MerchantAdapter"
+    merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchants.jsonl").read_text().splitlines()
+                    if json.loads(l)["role"] == "train")
+    metadata = generate(tmp_path / "adapter", data_dir, merchant, "linen dress", GenerateConfig(n=2, steps=3),
+                        tmp_path / "out")
+    assert len(metadata["images"]) == 2 and all(image["oracle"] is not None for image in metadata["images"])

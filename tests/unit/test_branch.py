@@ -49,8 +49,7 @@ def test_an_untrained_branch_leaves_the_noise_prediction_unchanged():
     unet = build_tiny_unet().eval()
     branch = PersonalizedBranch.from_unet(unet, FEATURES, MERCHANT, grid_size=4, grid_channels=8).eval()
     x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
-    down, mid = branch(x, t, text, features=torch.tensor([[1, 2], [2, 1], [0, 0]]))
-    personalized = unet(x, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    personalized = unet(x, t, text, **branch(x, t, text, features=torch.tensor([[1, 2], [2, 1], [0, 0]]))).sample
     assert torch.equal(personalized, unet(x, t, text).sample)
     # the ControlNet copies the U-Net's encoder weights
     assert torch.equal(branch.controlnet.down_blocks[0].resnets[0].conv1.weight,

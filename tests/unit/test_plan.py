@@ -85,11 +85,7 @@ def test_flops_of_a_guided_sd15_step_agree_with_an_independent_count(personalize
         t = torch.zeros((), dtype=torch.long)
 
     def step():
-        residuals = {}
-        if personalized:
-            down, mid = branch(sample, t, context, cond=cond)
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        sd.unet(sample, t, context, **residuals)
+        sd.unet(sample, t, context, **(branch(sample, t, context, cond=cond) if personalized else {}))
 
     with torch.no_grad():
         counted = count(step).flops

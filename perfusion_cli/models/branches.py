@@ -1,0 +1,46 @@
+"""The kinds of personalized branch ``train-gen`` can train (``--branch``), and the one way to load one.
+
+- ``controlnet``: PerFusion's own, a ControlNet copy of the U-Net's encoder half (``branch.py``);
+- ``adapter``: the merchant as extra tokens through decoupled cross-attention (``adapter.py``).
+
+Both have the same interface: ``condition`` / ``condition_from_embedding`` (the merchant as the
+branch's condition), a call that returns the keyword arguments personalizing the frozen U-Net's call
+(``unet(x, t, text, **branch(x, t, text, features=…))``; a call, so DDP's wrapper sees it), ``attach``
+(install on the frozen U-Net), ``residual_only`` (whether ε_θ and ε_ref may share the U-Net's encoder
+half), and ``save_pretrained`` / ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from perfusion_cli.config import GenTrainConfig
+from perfusion_cli.data.vocab import FeatureVocab
+from perfusion_cli.errors import CheckpointError
+from perfusion_cli.models.adapter import MerchantAdapter
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.runs import model_class
+
+KINDS = {"controlnet": PersonalizedBranch, "adapter": MerchantAdapter}
+
+
+def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: FeatureVocab, base_model: str):
+    if config.branch == "adapter":
+        branch = MerchantAdapter.from_unet(unet, vocab, config.merchant, config.adapter_tokens, base_model,
+                                           config.resolution)
+    else:
+        branch = PersonalizedBranch.from_unet(unet, vocab, config.merchant, config.grid_size, config.grid_channels,
+                                              base_model, config.resolution)
+    branch.attach(unet)
+    return branch
+
+
+def load_branch(folder: Path, dtype: torch.dtype = torch.float32):
+    name = model_class(folder)
+    classes = {cls.__name__: cls for cls in KINDS.values()}
+    if name not in classes:
+        raise CheckpointError(f"{folder} holds no personalized branch (config.json names {name!r})")
+    return classes[name].from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)

@@ -1,0 +1,62 @@
+"""Branch kinds (controlnet, adapter) and branch reuse across denoising steps."""
+
+import pytest
+import torch
+
+from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.data.vocab import Feature, FeatureVocab
+from perfusion_cli.models.adapter import MerchantAdapter
+from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.tiny import build_tiny_unet
+from perfusion_cli.pipeline import COMPUTE, OFF, REUSE, branch_schedule
+
+VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"]), Feature("style", "categorical", ["x"])])
+MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
+FEATURES = torch.tensor([[1, 1], [2, 0], [0, 1]])
+
+
+def _branch(kind, unet):
+    if kind == "adapter":
+        branch = MerchantAdapter.from_unet(unet, VOCAB, MERCHANT, tokens=3)
+    else:
+        branch = PersonalizedBranch.from_unet(unet, VOCAB, MERCHANT, grid_size=4, grid_channels=8)
+    branch.attach(unet)
+    return branch.eval()
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "adapter"])
+@torch.no_grad()
+def test_an_untrained_branch_of_either_kind_leaves_the_prediction_unchanged(kind):
+    unet = build_tiny_unet().eval()
+    branch = _branch(kind, unet)
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
+    base = unet(x, t, text).sample
+    extra = branch(x, t, text, features=FEATURES)
+    assert torch.equal(unet(x, t, text, **extra).sample, base)
+    generator = torch.Generator().manual_seed(0)
+    for parameter in branch.parameters():  # trained: the merchant now changes the prediction
+        parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    extra = branch(x, t, text, features=FEATURES)
+    assert (unet(x, t, text, **extra).sample - base).abs().max() > 1e-3
+    assert torch.equal(unet(x, t, text).sample, base), "without the branch's arguments the U-Net is the base"
+
+
+def test_the_adapter_is_a_few_percent_of_the_unet_and_covers_every_cross_attention():
+    from diffusers.models.attention_processor import Attention
+
+    unet = build_tiny_unet()
+    adapter = _branch("adapter", unet)
+    cross = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    assert len(adapter.layers) == len(cross) > 0
+    kv = sum(p.numel() for layer in adapter.layers.values() for p in layer.parameters())
+    assert kv < 0.05 * sum(p.numel() for p in unet.parameters())
+    assert not any(name.startswith("layers") for name, _ in unet.named_parameters()), "the U-Net stays its own"
+
+
+def test_the_branch_schedule():
+    assert branch_schedule(6) == [COMPUTE] * 6
+    assert branch_schedule(6, every=2) == [COMPUTE, REUSE] * 3
+    assert branch_schedule(6, every=3, until=0.5) == [COMPUTE, REUSE, REUSE, OFF, OFF, OFF]
+    assert branch_schedule(5, until=0.5) == [COMPUTE] * 3 + [OFF] * 2  # ceil: the branch runs at least once
+    with pytest.raises(ValueError):
+        branch_schedule(5, every=0)
