@@ -137,19 +137,24 @@ class GenTrainConfig(TrainLoopConfig):
     attention: Literal["sdpa", "xformers"] = "sdpa"
     share_encoder: bool = True
     cache_latents: bool = False
-    # The branch kind: controlnet (PerFusion's ControlNet copy of the encoder half; grid_* size its
-    # condition) or adapter (merchant tokens through decoupled cross-attention; adapter_tokens of them).
-    branch: Literal["controlnet", "adapter"] = "controlnet"
+    # The branch kind: adapter (the default, at about the base's cost per image: merchant tokens through
+    # decoupled cross-attention, adapter_tokens of them; docs/benchmarks.md), controlnet (PerFusion's
+    # ControlNet copy of the encoder half; grid_* size its condition) or xs (a thin ControlNet of
+    # xs_width × the U-Net's channels, from scratch).
+    branch: Literal["controlnet", "xs", "adapter"] = "adapter"
     grid_size: int = bounded(8, ge=1, le=256)
     grid_channels: int = bounded(16, ge=1)
+    xs_width: float = bounded(0.25, gt=0, lt=1)
     adapter_tokens: int = bounded(4, ge=1, le=77)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
     # Staying near the reference (off-policy logs pull the branch away from what the base draws):
-    # sft_weight λ adds λ·‖ε − ε_θ‖² on the positives (an SFT anchor on the selected candidates);
-    # safeguard_weight adds a hinge on each positive's error rising above the reference's (after the idea
-    # of Diffusion-SDPO, arXiv 2511.03317).
+    # safeguard μ scales each group's negatives' gradient so the positives' denoising error does not rise
+    # (Diffusion-SDPO's winner-preserving rule, arXiv 2511.03317; None: off, 0: the plain bound);
+    # kl_weight κ adds κ·‖ε_θ − ε_ref‖² on every candidate (the per-step KL to the reference, as DPOK);
+    # sft_weight λ adds λ·‖ε − ε_θ‖² on the positives (an SFT anchor on the selected candidates).
+    safeguard: Optional[float] = bounded(None, ge=0, lt=1)
+    kl_weight: float = bounded(0.0, ge=0)
     sft_weight: float = bounded(0.0, ge=0)
-    safeguard_weight: float = bounded(0.0, ge=0)
     # Warn (in the log and on screen) when the branch's denoising error on the training groups exceeds
     # the frozen reference's by this factor: the model is leaving the reference (reward hacking).
     warn_error_ratio: float = bounded(1.5, gt=1)

@@ -245,6 +245,11 @@ def read_requests(path: Path, config: GenerateConfig) -> list[Request]:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{path} line {number}: expected {{\"merchant\", \"prompt\", \"n\"?, \"seed\"?}} "
                             f"({type(exc).__name__}: {exc})") from None
+        try:
+            request.merchant.encode("utf-8"), request.prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{path} line {number}: the merchant or prompt is not valid Unicode "
+                            f"(a lone surrogate)") from None
         if not request.prompt.strip() or not 1 <= request.n <= 256 or request.seed < 0:
             raise DataError(f"{path} line {number}: the prompt must not be empty, n must be in 1..256 and seed ≥ 0")
         requests.append(request)

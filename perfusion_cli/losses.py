@@ -64,3 +64,36 @@ def pairwise_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, positive: 
                       valid: torch.Tensor | None = None) -> torch.Tensor:
     """Diffusion-DPO applied to every (positive, negative) pair of a group (the ``--loss pairwise`` baseline)."""
     return bradley_terry_loss(implicit_rewards(model_err, ref_err, beta), positive, valid)
+
+
+def winner_preserving_scale(residuals: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, mu: float = 0.0,
+                            eps: float = 1e-12) -> torch.Tensor:
+    """Per group, how much of the negatives' gradient to keep so the positives' error does not rise.
+
+    The Diffusion-SDPO safeguard (arXiv 2511.03317), in its output-space form, for groups: with e_P the
+    mean residual ε_θ − ε of a group's positives and e_N that of its negatives (the candidates share
+    the noise, so their residuals live in one space), a step along −∇err_P + λ·∇err_N keeps err_P from
+    rising to first order when λ·⟨e_N, e_P⟩ ≤ (1 − μ)·‖e_P‖². So
+    λ = min(1, (1 − μ)·‖e_P‖² / ⟨e_N, e_P⟩) where ⟨e_N, e_P⟩ > 0, else 1.
+
+    residuals: [B, K, D] (ε_θ − ε per candidate, flattened; values in padded slots are ignored);
+    positive, valid: [B, K] → λ: [B], without gradient.
+    """
+    residuals = residuals.detach().float()
+    positive = positive.bool() & valid.bool()
+    negative = valid.bool() & ~positive
+
+    def mean_of(mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.float()
+        return (residuals * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+    e_p, e_n = mean_of(positive), mean_of(negative)
+    dot, norm = (e_p * e_n).sum(1), (e_p * e_p).sum(1)
+    bound = (1.0 - mu) * norm / dot.clamp(min=eps)
+    return torch.where(dot > 0, bound.clamp(max=1.0), torch.ones_like(dot))
+
+
+def scale_gradient(values: torch.Tensor, scale: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``values`` unchanged in the forward pass; their gradient multiplied by ``scale`` [B] where ``where`` [B, K]."""
+    scaled = values.detach() + scale[:, None].to(values.dtype) * (values - values.detach())
+    return torch.where(where, scaled, values)

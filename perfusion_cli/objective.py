@@ -10,9 +10,11 @@ For B groups of up to K candidates (only valid candidates are encoded):
 4. per-candidate errors ‖ε − ε̂‖² (mean over the latent), the implicit rewards
    r = −(β/2)(err_θ − err_ref), and the Plackett-Luce loss over each group's positives
    (``pairwise``: Diffusion-DPO on every positive-negative pair);
-5. optionally, anchors that keep the model near the reference: ``sft_weight``·err_θ over the positives
-   (an SFT term on the selected candidates) and ``safeguard_weight``·max(0, err_θ − err_ref) over the
-   positives (a positive's error may not rise above the reference's; after Diffusion-SDPO).
+5. optionally, what keeps the model near the reference: ``safeguard`` μ scales each group's negatives'
+   gradient so the positives' error does not rise to first order (Diffusion-SDPO's winner-preserving
+   rule, ``losses.winner_preserving_scale``), ``kl_weight``·‖ε_θ − ε_ref‖² on every candidate (the
+   per-step KL to the reference), and ``sft_weight``·err_θ over the positives (an SFT term on the
+   selected candidates).
 
 Positives are the logged selections, or a frozen PerFusionRM's top-k (``positives = "reward"``).
 Besides the loss it returns the diagnostics Diffusion-DPO users ask for: the errors of both models
@@ -28,7 +30,8 @@ import torch
 from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.loader import GroupBatch
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.losses import group_dpo_loss, implicit_rewards, pairwise_dpo_loss
+from perfusion_cli.losses import (group_dpo_loss, implicit_rewards, pairwise_dpo_loss, scale_gradient,
+                                  winner_preserving_scale)
 from perfusion_cli.models.frozen_sd import FrozenSD
 
 LOSSES = {"group": group_dpo_loss, "pairwise": pairwise_dpo_loss}
@@ -90,25 +93,34 @@ class GroupDPOObjective:
         model_err = self._per_candidate(personalized, target, valid)
         ref_err = self._per_candidate(reference, target, valid)
         positive = reward_positives(self.reward, batch, self.config.top_k) if self.reward else batch.selected
+        safeguard = {}
+        if self.config.safeguard is not None:  # keep only the part of the negatives' push the positives survive
+            residuals = torch.zeros((*valid.shape, target[0].numel()), device=device)
+            residuals[valid] = (personalized.detach().float() - target).flatten(1)
+            scale = winner_preserving_scale(residuals, positive, valid, self.config.safeguard)
+            model_err = scale_gradient(model_err, scale, valid & ~positive)
+            safeguard = {"safeguard_scale": scale.mean().item()}
         loss = self.loss_fn(model_err, ref_err, positive, self.config.beta, valid)
-        anchors = self._anchors(model_err, ref_err, positive & valid)
+        anchors = self._anchors(model_err, positive & valid, personalized, reference)
         loss = loss + sum(anchors.values())
         rewards = implicit_rewards(model_err, ref_err, self.config.beta).detach()
         errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item()}
-        return loss, {**errors, **{key: float(value) for key, value in anchors.items()},
+        return loss, {**errors, **{key: value.item() for key, value in anchors.items()},
                       "err_gap": errors["model_err"] - errors["ref_err"],
                       "err_ratio": errors["model_err"] / max(errors["ref_err"], 1e-12),
-                      **preference_diagnostics(rewards, positive, valid),
+                      **preference_diagnostics(rewards, positive, valid), **safeguard,
                       "truncated_prompts": self.frozen.truncated_prompts}
 
-    def _anchors(self, model_err: torch.Tensor, ref_err: torch.Tensor, positive: torch.Tensor) -> dict:
-        """Terms that hold the positives' denoising error near (or below) the reference's."""
+    def _anchors(self, model_err: torch.Tensor, positive: torch.Tensor, personalized: torch.Tensor,
+                 reference: torch.Tensor) -> dict:
+        """Terms that hold the model near the reference: the KL of each denoising step to the reference's
+        (Gaussian steps of equal variance: ∝ ‖ε_θ − ε_ref‖², the per-step KL DPOK regularizes with), on every
+        candidate; and the SFT anchor, the positives' own denoising error."""
         terms = {}
+        if self.config.kl_weight:
+            terms["kl_term"] = self.config.kl_weight * (personalized.float() - reference.float()).pow(2).mean()
         if self.config.sft_weight:
             terms["sft_term"] = self.config.sft_weight * model_err[positive].mean()
-        if self.config.safeguard_weight:
-            terms["safeguard_term"] = self.config.safeguard_weight * torch.relu(
-                model_err[positive] - ref_err[positive]).mean()
         return terms
 
     @staticmethod

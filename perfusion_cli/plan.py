@@ -32,10 +32,10 @@ from perfusion_cli.config import (SECTIONS, GenerateConfig, GenTrainConfig, Merc
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.backbones import SDComponents
-from perfusion_cli.models.branch import PersonalizedBranch
 from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
 from perfusion_cli.models.reward import PerFusionRM
+from perfusion_cli.pipeline import OFF, REUSE, branch_schedule
 
 CARDS_GIB = (24, 40, 80)
 HEADROOM = 0.92
@@ -143,10 +143,6 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
     sd = frozen.sd
     with device:
         branch = create_branch(config, sd.unet, vocab, config.base_model).to(dtype).train()
-    if config.gradient_checkpointing:
-        if isinstance(branch, PersonalizedBranch):
-            branch.controlnet.enable_gradient_checkpointing()
-        sd.unet.enable_gradient_checkpointing()
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     groups, k, latent = config.batch_size, config.group_size, config.resolution // scale
     with device:
@@ -207,21 +203,33 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
 
             loaded = weights + (tensors_of(branch) if personalized else [])
             step = count(guided_step, loaded + inputs)
-            flops = text.flops + config.steps * step.flops + decode.flops
+            steps = plain_steps = config.steps
+            if personalized:  # steps that reuse a residual branch's output cost what a base step costs
+                schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
+                plain_steps = schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)
+                steps = config.steps - plain_steps
+            flops = text.flops + steps * step.flops + plain_steps * base_step.flops + decode.flops
             extra = sum(t.numel() * t.element_size() for t in tensors_of(branch)) if personalized else 0
             peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
             total = parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder) + (
                 parameters(branch) if personalized else 0)
+            reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain_steps else
+                     f", {train.branch} branch" if personalized else "")
             plans.append(JobPlan(name, train.base_model, f"1 image at {resolution}², {config.steps} steps, guidance "
-                                 f"{config.guidance:g} (batch {rows} per step)", "fp16", False, 0, total, flops / 1e9,
-                                 peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
+                                 f"{config.guidance:g} (batch {rows} per step){reuse}", "fp16", False, 0, total,
+                                 flops / 1e9, peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
+            if not personalized:
+                base_step = step
     return plans
 
 
-def plan_recipe(recipe: str, merchants: int = 10_000, jobs: tuple[str, ...] = ("train-rm", "train-gen", "generate")
-                ) -> dict:
-    """Every job of a recipe, planned; the sections a recipe leaves out use the defaults of config.py."""
+def plan_recipe(recipe: str, merchants: int = 10_000, jobs: tuple[str, ...] = ("train-rm", "train-gen", "generate"),
+                overrides: dict[str, dict] | None = None) -> dict:
+    """Every job of a recipe, planned; the sections a recipe leaves out use the defaults of config.py.
+    ``overrides``: section → keys that replace the recipe's (what flags do for the other commands)."""
     sections = load_recipe(recipe)
+    for name, values in (overrides or {}).items():
+        sections[name] = {**sections.get(name, {}), **values}
     section = lambda name: build(SECTIONS[name], sections.get(name, {}), where=f"recipe {recipe} [{name}]")  # noqa: E731
     vocab = planning_vocab(merchants)
     plans: list[JobPlan] = []

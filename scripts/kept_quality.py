@@ -4,30 +4,52 @@ on a marketplace drawn differently from the one the tiny recipe was tuned on (do
     .venv/bin/python scripts/kept_quality.py [--workdir /tmp/kept] [--style studio] [--seed 5] [--fresh]
         [--variant NAME ...]
 
-The tiny recipe was tuned on the catalogue draw (seed 0). This prepares another draw (by default the
-studio renderer, seed 5: other silhouettes, textures and canvas, candidates the tiny base does not
-draw), trains a reward model for the PerFusionRM column, then for every variant runs `train-gen` with
-the tiny recipe plus the variant's flags and `eval gen` on 48 held-out pairs, and prints one markdown
-row per variant. Every raw result stays as JSON in the workspace.
+The tiny recipe was tuned on the catalogue draw (`--style catalogue --seed 0`, the recipe's own
+marketplace). By default this prepares another draw (the studio renderer, seed 5: other silhouettes,
+textures and canvas, candidates the tiny base does not draw), trains a reward model for the
+PerFusionRM column, then for every variant runs `train-gen` with the tiny recipe plus the variant's
+flags and `eval gen` on 48 held-out pairs (with a montage report), and prints one markdown row per
+variant. Every raw result stays as JSON in the workspace; a variant whose `eval-<name>.json` is
+already there is not re-run (its train time is read from its run.json), so an interrupted table
+resumes; `--fresh` re-measures everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from quality_cells import HEADER, quality_cells
+
+ROOT = Path(__file__).resolve().parents[1]
 PERFUSION = [sys.executable, "-m", "perfusion_cli"]
-VARIANTS = {
-    "tiny recipe as shipped": [],
-    "β 2000": ["--beta", "2000"],
-    "SFT anchor λ 200": ["--sft-weight", "200"],
-    "safeguard 500": ["--safeguard-weight", "500"],
-    "SFT 200 + cosine lr": ["--sft-weight", "200", "--lr-schedule", "cosine"],
+# the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
+CONTROLNET_4 = ["--branch", "controlnet", "--batch-size", "4", "--kl-weight", "0"]
+CONTROLNET_16 = ["--branch", "controlnet", "--batch-size", "16"]
+VARIANTS = {  # flags on top of recipes/tiny-cpu.toml (adapter, batch 8, lr 1e-3, β 500, KL κ 100, 400 steps)
+    "tiny recipe: adapter, batch 8, KL κ 100": [],
+    "adapter, batch 8, no KL anchor": ["--kl-weight", "0"],
+    "adapter, batch 16, KL κ 100": ["--batch-size", "16"],
+    "adapter, batch 16, KL κ 30": ["--batch-size", "16", "--kl-weight", "30"],
+    "ControlNet, batch 4, no anchor (the previous recipe)": CONTROLNET_4,
+    "ControlNet, batch 4, β 1000": [*CONTROLNET_4, "--beta", "1000"],
+    "ControlNet, batch 4, β 2000": [*CONTROLNET_4, "--beta", "2000"],
+    "ControlNet, batch 4, lr 5e-4": [*CONTROLNET_4, "--lr", "5e-4"],
+    "ControlNet, batch 4, cosine lr": [*CONTROLNET_4, "--lr-schedule", "cosine"],
+    "ControlNet, batch 4, SFT anchor λ 200": [*CONTROLNET_4, "--sft-weight", "200"],
+    "ControlNet, batch 4, SFT λ 200, cosine lr": [*CONTROLNET_4, "--sft-weight", "200", "--lr-schedule", "cosine"],
+    "ControlNet, batch 16, no anchor": [*CONTROLNET_16, "--kl-weight", "0"],
+    "ControlNet, batch 16, SDPO safeguard μ 0": [*CONTROLNET_16, "--kl-weight", "0", "--safeguard", "0"],
+    "ControlNet, batch 16, KL κ 10": [*CONTROLNET_16, "--kl-weight", "10"],
+    "ControlNet, batch 16, KL κ 20": [*CONTROLNET_16, "--kl-weight", "20"],
+    "ControlNet, batch 16, KL κ 30": [*CONTROLNET_16, "--kl-weight", "30"],
+    "ControlNet, batch 16, KL κ 50": [*CONTROLNET_16, "--kl-weight", "50"],
 }
 
 
@@ -38,16 +60,11 @@ def run(workdir: Path, *args: str) -> float:
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def row(name: str, seconds: float, summary: dict) -> str:
-    base, ours, kept = summary["models"]["base"], summary["models"]["perfusion"], summary["kept_quality"]
-    fid = summary["fid"]
-    return (f"| {name} | {base['oracle']:.3f} → {ours['oracle']:.3f} | {kept['oracle_win_rate']:.2f} | "
-            f"{kept['perfusionrm_win_rate']:.2f} | {base['clean_background']:.2f} → {ours['clean_background']:.2f} | "
-            f"{base['intact']:.2f} → {ours['intact']:.2f} | {base['clip']:.1f} → {ours['clip']:.1f} | "
-            f"{fid['base']:.3f} → {fid['perfusion']:.3f} | {kept['denoising_error_ratio']:.2f} | {seconds:.0f} s |")
+    return f"| {name} | {quality_cells(summary)} | {seconds:.0f} s |"
 
 
 def main() -> None:
@@ -57,27 +74,28 @@ def main() -> None:
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--seed", default="5")
     parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
-    parser.add_argument("--variant", action="append", help="Only these variants (names as in VARIANTS).")
+    parser.add_argument("--variant", action="append", help="Only these variants (names as in VARIANTS, or their run-folder slugs).")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "recipes" / "tiny-cpu.toml", workdir / "perfusion.toml")  # the workspace's defaults
     if not (workdir / "data" / "manifest.json").is_file():
         run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
     if not (workdir / "runs" / "rm" / "run.json").is_file():
         run(workdir, "train-rm", "--overwrite")
     print(f"\nmarketplace: style {args.style}, taste {args.taste}, seed {args.seed}\n")
-    print("| variant | oracle base → PerFusion | oracle wins | RM wins | clean background | intact product | "
-          "CLIP score | CLIP-feature FID | error ratio (held-out) | train |")
+    print(f"| variant | {HEADER} | train |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, flags in VARIANTS.items():
-        if args.variant and name not in args.variant:
+        if args.variant and name not in args.variant and slug(name) not in args.variant:
             continue
-        out = f"runs/gen-{slug(name)}"
-        seconds = run(workdir, "train-gen", "--group-size", "5", "--out", out, "--overwrite", *flags)
-        report = f"eval-{slug(name)}.json"
-        run(workdir, "eval", "gen", "--model", out, "--json", report, "--report", f"outputs/report-{slug(name)}")
+        out, report = f"runs/gen-{slug(name)}", f"eval-{slug(name)}.json"
+        if not (workdir / report).is_file():
+            run(workdir, "train-gen", "--group-size", "5", "--out", out, "--overwrite", *flags)
+            run(workdir, "eval", "gen", "--model", out, "--json", report, "--report", f"outputs/report-{slug(name)}")
+        seconds = json.loads((workdir / out / "run.json").read_text())["seconds"]
         print(row(name, seconds, json.loads((workdir / report).read_text())), flush=True)
 
 

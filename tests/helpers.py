@@ -93,10 +93,11 @@ def many_sessions(merchant: str, count: int, start: int = 0) -> list[dict]:
     return [session(f"{merchant}-{i}", merchant, timestamp=float(start + i)) for i in range(count)]
 
 
-def tiny_market(out: Path, merchants: int = 8, sessions: int = 12, seed: int = 0, **prepare_kw) -> dict:
+def tiny_market(out: Path, merchants: int = 8, sessions: int = 12, seed: int = 0, style: str = "catalogue",
+                **prepare_kw) -> dict:
     """A prepared tiny synthetic marketplace in ``out``; returns the manifest."""
-    return prepare_synthetic(out, SyntheticConfig(merchants=merchants, sessions_per_merchant=sessions, seed=seed),
-                             PrepareConfig(**prepare_kw))
+    synthetic = SyntheticConfig(merchants=merchants, sessions_per_merchant=sessions, seed=seed, style=style)
+    return prepare_synthetic(out, synthetic, PrepareConfig(**prepare_kw))
 
 
 def prepare_logs(root: Path, out: Path, **prepare_kw) -> dict:

@@ -29,13 +29,23 @@ def bench_command(
         "--plan", help="Count what the recipe costs at its real settings, from configs alone (no weights, no GPU).")] = False,
     merchants: Annotated[int, typer.Option(
         "--merchants", min=1, help="With --plan: merchants in the vocabulary (sizes the id embedding).")] = 10_000,
+    branch: Annotated[Optional[str], typer.Option(
+        "--branch", help="With --plan: the branch kind to count (else the recipe's train-gen branch).")] = None,
+    branch_every: options.BranchEvery = None,
+    branch_until: options.BranchUntil = None,
 ) -> None:
     """Seconds per image and peak memory (base vs personalized, per attention backend), train-step
     cost vs Diffusion-DPO (β, loss and group size from the recipe's train-gen section), reward-model
     throughput, data-loader throughput. With --plan: parameters, GFLOPs and peak memory per process of
     the recipe's train-rm, train-gen and generate, counted on the meta device."""
     if plan:
-        return plan_command(ctx, recipe, merchants, json_out)
+        overrides = {"train-gen": {"branch": branch}, "generate": {"branch_every": branch_every,
+                                                                  "branch_until": branch_until}}
+        return plan_command(ctx, recipe, merchants, json_out, {section: {k: v for k, v in keys.items() if v is not None}
+                                                               for section, keys in overrides.items()})
+    if (branch, branch_every, branch_until) != (None, None, None):
+        raise fail("--branch, --branch-every and --branch-until apply to --plan (a run knows its branch kind, and "
+                   "bench measures every reuse setting)")
     config = context.section(ctx, recipe, "bench", locals())
     train = context.section(ctx, recipe, "train-gen", {})
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
@@ -95,7 +105,8 @@ def print_bench(result: dict) -> None:
     say(f"total {result['seconds']:.1f} s")
 
 
-def plan_command(ctx: typer.Context, recipe: Path | None, merchants: int, json_out: Path | None) -> None:
+def plan_command(ctx: typer.Context, recipe: Path | None, merchants: int, json_out: Path | None,
+                 overrides: dict[str, dict]) -> None:
     path = context.recipe_path(ctx, recipe)
     if path is None:
         raise fail("--plan needs a recipe: --recipe FILE.toml (or a shipped one: --recipe sd15-industrial)")
@@ -103,7 +114,7 @@ def plan_command(ctx: typer.Context, recipe: Path | None, merchants: int, json_o
     from perfusion_cli.plan import plan_recipe
 
     with console.status(f"counting {path} on the meta device"):
-        result = plan_recipe(str(path), merchants)
+        result = plan_recipe(str(path), merchants, overrides=overrides)
     rows = [[job["job"], f"{job['trainable_parameters'] / 1e6:,.1f}M", f"{job['frozen_parameters'] / 1e6:,.1f}M",
              f"{job['gflops']:,.0f}", f"{job['peak_gib']:.2f}",
              job["precision"] + (", ckpt" if job["gradient_checkpointing"] else ""),

@@ -20,12 +20,15 @@ def train_gen_command(
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Candidates per group (K).")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO β (5000 for SD 1.5, Diffusion-DPO's).")] = None,
     branch: Annotated[Optional[str], typer.Option(
-        "--branch", help="controlnet (PerFusion's) or adapter (merchant tokens, ~2% of the U-Net).")] = None,
+        "--branch", help="controlnet (PerFusion's), xs (a thin ControlNet) or adapter (merchant tokens).")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="group (Plackett-Luce) or pairwise.")] = None,
     sft_weight: Annotated[Optional[float], typer.Option(
         "--sft-weight", help="λ of an SFT anchor on the positives (keeps the model near the base).")] = None,
-    safeguard_weight: Annotated[Optional[float], typer.Option(
-        "--safeguard-weight", help="Weight of the hinge on a positive's error rising above the reference's.")] = None,
+    kl_weight: Annotated[Optional[float], typer.Option(
+        "--kl-weight", help="κ of κ·‖ε_θ − ε_ref‖² on every candidate (the per-step KL to the base, as DPOK).")] = None,
+    safeguard: Annotated[Optional[float], typer.Option(
+        "--safeguard", help="μ of the winner-preserving rule: scale the negatives' gradient so the positives' "
+                            "error does not rise (Diffusion-SDPO; 0 is the plain bound).")] = None,
     positives: Annotated[Optional[str], typer.Option(
         "--positives", help="labels (the logged selections) or reward (PerFusionRM's top-k).")] = None,
     reward: Annotated[Optional[str], typer.Option(

@@ -75,6 +75,8 @@ def _key(name: str) -> str:
 
 
 class MerchantAdapter(ModelMixin, ConfigMixin):
+    # nothing of its own to checkpoint: its K/V run inside the U-Net's blocks, which the U-Net checkpoints
+    _supports_gradient_checkpointing = False
     residual_only = False  # it acts inside the U-Net's encoder half too
 
     @register_to_config

@@ -10,7 +10,15 @@ on every residual), whose condition is the merchant instead of an image:
 
 The residuals are added to the frozen U-Net's skip connections and middle block. Because the 1×1
 conv and every residual conv start at zero, an untrained branch leaves the U-Net's prediction exactly
-unchanged. The merchant grid is upsampled to whatever latent size the sample has, so generation at
+unchanged.
+
+``width`` < 1 makes a thin branch (``--branch xs``, ControlNet-XS's sizes): the same ControlNet layout
+at ``width`` × the U-Net's channels (rounded up to its norm groups), trained from scratch, whose zero
+convs widen each residual to the U-Net's channels. At 0.25 it is about 6 % of a ControlNet copy's
+parameters. It keeps ControlNet's one-way residual interface (so encoder sharing in training and
+reuse across steps still apply); ControlNet-XS's feedback from the base into the branch is not
+built: diffusers' ``UNetControlNetXSModel`` copies the U-Net's weights into a fused model and
+hard-codes two resnets per down block, which the tiny base (one per block) does not have. The merchant grid is upsampled to whatever latent size the sample has, so generation at
 another resolution needs no retraining of the conditioning.
 
 This is a diffusers ``ModelMixin``: ``save_pretrained`` writes ``config.json`` (the ControlNet's
@@ -21,6 +29,7 @@ was trained on) and safetensors weights. That folder is a generator run's ``mode
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import torch
@@ -35,6 +44,13 @@ from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.models.merchant import MerchantEncoder
 
 
+def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _public(config) -> dict:
     return {key: (list(value) if isinstance(value, tuple) else value) for key, value in dict(config).items()
             if not key.startswith("_")}
@@ -47,29 +63,42 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, controlnet_config: dict, cardinalities: list[int], features: list | None = None,
                  merchant_encoder: dict | None = None, grid_size: int = 8, grid_channels: int = 16,
-                 base_model: str | None = None, resolution: int | None = None):
+                 base_model: str | None = None, resolution: int | None = None,
+                 residual_channels: list[int] | None = None):
+        """``residual_channels``: the U-Net's channels of each residual (down blocks, then the middle
+        block), for a thin branch whose zero convs widen its own; None: the ControlNet's own widths."""
         super().__init__()
         encoder = MerchantEncoderConfig(**(merchant_encoder or {}))
         self.merchant = MerchantEncoder(cardinalities, encoder)
         self.to_grid = nn.Linear(encoder.user_dim, grid_channels * grid_size * grid_size)
         self.controlnet = ControlNetModel.from_config({**controlnet_config, "conditioning_channels": grid_channels})
         first = self.controlnet.config.block_out_channels[0]
-        self.controlnet.controlnet_cond_embedding = nn.Conv2d(grid_channels, first, kernel_size=1)
-        nn.init.zeros_(self.controlnet.controlnet_cond_embedding.weight)
-        nn.init.zeros_(self.controlnet.controlnet_cond_embedding.bias)
+        self.controlnet.controlnet_cond_embedding = _zero_conv(grid_channels, first)
+        if residual_channels is not None:
+            *down, mid = residual_channels
+            self.controlnet.controlnet_down_blocks = nn.ModuleList(
+                _zero_conv(conv.in_channels, out) for conv, out in zip(self.controlnet.controlnet_down_blocks, down))
+            self.controlnet.controlnet_mid_block = _zero_conv(self.controlnet.controlnet_mid_block.in_channels, mid)
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, vocab: FeatureVocab, merchant: MerchantEncoderConfig,
                   grid_size: int = 8, grid_channels: int = 16, base_model: str | None = None,
-                  resolution: int | None = None) -> "PersonalizedBranch":
-        """A branch whose ControlNet copies ``unet``'s encoder and middle block weights."""
-        source = ControlNetModel.from_unet(unet)
-        branch = cls(controlnet_config=_public(source.config), cardinalities=vocab.cardinalities,
-                     features=vocab.to_json(), merchant_encoder=asdict(merchant), grid_size=grid_size,
-                     grid_channels=grid_channels, base_model=base_model, resolution=resolution)
-        copied = {k: v for k, v in source.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
-        missing, unexpected = branch.controlnet.load_state_dict(copied, strict=False)
-        assert not unexpected and all(k.startswith("controlnet_cond_embedding.") for k in missing)
+                  resolution: int | None = None, width: float = 1.0) -> "PersonalizedBranch":
+        """A branch whose ControlNet copies ``unet``'s encoder and middle block weights; with ``width`` < 1,
+        a thin ControlNet of that share of the U-Net's channels, trained from scratch."""
+        source = ControlNetModel.from_unet(unet, load_weights_from_unet=width == 1.0)
+        config, residuals = _public(source.config), None
+        if width != 1.0:
+            groups = config["norm_num_groups"]
+            config["block_out_channels"] = [groups * math.ceil(c * width / groups) for c in config["block_out_channels"]]
+            residuals = [conv.out_channels for conv in [*source.controlnet_down_blocks, source.controlnet_mid_block]]
+        branch = cls(controlnet_config=config, cardinalities=vocab.cardinalities, features=vocab.to_json(),
+                     merchant_encoder=asdict(merchant), grid_size=grid_size, grid_channels=grid_channels,
+                     base_model=base_model, resolution=resolution, residual_channels=residuals)
+        if width == 1.0:
+            copied = {k: v for k, v in source.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+            missing, unexpected = branch.controlnet.load_state_dict(copied, strict=False)
+            assert not unexpected and all(k.startswith("controlnet_cond_embedding.") for k in missing)
         return branch.to(device=unet.device)
 
     @property

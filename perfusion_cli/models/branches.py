@@ -1,6 +1,7 @@
 """The kinds of personalized branch ``train-gen`` can train (``--branch``), and the one way to load one.
 
 - ``controlnet``: PerFusion's own, a ControlNet copy of the U-Net's encoder half (``branch.py``);
+- ``xs``: the same class as a thin ControlNet (ControlNet-XS's sizes, ``width`` < 1; ``branch.py``);
 - ``adapter``: the merchant as extra tokens through decoupled cross-attention (``adapter.py``).
 
 Both have the same interface: ``condition`` / ``condition_from_embedding`` (the merchant as the
@@ -24,7 +25,7 @@ from perfusion_cli.models.adapter import MerchantAdapter
 from perfusion_cli.models.branch import PersonalizedBranch
 from perfusion_cli.runs import model_class
 
-KINDS = {"controlnet": PersonalizedBranch, "adapter": MerchantAdapter}
+KINDS = {"controlnet": PersonalizedBranch, "xs": PersonalizedBranch, "adapter": MerchantAdapter}
 
 
 def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: FeatureVocab, base_model: str):
@@ -33,8 +34,13 @@ def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: Fea
                                            config.resolution)
     else:
         branch = PersonalizedBranch.from_unet(unet, vocab, config.merchant, config.grid_size, config.grid_channels,
-                                              base_model, config.resolution)
+                                              base_model, config.resolution,
+                                              width=config.xs_width if config.branch == "xs" else 1.0)
     branch.attach(unet)
+    if config.gradient_checkpointing:  # the frozen U-Net too: gradients flow back through it
+        if branch._supports_gradient_checkpointing:
+            branch.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
     return branch
 
 

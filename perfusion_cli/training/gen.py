@@ -19,7 +19,6 @@ from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import base_reference
-from perfusion_cli.models.branch import PersonalizedBranch
 from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import load_reward_model
@@ -55,10 +54,6 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
     frozen = FrozenSD.load(config.base_model, device, config.mixed_precision, config.attention, config.share_encoder,
                            config.cache_latents, config.resolution)
     branch = create_branch(config, frozen.sd.unet, manifest.vocab, base_reference(config.base_model)).to(device)
-    if config.gradient_checkpointing:
-        if isinstance(branch, PersonalizedBranch):
-            branch.controlnet.enable_gradient_checkpointing()
-        frozen.sd.unet.enable_gradient_checkpointing()
     objective = GroupDPOObjective(frozen, config, reward, accelerator.autocast)
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:

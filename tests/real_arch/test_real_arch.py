@@ -73,7 +73,9 @@ def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
     rows = [json.loads(line) for line in (ws / "runs" / "gen" / "metrics.jsonl").read_text().splitlines()]
     assert all(row["err_ratio"] > 0 and row["grad_norm"] >= 0 for row in rows)
     branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())
-    assert branch["controlnet_config"]["block_out_channels"] == [320, 640, 1280, 1280]
+    # the recipe's adapter: merchant tokens at the text width, K/V for each of SD 1.5's 16 cross-attentions
+    assert branch["_class_name"] == "MerchantAdapter" and branch["token_dim"] == 768
+    assert len(branch["cross_attention"]) == 16
 
     _perfusion(ws, "generate", *recipe, "--merchant", "m0001", "linen dress", "--n", "1", "--steps", "2",
                "--resolution", "128")
@@ -103,3 +105,5 @@ def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
     assert gen["config"]["group_size"] == 2 and gen["config"]["gradient_checkpointing"] is True
     assert torch.isfinite(torch.tensor(gen["final"]["loss"]))
+    branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())  # the paper's ControlNet
+    assert branch["controlnet_config"]["block_out_channels"] == [320, 640, 1280, 1280]

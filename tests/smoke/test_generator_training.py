@@ -17,8 +17,8 @@ from tests.helpers import tiny_config
 @pytest.fixture(scope="module")
 def gen_run(market, tmp_path_factory):
     data_dir, _ = market
-    run = tmp_path_factory.mktemp("gen") / "run"
-    summary = train_generator(tiny_config("train-gen"), data_dir, run)
+    run = tmp_path_factory.mktemp("gen") / "run"  # PerFusion's ControlNet branch (the default is the adapter)
+    summary = train_generator(tiny_config("train-gen", branch="controlnet"), data_dir, run)
     return run, summary
 
 
@@ -116,15 +116,17 @@ def test_branch_every_1_until_1_draws_exactly_the_images_of_the_full_schedule(ge
     assert not torch.equal(cheaper, ours) and not torch.equal(cheaper, base)
 
 
-def test_the_adapter_branch_trains_saves_reloads_and_generates(market, tmp_path):
+@pytest.mark.parametrize("kind, saved_class, shared", [("adapter", "MerchantAdapter", False),
+                                                        ("xs", "PersonalizedBranch", True)])
+def test_each_light_branch_trains_saves_reloads_and_generates(market, tmp_path, kind, saved_class, shared):
     data_dir, _ = market
-    summary = train_generator(tiny_config("train-gen", branch="adapter"), data_dir, tmp_path / "adapter")
-    assert summary["branch"] == "adapter" and summary["shared_encoder"] is False
-    assert json.loads((tmp_path / "adapter" / "model" / "config.json").read_text())["_class_name"] == "MerchantAdapter"
-    pipeline = PerFusionPipeline.from_run(tmp_path / "adapter")
-    assert type(pipeline.branch).__name__ == "MerchantAdapter"
+    summary = train_generator(tiny_config("train-gen", branch=kind), data_dir, tmp_path / kind)
+    assert summary["branch"] == kind and summary["shared_encoder"] is shared
+    assert json.loads((tmp_path / kind / "model" / "config.json").read_text())["_class_name"] == saved_class
+    pipeline = PerFusionPipeline.from_run(tmp_path / kind)
+    assert type(pipeline.branch).__name__ == saved_class
     merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchants.jsonl").read_text().splitlines()
                     if json.loads(l)["role"] == "train")
-    metadata = generate(tmp_path / "adapter", data_dir, merchant, "linen dress", GenerateConfig(n=2, steps=3),
+    metadata = generate(tmp_path / kind, data_dir, merchant, "linen dress", GenerateConfig(n=2, steps=3),
                         tmp_path / "out")
     assert len(metadata["images"]) == 2 and all(image["oracle"] is not None for image in metadata["images"])

@@ -1,21 +1,35 @@
-"""PerFusion learns merchants' taste: on held-out pairs its samples beat the base's, judged by the oracle."""
+"""PerFusion learns merchants' taste and keeps the picture: on held-out pairs of a marketplace drawn by
+another renderer than the one the tiny recipe was tuned on, its samples beat the base's by the oracle
+and stay products (clean backgrounds)."""
 
 import pytest
 
 from perfusion_cli.config import TINY_RECIPE, GenTrainConfig, build, load_recipe
 from perfusion_cli.evaluation.generation import evaluate_generator
 from perfusion_cli.training.gen import train_generator
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, tiny_market
+
+
+@pytest.fixture(scope="module")
+def studio_market(tmp_path_factory):
+    """The studio renderer (other silhouettes, textures and canvas; candidates the tiny base does not
+    draw: off-policy logs), not the catalogue draw the recipe was tuned on."""
+    out = tmp_path_factory.mktemp("studio")
+    tiny_market(out, merchants=24, sessions=24, seed=3, style="studio")
+    return out
 
 
 @pytest.mark.slow
-def test_personalized_samples_have_higher_oracle_utility_than_the_base(medium_market, tmp_path):
+def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_path):
     # the shipped tiny recipe's generator settings, unshrunk but for fewer steps on a smaller marketplace
-    config = build(GenTrainConfig, load_recipe(TINY_RECIPE)["train-gen"], {"max_steps": 300, "log_every": 50})
-    train_generator(config, medium_market, tmp_path / "gen")
-    summary = evaluate_generator(tmp_path / "gen", medium_market,
+    config = build(GenTrainConfig, load_recipe(TINY_RECIPE)["train-gen"], {"max_steps": 250, "log_every": 50})
+    train_generator(config, studio_market, tmp_path / "gen")
+    summary = evaluate_generator(tmp_path / "gen", studio_market,
                                  tiny_config("eval-gen", max_pairs=32, steps=15, guidance=3.0, clip_model="tiny"))
-    base, personalized = summary["models"]["base"]["oracle"], summary["models"]["perfusion"]["oracle"]
-    # the same seeds and prompts; the base scores ~0.2, a model that learned the hue ~0.5 or more
-    assert personalized > base + 0.1, summary["models"]
-    assert summary["win_rate"]["oracle"] >= 0.6, summary["win_rate"]
+    base, personalized = summary["models"]["base"], summary["models"]["perfusion"]
+    # the same seeds and prompts; the base scores ~0.25, a model that learned the hue ~0.5 or more
+    assert personalized["oracle"] > base["oracle"] + 0.1, summary["models"]
+    assert summary["win_rate"]["oracle"] >= 0.7, summary["win_rate"]
+    # the picture kept: the product on a clean background as often as the base's (within 10 %), intact
+    assert personalized["clean_background"] >= 0.9 * base["clean_background"], summary["models"]
+    assert personalized["intact"] >= 0.9 * base["intact"], summary["models"]

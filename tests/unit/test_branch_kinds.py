@@ -1,4 +1,4 @@
-"""Branch kinds (controlnet, adapter) and branch reuse across denoising steps."""
+"""Branch kinds (controlnet, xs, adapter) and branch reuse across denoising steps."""
 
 import pytest
 import torch
@@ -19,12 +19,13 @@ def _branch(kind, unet):
     if kind == "adapter":
         branch = MerchantAdapter.from_unet(unet, VOCAB, MERCHANT, tokens=3)
     else:
-        branch = PersonalizedBranch.from_unet(unet, VOCAB, MERCHANT, grid_size=4, grid_channels=8)
+        branch = PersonalizedBranch.from_unet(unet, VOCAB, MERCHANT, grid_size=4, grid_channels=8,
+                                              width=0.25 if kind == "xs" else 1.0)
     branch.attach(unet)
     return branch.eval()
 
 
-@pytest.mark.parametrize("kind", ["controlnet", "adapter"])
+@pytest.mark.parametrize("kind", ["controlnet", "xs", "adapter"])
 @torch.no_grad()
 def test_an_untrained_branch_of_either_kind_leaves_the_prediction_unchanged(kind):
     unet = build_tiny_unet().eval()
@@ -51,6 +52,31 @@ def test_the_adapter_is_a_few_percent_of_the_unet_and_covers_every_cross_attenti
     kv = sum(p.numel() for layer in adapter.layers.values() for p in layer.parameters())
     assert kv < 0.05 * sum(p.numel() for p in unet.parameters())
     assert not any(name.startswith("layers") for name, _ in unet.named_parameters()), "the U-Net stays its own"
+
+
+def test_the_thin_branch_is_a_fraction_of_a_controlnet_copy_and_widens_to_the_unets_skips():
+    unet = build_tiny_unet()
+    full, thin = _branch("controlnet", unet), _branch("xs", unet)
+    size = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert size(thin.controlnet) < 0.15 * size(full.controlnet)
+    groups = unet.config.norm_num_groups
+    assert all(c % groups == 0 and c < u for c, u in zip(thin.controlnet.config.block_out_channels,
+                                                        unet.config.block_out_channels))
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
+    wide, narrow = full(x, t, text, features=FEATURES), thin(x, t, text, features=FEATURES)
+    assert [r.shape for r in narrow["down_block_additional_residuals"]] == [
+        r.shape for r in wide["down_block_additional_residuals"]]
+    assert narrow["mid_block_additional_residual"].shape == wide["mid_block_additional_residual"].shape
+
+
+def test_a_thin_branch_saves_and_reloads_as_itself(tmp_path):
+    unet = build_tiny_unet()
+    thin = _branch("xs", unet)
+    torch.nn.init.normal_(thin.controlnet.controlnet_mid_block.weight)
+    thin.save_pretrained(tmp_path)
+    again = PersonalizedBranch.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(thin.state_dict().values(), again.state_dict().values()))
+    assert again.controlnet.controlnet_mid_block.out_channels == unet.config.block_out_channels[-1]
 
 
 def test_the_branch_schedule():

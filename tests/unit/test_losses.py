@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perfusion_cli.losses import (bradley_terry_loss, group_dpo_loss, pairwise_dpo_loss, plackett_luce_loss)
+from perfusion_cli.losses import (bradley_terry_loss, group_dpo_loss, pairwise_dpo_loss, plackett_luce_loss,
+                                  scale_gradient, winner_preserving_scale)
 
 
 def _random_groups(seed, batch=6, group=5):
@@ -103,3 +104,41 @@ def test_raising_a_positive_score_lowers_the_loss():
     positive = torch.tensor([[True, False, True, False]])
     plackett_luce_loss(scores, positive).backward()
     assert (scores.grad[0, [0, 2]] < 0).all() and (scores.grad[0, [1, 3]] > 0).all()
+
+
+def test_the_winner_preserving_scale_keeps_the_positives_error_from_rising_to_first_order():
+    """Pairs (one positive, one negative) in output space, written out as in Diffusion-SDPO's bound: a step
+    −∇A + λ∇B on the outputs changes A = ‖e_w‖² by 2·(−‖e_w‖² + λ⟨e_l, e_w⟩)·lr, so λ ≤ (1−μ)‖e_w‖²/⟨e_l, e_w⟩."""
+    generator = torch.Generator().manual_seed(3)
+    e_w = torch.randn(8, 16, generator=generator)
+    e_l = e_w * 3 + torch.randn(8, 16, generator=generator) * 0.5  # aligned: the negative's push hurts the positive
+    e_l[0] = -e_w[0]                                                # opposed: nothing to hold back
+    residuals = torch.stack([e_w, e_l], dim=1)                     # [B, K=2, D]
+    positive = torch.tensor([[True, False]] * 8)
+    valid = torch.ones(8, 2, dtype=torch.bool)
+    for mu in (0.0, 0.3):
+        scale = winner_preserving_scale(residuals, positive, valid, mu)
+        expected = [1.0 if float(w @ l) <= 0 else min(1.0, (1 - mu) * float(w @ w) / float(w @ l))
+                    for w, l in zip(e_w, e_l)]
+        assert scale.tolist() == pytest.approx(expected, rel=1e-5)
+        assert scale[0] == 1.0 and (scale[1:] < 1).all()
+        change = -(e_w * e_w).sum(1) + scale * (e_l * e_w).sum(1)   # the positive's first-order change
+        assert (change <= -mu * (e_w * e_w).sum(1) + 1e-4).all()
+
+
+def test_the_winner_preserving_scale_averages_each_side_of_a_ragged_group():
+    residuals = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [1.0, 2.0], [9.0, 9.0]]])  # slot 3 is padding
+    positive = torch.tensor([[True, True, False, False]])
+    valid = torch.tensor([[True, True, True, False]])
+    # e_P = mean of (1,0), (3,0) = (2,0); e_N = (1,2); λ = ‖e_P‖² / ⟨e_N, e_P⟩ = 4 / 2 → capped at 1
+    assert winner_preserving_scale(residuals, positive, valid).tolist() == [1.0]
+    residuals[0, 2] = torch.tensor([8.0, 0.0])  # ⟨e_N, e_P⟩ = 16 → λ = 4 / 16
+    assert winner_preserving_scale(residuals, positive, valid).tolist() == [0.25]
+
+
+def test_scale_gradient_keeps_values_and_scales_only_the_chosen_gradients():
+    values = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+    scaled = scale_gradient(values, torch.tensor([0.25]), torch.tensor([[False, True, True]]))
+    assert torch.equal(scaled, values.detach())
+    scaled.sum().backward()
+    assert values.grad.tolist() == [[1.0, 0.25, 0.25]]
