@@ -203,7 +203,9 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
 
             loaded = weights + (tensors_of(branch) if personalized else [])
             step = count(guided_step, loaded + inputs)
-            steps = plain_steps = config.steps
+            if not personalized:
+                base_step = step
+            steps, plain_steps = config.steps, 0
             if personalized:  # steps that reuse a residual branch's output cost what a base step costs
                 schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
                 plain_steps = schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)
@@ -218,8 +220,6 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
             plans.append(JobPlan(name, train.base_model, f"1 image at {resolution}², {config.steps} steps, guidance "
                                  f"{config.guidance:g} (batch {rows} per step){reuse}", "fp16", False, 0, total,
                                  flops / 1e9, peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
-            if not personalized:
-                base_step = step
     return plans
 
 

@@ -10,7 +10,8 @@ same seeds), `bench` (CPU seconds per image, base and personalized in one run, a
 setting) and `bench --plan --recipe sd15-industrial --branch KIND` (GFLOPs per image and peak memory at
 SD 1.5 512²). Reuse settings are evaluated on the residual kinds (controlnet, xs): the adapter's tokens
 act inside every U-Net call, so reusing them saves nothing. Prints one markdown table; every raw
-result stays as JSON in the workspace.
+result stays as JSON in the workspace; a kind whose bench JSON is already there (or a reuse setting
+whose eval JSON is) is not re-run, so an interrupted table resumes (`--fresh` re-measures).
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in KINDS:
         out = f"runs/gen-{kind}"
-        seconds = run(workdir, "train-gen", *recipe, "--group-size", "5", "--branch", kind, "--out", out, "--overwrite")
-        run(workdir, "eval", "gen", *recipe, "--model", out, "--json", f"eval-{kind}.json")
-        run(workdir, "bench", *recipe, "--model", out, "--json", f"bench-{kind}.json")
+        if not (workdir / f"bench-{kind}.json").is_file():
+            run(workdir, "train-gen", *recipe, "--group-size", "5", "--branch", kind, "--out", out, "--overwrite")
+            run(workdir, "eval", "gen", *recipe, "--model", out, "--json", f"eval-{kind}.json")
+            run(workdir, "bench", *recipe, "--model", out, "--json", f"bench-{kind}.json")
+        seconds = read(workdir / out, "run.json")["seconds"]
         bench = read(workdir, f"bench-{kind}.json")
         sdpa = bench["generation"]["backends"]["sdpa"]
         print(row(f"**{kind}** (train {seconds:.0f} s)", read(workdir, f"eval-{kind}.json"),
@@ -89,8 +92,9 @@ def main() -> None:
             continue
         for name, (every, until) in REUSE.items():
             report = f"eval-{kind}-{every}-{until}.json"
-            run(workdir, "eval", "gen", *recipe, "--model", out, "--branch-every", str(every), "--branch-until",
-                str(until), "--json", report)
+            if not (workdir / report).is_file():
+                run(workdir, "eval", "gen", *recipe, "--model", out, "--branch-every", str(every), "--branch-until",
+                    str(until), "--json", report)
             cheap = bench["branch_reuse"]
             print(row(f"{kind}, {name}", read(workdir, report), cheap["seconds_per_image"][name],
                       cheap["ratio_to_base"][name], plan(workdir, kind, every, until)), flush=True)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from quality_cells import HEADER, quality_cells
+
 ROOT = Path(__file__).resolve().parents[1]
 PERFUSION = [sys.executable, "-m", "perfusion_cli"]
 RM_VARIANTS = {"PerFusionRM": [], "no plug-in (PickScore-style)": ["--no-plugin"], "PerFusionRM, BT loss": ["--loss", "bt"],
@@ -65,14 +67,10 @@ def generator_part(workdir: Path) -> None:
         run(workdir, "eval", "gen", "--model", f"runs/gen-{slug(name)}", "--report", report,
             "--json", f"eval-gen-{slug(name)}.json")
         rows.append((name, wall, json.loads((workdir / f"eval-gen-{slug(name)}.json").read_text())))
-    print("\n| generator | oracle: base | oracle: PerFusion | oracle win rate | PerFusionRM: base | PerFusionRM: "
-          "PerFusion | RM win rate | CLIP score base / PerFusion | FID base / PerFusion | train wall time |")
+    print(f"\n| generator | {HEADER} | train wall time |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, wall, summary in rows:
-        base, mine, win, fid = summary["models"]["base"], summary["models"]["perfusion"], summary["win_rate"], summary["fid"]
-        print(f"| {name} | {base['oracle']:.3f} | {mine['oracle']:.3f} | {win['oracle']:.2f} | {base['perfusionrm']:.2f} "
-              f"| {mine['perfusionrm']:.2f} | {win['perfusionrm']:.2f} | {base['clip']:.1f} / {mine['clip']:.1f} "
-              f"| {fid.get('base', float('nan')):.3f} / {fid.get('perfusion', float('nan')):.3f} | {wall:.0f} s |")
+        print(f"| {name} | {quality_cells(summary)} | {wall:.0f} s |")
     summary = rows[0][2]
     print(f"\n({summary['pairs']} held-out pairs, {summary['merchants']} merchants, {summary['images_per_pair']} "
           f"images per pair and model; FID features: {summary['fid'].get('features')})")

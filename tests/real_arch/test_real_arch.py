@@ -68,7 +68,8 @@ def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
     assert rm["config"]["gradient_checkpointing"] is True and rm["config"]["backbone_lr"] == 3e-6
     _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
-    assert gen["shared_encoder"] is True and gen["config"]["beta"] == 5000.0
+    # the adapter acts inside the encoder half, so ε_θ and ε_ref cannot share it
+    assert gen["shared_encoder"] is False and gen["config"]["beta"] == 5000.0
     assert gen["config"]["gradient_checkpointing"] is True and gen["batches_per_process"] == [2 * 4]  # grad_accum 4
     rows = [json.loads(line) for line in (ws / "runs" / "gen" / "metrics.jsonl").read_text().splitlines()]
     assert all(row["err_ratio"] > 0 and row["grad_norm"] >= 0 for row in rows)
@@ -104,6 +105,7 @@ def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
     _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
     assert gen["config"]["group_size"] == 2 and gen["config"]["gradient_checkpointing"] is True
+    assert gen["shared_encoder"] is True  # the ControlNet's residuals enter after the frozen encoder half
     assert torch.isfinite(torch.tensor(gen["final"]["loss"]))
     branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())  # the paper's ControlNet
     assert branch["controlnet_config"]["block_out_channels"] == [320, 640, 1280, 1280]

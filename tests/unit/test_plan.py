@@ -14,7 +14,7 @@ from perfusion_cli.accounting import count, parameters
 from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.branch import PersonalizedBranch
-from perfusion_cli.plan import planning_vocab, train_gen_step, train_rm_step
+from perfusion_cli.plan import plan_recipe, planning_vocab, train_gen_step, train_rm_step
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 META = torch.device("meta")
@@ -123,3 +123,23 @@ def test_the_memory_estimate_is_within_15_percent_of_the_measured_peak(job, conf
     torch.manual_seed(0)
     measured = _measured_peak(build(config, vocab, torch.device("cpu")))
     assert abs(estimate - measured) / measured < 0.15, (estimate / 2**20, measured / 2**20)
+
+
+def test_per_image_flops_count_each_step_once_and_reuse_costs_a_base_step():
+    """Per image: text + steps × a guided step + decode; reused or skipped branch steps cost a base step."""
+    def generate(kind: str, every: int = 1, until: float = 1.0) -> tuple[dict, dict]:
+        plan = plan_recipe("tiny-cpu", merchants=100, jobs=("generate",),
+                           overrides={"train-gen": {"branch": kind}, "generate": {"branch_every": every,
+                                                                                 "branch_until": until}})
+        base, ours = plan["jobs"]
+        return base, ours
+
+    base, full = generate("controlnet")
+    _, halved = generate("controlnet", every=2)
+    _, first_half = generate("controlnet", until=0.5)
+    assert full["gflops"] > 1.2 * base["gflops"]  # the ControlNet branch on all 20 steps
+    assert halved["gflops"] - base["gflops"] == pytest.approx((full["gflops"] - base["gflops"]) / 2, rel=0.02)
+    assert first_half["gflops"] == pytest.approx(halved["gflops"], rel=1e-6)
+    adapter_base, adapter = generate("adapter")
+    assert adapter_base["gflops"] == pytest.approx(base["gflops"])
+    assert base["gflops"] < adapter["gflops"] < 1.1 * base["gflops"]
