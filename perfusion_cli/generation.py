@@ -26,6 +26,7 @@ from PIL import Image
 from perfusion_cli.config import GenerateConfig
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
+from perfusion_cli.data.records import RowError, check_text
 from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.environment import pick_device
@@ -246,8 +247,8 @@ def read_requests(path: Path, config: GenerateConfig) -> list[Request]:
             raise DataError(f"{path} line {number}: expected {{\"merchant\", \"prompt\", \"n\"?, \"seed\"?}} "
                             f"({type(exc).__name__}: {exc})") from None
         try:
-            request.merchant.encode("utf-8"), request.prompt.encode("utf-8")
-        except UnicodeEncodeError:
+            check_text([request.merchant, request.prompt])
+        except RowError:
             raise DataError(f"{path} line {number}: the merchant or prompt is not valid Unicode "
                             f"(a lone surrogate)") from None
         if not request.prompt.strip() or not 1 <= request.n <= 256 or request.seed < 0:

@@ -195,27 +195,28 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
     with torch.no_grad():
         text = count(lambda: sd.text_encoder(ids), weights + inputs)
         decode = count(lambda: sd.vae.decode(one), weights + inputs)
-        plans = []
-        for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
-            def guided_step(personalized=personalized) -> None:
+
+        def guided_step(personalized: bool):
+            def run() -> None:
                 extra = branch(sample, t, context, cond=cond) if personalized else {}
                 sd.unet(sample, t, context, **extra)
 
-            loaded = weights + (tensors_of(branch) if personalized else [])
-            step = count(guided_step, loaded + inputs)
-            if not personalized:
-                base_step = step
-            steps, plain_steps = config.steps, 0
-            if personalized:  # steps that reuse a residual branch's output cost what a base step costs
-                schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
-                plain_steps = schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)
-                steps = config.steps - plain_steps
-            flops = text.flops + steps * step.flops + plain_steps * base_step.flops + decode.flops
+            return count(run, weights + (tensors_of(branch) if personalized else []) + inputs)
+
+        base_step = guided_step(False)
+        schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
+        # steps that run without the branch, or reuse a residual branch's output, cost what a base step costs
+        plain = schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)
+        plans = []
+        for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
+            step = guided_step(True) if personalized else base_step
+            steps = config.steps - plain if personalized else config.steps
+            flops = text.flops + steps * step.flops + (config.steps - steps) * base_step.flops + decode.flops
             extra = sum(t.numel() * t.element_size() for t in tensors_of(branch)) if personalized else 0
             peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
             total = parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder) + (
                 parameters(branch) if personalized else 0)
-            reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain_steps else
+            reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain else
                      f", {train.branch} branch" if personalized else "")
             plans.append(JobPlan(name, train.base_model, f"1 image at {resolution}², {config.steps} steps, guidance "
                                  f"{config.guidance:g} (batch {rows} per step){reuse}", "fp16", False, 0, total,

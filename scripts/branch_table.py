@@ -17,30 +17,14 @@ whose eval JSON is) is not re-run, so an interrupted table resumes (`--fresh` re
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from quality_cells import HEADER, quality_cells
+from tables import HEADER, quality_cells, read, run, workspace
 
-PERFUSION = [sys.executable, "-m", "perfusion_cli"]
 KINDS = ("controlnet", "xs", "adapter")
 # bench's names for the reuse settings (perfusion_cli.bench.CHEAP) → (--branch-every, --branch-until)
 REUSE = {"every 2nd step": (2, 1.0), "first half only": (1, 0.5), "every 2nd step, first 60 %": (2, 0.6)}
 REUSED_KINDS = ("controlnet", "xs")
-
-
-def run(workdir: Path, *args: str) -> float:
-    started = time.perf_counter()
-    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
-def read(workdir: Path, name: str) -> dict:
-    return json.loads((workdir / name).read_text())
 
 
 def plan(workdir: Path, kind: str, every: int, until: float) -> dict:
@@ -65,10 +49,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="tiny-cpu")
     parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
     args = parser.parse_args()
-    workdir = args.workdir.resolve()
-    if args.fresh:
-        shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workspace(args.workdir, args.fresh)
     recipe = ["--recipe", args.recipe]
     if not (workdir / "data" / "manifest.json").is_file():
         run(workdir, "prepare", "--synthetic", *recipe)

@@ -17,18 +17,11 @@ resumes; `--fresh` re-measures everything.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from quality_cells import HEADER, quality_cells
+from tables import HEADER, quality_cells, read, run, workspace
 
-ROOT = Path(__file__).resolve().parents[1]
-PERFUSION = [sys.executable, "-m", "perfusion_cli"]
 # the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
 CONTROLNET_4 = ["--branch", "controlnet", "--batch-size", "4", "--kl-weight", "0"]
 CONTROLNET_16 = ["--branch", "controlnet", "--batch-size", "16"]
@@ -53,12 +46,6 @@ VARIANTS = {  # flags on top of recipes/tiny-cpu.toml (adapter, batch 8, lr 1e-3
 }
 
 
-def run(workdir: Path, *args: str) -> float:
-    started = time.perf_counter()
-    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -76,11 +63,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
     parser.add_argument("--variant", action="append", help="Only these variants (names as in VARIANTS, or their run-folder slugs).")
     args = parser.parse_args()
-    workdir = args.workdir.resolve()
-    if args.fresh:
-        shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "recipes" / "tiny-cpu.toml", workdir / "perfusion.toml")  # the workspace's defaults
+    workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
     if not (workdir / "data" / "manifest.json").is_file():
         run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
     if not (workdir / "runs" / "rm" / "run.json").is_file():
@@ -95,8 +78,7 @@ def main() -> None:
         if not (workdir / report).is_file():
             run(workdir, "train-gen", "--group-size", "5", "--out", out, "--overwrite", *flags)
             run(workdir, "eval", "gen", "--model", out, "--json", report, "--report", f"outputs/report-{slug(name)}")
-        seconds = json.loads((workdir / out / "run.json").read_text())["seconds"]
-        print(row(name, seconds, json.loads((workdir / report).read_text())), flush=True)
+        print(row(name, read(workdir / out, "run.json")["seconds"], read(workdir, report)), flush=True)
 
 
 if __name__ == "__main__":

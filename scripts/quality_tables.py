@@ -11,27 +11,16 @@ result is left as JSON in the workspace.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import sys
-import time
+from functools import partial
 from pathlib import Path
 
-from quality_cells import HEADER, quality_cells
+from tables import HEADER, quality_cells, read, workspace
+from tables import run as run_quietly
 
-ROOT = Path(__file__).resolve().parents[1]
-PERFUSION = [sys.executable, "-m", "perfusion_cli"]
+run = partial(run_quietly, quiet=False)  # each command's tables are part of this script's output
 RM_VARIANTS = {"PerFusionRM": [], "no plug-in (PickScore-style)": ["--no-plugin"], "PerFusionRM, BT loss": ["--loss", "bt"],
                "PerFusionRM, shared plug-in": ["--shared-plugin"]}
 GEN_VARIANTS = {"group (K=5)": ["--loss", "group"], "pairwise": ["--loss", "pairwise"]}
-
-
-def run(workdir: Path, *args: str) -> float:
-    started = time.perf_counter()
-    # run inside the workspace: relative --out/--json paths are relative to the current directory
-    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir)
-    return time.perf_counter() - started
 
 
 def slug(name: str) -> str:
@@ -46,7 +35,7 @@ def reward_part(workdir: Path) -> None:
     for split in ("test", "cold_start"):
         run(workdir, "eval", "rm", "--split", split, *checkpoints, "--checkpoint", "zero-shot:tiny",
             "--json", f"eval-rm-{split}.json")
-    tables = {split: json.loads((workdir / f"eval-rm-{split}.json").read_text())["models"]
+    tables = {split: read(workdir, f"eval-rm-{split}.json")["models"]
               for split in ("test", "cold_start")}
     print("\n| model | test MAP | test GAUC | cold-start MAP | cold-start GAUC | train wall time |")
     print("|---|---|---|---|---|---|")
@@ -66,7 +55,7 @@ def generator_part(workdir: Path) -> None:
         report = f"outputs/report-{slug(name)}"
         run(workdir, "eval", "gen", "--model", f"runs/gen-{slug(name)}", "--report", report,
             "--json", f"eval-gen-{slug(name)}.json")
-        rows.append((name, wall, json.loads((workdir / f"eval-gen-{slug(name)}.json").read_text())))
+        rows.append((name, wall, read(workdir, f"eval-gen-{slug(name)}.json")))
     print(f"\n| generator | {HEADER} | train wall time |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, wall, summary in rows:
@@ -82,11 +71,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["rm", "gen", "all"], default="all")
     parser.add_argument("--fresh", action="store_true", help="delete the workspace first")
     args = parser.parse_args()
-    workdir = args.workdir.resolve()
-    if args.fresh and workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "recipes" / "tiny-cpu.toml", workdir / "perfusion.toml")
+    workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
     if not (workdir / "data" / "manifest.json").is_file():
         print(f"prepare: {run(workdir, 'prepare', '--synthetic'):.0f} s")
     if args.part in ("rm", "all"):

@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-PERFUSION = [sys.executable, "-m", "perfusion_cli"]
-
-
-def run(workdir: Path, *args: str) -> None:
-    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
+from tables import run
 
 
 def draw(root: Path, taste: str, sessions: int, seed: str, recipe: str, train_flags: list[str]) -> dict:

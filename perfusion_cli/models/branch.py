@@ -18,8 +18,10 @@ convs widen each residual to the U-Net's channels. At 0.25 it is about 6 % of a 
 parameters. It keeps ControlNet's one-way residual interface (so encoder sharing in training and
 reuse across steps still apply); ControlNet-XS's feedback from the base into the branch is not
 built: diffusers' ``UNetControlNetXSModel`` copies the U-Net's weights into a fused model and
-hard-codes two resnets per down block, which the tiny base (one per block) does not have. The merchant grid is upsampled to whatever latent size the sample has, so generation at
-another resolution needs no retraining of the conditioning.
+hard-codes two resnets per down block, which the tiny base (one per block) does not have.
+
+The merchant grid is upsampled to whatever latent size the sample has, so generation at another
+resolution needs no retraining of the conditioning.
 
 This is a diffusers ``ModelMixin``: ``save_pretrained`` writes ``config.json`` (the ControlNet's
 config, the merchant encoder's settings, the feature vocabulary, and the base model and resolution it

@@ -1,0 +1,51 @@
+"""What the table scripts share: running the CLI in a workspace, and the quality columns every
+generator table in docs/benchmarks.md shows (read from `eval gen --json`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PERFUSION = [sys.executable, "-m", "perfusion_cli"]
+
+
+def run(workdir: Path, *args: str, quiet: bool = True) -> float:
+    """`perfusion ARGS` inside the workspace (relative --out/--json paths land there); its wall time."""
+    started = time.perf_counter()
+    subprocess.run([*PERFUSION, *args], check=True, cwd=workdir, stdout=subprocess.DEVNULL if quiet else None)
+    return time.perf_counter() - started
+
+
+def read(workdir: Path, name: str) -> dict:
+    return json.loads((workdir / name).read_text())
+
+
+def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
+    """The resolved workspace, emptied first when ``fresh``; with ``tiny_recipe``, the shipped tiny recipe
+    as its defaults (perfusion.toml)."""
+    workdir = workdir.resolve()
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if tiny_recipe:
+        shutil.copy(ROOT / "recipes" / "tiny-cpu.toml", workdir / "perfusion.toml")
+    return workdir
+
+
+HEADER = ("oracle base → PerFusion | oracle wins | RM wins | clean background | intact product | CLIP score | "
+          "CLIP-feature FID | error ratio (held-out)")
+
+
+def quality_cells(summary: dict) -> str:
+    """Base → PerFusion from the same seeds: taste (oracle, win rates) beside the picture's quality."""
+    base, ours, kept, fid = summary["models"]["base"], summary["models"]["perfusion"], summary["kept_quality"], \
+        summary["fid"]
+    return (f"{base['oracle']:.3f} → {ours['oracle']:.3f} | {kept['oracle_win_rate']:.2f} | "
+            f"{kept['perfusionrm_win_rate']:.2f} | {base['clean_background']:.2f} → {ours['clean_background']:.2f} | "
+            f"{base['intact']:.2f} → {ours['intact']:.2f} | {base['clip']:.1f} → {ours['clip']:.1f} | "
+            f"{fid['base']:.3f} → {fid['perfusion']:.3f} | {kept['denoising_error_ratio']:.2f}")
