@@ -70,26 +70,39 @@ class Merchant:
                 "shop_age_years": self.shop_age_years}
 
 
+def profile_taste(category: str, style: str, region: str, price_level: float, mix: str = "colour",
+                  personal: dict | None = None) -> Taste:
+    """A merchant's taste: what its profile says plus its ``personal`` offsets (none: the profile alone,
+    the best any model that knows the merchant only by its profile can do)."""
+    offset = personal or {}
+    price_z = (np.log(price_level) - 3.5) / 0.6
+    taste = Taste(
+        hue=float((STYLE_HUE[style] + offset.get("hue", 0.0)) % 1.0),
+        lightness=float(np.clip(REGION_LIGHTNESS[region] + offset.get("lightness", 0.0), 0.25, 0.8)),
+        pattern=float(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + offset.get("pattern", 0.0), -1, 1)),
+        scale=float(np.clip(CATEGORY_SCALE[category] + offset.get("scale", 0.0), -1, 1)),
+        weights=dict(TASTE_MIXES[mix]),
+    )
+    if mix != "colour":  # drawn only for the richer mixes, so the default marketplace stays as it was
+        taste = replace(taste, width=float(np.clip(CATEGORY_WIDTH[category] + offset.get("width", 0.0), -1, 1)),
+                        vivid=float(np.clip(REGION_VIVID[region] + offset.get("vivid", 0.0), -1, 1)))
+    return taste
+
+
 def make_merchant(rng: np.random.Generator, index: int, mix: str = "colour") -> Merchant:
     category = str(rng.choice(list(CATEGORY_ITEMS)))
     style = str(rng.choice(list(STYLE_HUE)))
     region = str(rng.choice(list(REGION_LIGHTNESS)))
     price_level = float(np.round(np.exp(rng.normal(3.5, 0.6)), 2))
-    price_z = (np.log(price_level) - 3.5) / 0.6
-    taste = Taste(
-        hue=float((STYLE_HUE[style] + rng.normal(0, 0.08)) % 1.0),
-        lightness=float(np.clip(REGION_LIGHTNESS[region] + rng.normal(0, 0.06), 0.25, 0.8)),
-        pattern=float(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + rng.normal(0, 0.25), -1, 1)),
-        scale=float(np.clip(CATEGORY_SCALE[category] + rng.normal(0, 0.35), -1, 1)),
-        weights=dict(TASTE_MIXES[mix]),
-    )
-    if mix != "colour":  # drawn only for the richer mixes, so the default marketplace stays as it was
-        taste = replace(taste, width=float(np.clip(CATEGORY_WIDTH[category] + rng.normal(0, 0.5), -1, 1)),
-                        vivid=float(np.clip(REGION_VIVID[region] + rng.normal(0, 0.4), -1, 1)))
+    personal = {"hue": rng.normal(0, 0.08), "lightness": rng.normal(0, 0.06), "pattern": rng.normal(0, 0.25),
+                "scale": rng.normal(0, 0.35)}
+    if mix != "colour":
+        personal |= {"width": rng.normal(0, 0.5), "vivid": rng.normal(0, 0.4)}
     return Merchant(
         merchant_id=f"m{index:04d}", category=category, style=style, region=region,
         price_level=price_level, followers=int(rng.integers(10, 100_000)),
-        shop_age_years=float(np.round(rng.uniform(0.1, 12), 1)), taste=taste,
+        shop_age_years=float(np.round(rng.uniform(0.1, 12), 1)),
+        taste=profile_taste(category, style, region, price_level, mix, personal),
     )
 
 
