@@ -120,6 +120,16 @@ class RMTrainConfig(TrainLoopConfig):
     freeze_backbone: bool = False
     backbone_lr: Optional[float] = bounded(None, gt=0, le=1)  # None: the plug-ins' lr
     plugin_hidden: int = bounded(256, ge=1)
+    # A linear taste over the standardized image embedding, added to the score (zero at init):
+    # s = scale · cos(t(prompt; u), v(image; u)) + ⟨W u, standardize(v)⟩. The plug-ins alone reach a
+    # merchant's weights on colour, pattern and cut only through LayerNorm and CLIP's unit sphere.
+    taste_head: bool = True
+    # The temperature the prompt-image cosine starts from (then learned with the plug-ins); None keeps
+    # CLIP's logit scale (30 for the tiny CLIP, 100 for OpenAI's and LAION's). Every candidate of a
+    # group matches its prompt, so at CLIP's temperature the cosine's small differences outweigh a
+    # merchant's taste (docs/benchmarks.md, "Subtle tastes"); any positive scale leaves the untrained
+    # model's ranking exactly CLIP's.
+    prompt_scale: Optional[float] = bounded(3.0, gt=0)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
     eval_max_groups: Optional[int] = bounded(None, ge=1)
     augment_flip: bool = False  # mirror each candidate with probability 1/2 (tastes are left-right symmetric)

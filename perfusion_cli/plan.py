@@ -99,7 +99,8 @@ def train_rm_step(config: RMTrainConfig, vocab: FeatureVocab, device: torch.devi
     with device:
         clip = build_clip(config.base_model, dtype)
         module = PerFusionRM.from_clip(clip, vocab, config.plugin, config.shared_plugin, config.plugin_hidden,
-                                       config.merchant).to(dtype)
+                                       config.merchant, config.taste_head,
+                                       config.prompt_scale).to(dtype)
     if config.gradient_checkpointing:
         module.enable_gradient_checkpointing()
     if config.freeze_backbone:

@@ -94,9 +94,10 @@ def many_sessions(merchant: str, count: int, start: int = 0) -> list[dict]:
 
 
 def tiny_market(out: Path, merchants: int = 8, sessions: int = 12, seed: int = 0, style: str = "catalogue",
-                **prepare_kw) -> dict:
+                taste: str = "colour", **prepare_kw) -> dict:
     """A prepared tiny synthetic marketplace in ``out``; returns the manifest."""
-    synthetic = SyntheticConfig(merchants=merchants, sessions_per_merchant=sessions, seed=seed, style=style)
+    synthetic = SyntheticConfig(merchants=merchants, sessions_per_merchant=sessions, seed=seed, style=style,
+                                taste=taste)
     return prepare_synthetic(out, synthetic, PrepareConfig(**prepare_kw))
 
 

@@ -15,6 +15,7 @@ write and read ``config.json`` + safetensors. ``RewardModel`` pairs it with its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class PerFusionRM(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, clip_config: dict, features: list[dict] | None = None, plugin: bool = True,
-                 shared_plugin: bool = False, plugin_hidden: int = 256, merchant_encoder: dict | None = None):
+                 shared_plugin: bool = False, plugin_hidden: int = 256, merchant_encoder: dict | None = None,
+                 taste_head: bool = False, prompt_scale: float | None = None):
         super().__init__()
         self.clip = CLIPModel(CLIPConfig.from_dict(clip_config))
         self.image_size = self.clip.config.vision_config.image_size
@@ -58,14 +60,23 @@ class PerFusionRM(ModelMixin, ConfigMixin):
             self.text_plugin = TowerPlugin(text.num_hidden_layers, text.hidden_size, encoder.user_dim, plugin_hidden)
             self.vision_plugin = TowerPlugin(vision.num_hidden_layers, vision.hidden_size, encoder.user_dim,
                                              plugin_hidden)
+            if prompt_scale is not None:  # the prompt term's own temperature, learned from this value
+                self.prompt_log_scale = nn.Parameter(torch.tensor(math.log(prompt_scale)))
+            if taste_head:  # a linear taste over the standardized image embedding, zero at init
+                self.taste_norm = nn.BatchNorm1d(self.clip.config.projection_dim, affine=False)
+                self.taste = nn.Linear(encoder.user_dim, self.clip.config.projection_dim)
+                nn.init.zeros_(self.taste.weight)
+                nn.init.zeros_(self.taste.bias)
 
     @classmethod
     def from_clip(cls, clip: CLIPModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
-                  plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None) -> "PerFusionRM":
+                  plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
+                  taste_head: bool = False, prompt_scale: float | None = None) -> "PerFusionRM":
         """A PerFusionRM around a loaded CLIP (its weights copied in), with fresh zero-initialized plug-ins."""
         model = cls(clip_config=clip.config.to_dict(), features=vocab.to_json() if vocab else [], plugin=plugin,
                     shared_plugin=shared_plugin, plugin_hidden=plugin_hidden,
-                    merchant_encoder=asdict(merchant or MerchantEncoderConfig()))
+                    merchant_encoder=asdict(merchant or MerchantEncoderConfig()), taste_head=taste_head and plugin,
+                    prompt_scale=prompt_scale if plugin else None)
         model.clip = clip
         return model
 
@@ -89,6 +100,16 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         output = image_features(self.clip, pixels, modulation, self.gradient_checkpointing)
         return nn.functional.normalize(output, dim=-1)
 
+    def taste_scores(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """[N, F] features, [N, P] image embeddings → [N] the taste head's term: ⟨W u, standardized image⟩.
+
+        The cosine alone reads an image through CLIP's unit sphere, where the directions that tell one
+        product's colour, pattern or cut from another's are a small part of the norm; standardizing the
+        embedding over the data (batch statistics in training, running ones after) puts them at unit
+        scale, so a merchant's weights on them are learned in the steps a recipe has.
+        """
+        return (self.taste(self.text_merchant(features)) * self.taste_norm(image.float()).to(image.dtype)).sum(-1)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor,
                 features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Scores [B, K] for groups: prompts [B, L], images [B, K, 3, H, W] in [0, 1], valid [B, K].
@@ -101,9 +122,13 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         rows = torch.arange(batch, device=valid.device).repeat_interleave(group)[flat]
         pixels = clip_pixels(images.flatten(0, 1)[flat], self.image_size).to(self.clip.dtype)
         image = self.image_embeddings(pixels, features[rows])  # [N, P]
-        cosine = (image * text[rows]).sum(-1)
-        scores = torch.zeros(batch * group, dtype=cosine.dtype, device=cosine.device)
-        scores = scores.masked_scatter(flat, cosine * self.clip.logit_scale.exp())
+        personal = self.config.plugin and self.config.prompt_scale is not None
+        log_scale = self.prompt_log_scale if personal else self.clip.logit_scale
+        flat_scores = (image * text[rows]).sum(-1) * log_scale.exp()
+        if self.config.plugin and self.config.taste_head:
+            flat_scores = flat_scores + self.taste_scores(features[rows], image)
+        scores = torch.zeros(batch * group, dtype=flat_scores.dtype, device=flat_scores.device)
+        scores = scores.masked_scatter(flat, flat_scores)
         return scores.view(batch, group)
 
 
@@ -137,9 +162,12 @@ class RewardModel:
 
 
 def create_reward_model(base_model: str, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
-                        plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None) -> RewardModel:
+                        plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
+                        taste_head: bool = False, prompt_scale: float | None = None) -> RewardModel:
     clip, tokenizer = load_clip(base_model)
-    return RewardModel(PerFusionRM.from_clip(clip, vocab, plugin, shared_plugin, plugin_hidden, merchant), tokenizer)
+    module = PerFusionRM.from_clip(clip, vocab, plugin, shared_plugin, plugin_hidden, merchant, taste_head,
+                                   prompt_scale)
+    return RewardModel(module, tokenizer)
 
 
 def load_reward_model(source: str | Path, device: torch.device | str = "cpu") -> RewardModel:

@@ -34,17 +34,23 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
         raise ConfigError("--no-plugin with --freeze-backbone leaves nothing to train")
     folder, accelerator = start_run(config, run_dir, resume, overwrite)
     model = create_reward_model(config.base_model, manifest.vocab, config.plugin, config.shared_plugin,
-                                config.plugin_hidden, config.merchant)
+                                config.plugin_hidden, config.merchant, config.taste_head,
+                                config.prompt_scale)
     module = model.module.to(accelerator.device)
     if config.gradient_checkpointing:
         module.enable_gradient_checkpointing()
     if config.freeze_backbone:
         module.clip.requires_grad_(False)
+    if module.config.plugin and module.config.prompt_scale is not None:
+        module.clip.logit_scale.requires_grad_(False)  # the prompt's own temperature replaces it (DDP: unused)
     plugin = [p for name, p in module.named_parameters() if not name.startswith("clip.")]
     backbone = [p for p in module.clip.parameters() if p.requires_grad]
     groups = [g for g in ({"params": plugin, "lr": config.lr},
                           {"params": backbone, "lr": config.backbone_lr or config.lr}) if g["params"]]
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    # and what training changes besides weights: the taste head's running statistics
+    persistent = module.state_dict().keys()
+    trainable |= {name for name, _ in module.named_buffers() if name in persistent and not name.startswith("clip.")}
     loss_fn = LOSSES[config.loss]
     truncated = {"prompts": 0}
 
@@ -59,7 +65,8 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
         return loss_fn(scores, batch.selected, batch.valid), {"truncated_prompts": truncated["prompts"]}
 
     def trainable_state() -> dict[str, torch.Tensor]:
-        return {name: p for name, p in module.named_parameters() if name in trainable}
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        return {name: tensors[name] for name in sorted(trainable)}
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
         if set(state) != trainable:

@@ -159,3 +159,50 @@ def test_id_dropout_hides_the_merchant_id_only_while_training():
     encoder.train()
     torch.manual_seed(1)
     assert torch.allclose(encoder(features), encoder(without_id))  # dropped with probability 0.99
+
+
+@torch.no_grad()
+def test_the_taste_head_at_its_own_temperature_ranks_as_clip_until_trained(tiny_clip_dir):
+    model = _model(tiny_clip_dir, taste_head=True, prompt_scale=3.0)
+    prompts, images, features, valid = _inputs()
+    clip = model.module.clip
+    expected = _clip_scores(clip, model.tokenizer, prompts, images) * 3.0 / clip.logit_scale.exp()
+    assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
+
+
+@torch.no_grad()
+def test_the_taste_head_adds_a_linear_taste_over_the_standardized_image_embedding(tiny_clip_dir):
+    model = _model(tiny_clip_dir, taste_head=True, prompt_scale=3.0)
+    module = model.module
+    generator = torch.Generator().manual_seed(2)
+    width = module.clip.config.projection_dim
+    module.taste.weight.copy_(torch.randn(module.taste.weight.shape, generator=generator))
+    module.taste.bias.copy_(torch.randn(width, generator=generator))
+    mean, var = torch.randn(width, generator=generator) * 0.1, torch.rand(width, generator=generator) + 0.5
+    module.taste_norm.running_mean.copy_(mean)
+    module.taste_norm.running_var.copy_(var)
+    prompts, images, features, valid = _inputs()
+    clip = module.clip
+    # written out: 3 · cos(text, image) + Σ_p (W u + b)_p · (v̂_p − mean_p) / √(var_p + eps), v̂ unit norm
+    pixels = clip_pixels(images.flatten(0, 1), 64)
+    image = clip.get_image_features(pixel_values=pixels).pooler_output
+    image = (image / image.norm(dim=-1, keepdim=True)).view(*images.shape[:2], -1)
+    u = module.text_merchant(features)
+    weights = u @ module.taste.weight.T + module.taste.bias
+    taste = torch.einsum("bp,bkp->bk", weights, (image - mean) / torch.sqrt(var + 1e-5))
+    expected = _clip_scores(clip, model.tokenizer, prompts, images) * 3.0 / clip.logit_scale.exp() + taste
+    assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-4)
+
+
+@torch.no_grad()
+def test_the_taste_head_and_its_statistics_survive_save_and_load(tiny_clip_dir, tmp_path):
+    model = _model(tiny_clip_dir, taste_head=True, prompt_scale=3.0)
+    _perturb(model.module)
+    model.module.taste.weight.normal_(0, 1.0)
+    model.module.taste_norm.running_mean.normal_(0, 0.1)
+    model.module.prompt_log_scale.fill_(0.5)
+    model.save(tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.module.config.taste_head and loaded.module.config.prompt_scale == 3.0
+    prompts, images, features, valid = _inputs(3)
+    assert torch.equal(model.score(prompts, images, features, valid), loaded.score(prompts, images, features, valid))
