@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,6 +34,9 @@ def prepare_command(
     taste: Annotated[Optional[str], typer.Option(
         "--taste", help="Synthetic: the taste mix, colour, mixed or subtle (harder: colour matters less).")] = None,
     noise: Annotated[Optional[float], typer.Option("--noise", help="Synthetic: noise of the merchants' picks.")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Processes that decode the images (default: the cores available); the "
+                                 "output is the same for any number.")] = None,
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
@@ -53,6 +57,7 @@ def prepare_command(
     out = out or workspace.data
     from perfusion_cli.data.prepare import prepare, prepare_synthetic
 
+    workers = workers or len(os.sched_getaffinity(0))
     started = time.perf_counter()
     progress = RichProgress()
     try:
@@ -60,9 +65,9 @@ def prepare_command(
             synthetic_config = context.section(ctx, recipe, "synthetic", {
                 "merchants": merchants, "sessions_per_merchant": sessions_per_merchant, "seed": seed, "style": style,
                 "taste": taste, "noise": noise})
-            manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line())
+            manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
         else:
-            manifest = prepare(logs, out, config, progress, context.command_line())
+            manifest = prepare(logs, out, config, progress, context.command_line(), workers)
     finally:
         progress.stop()
     print_summary(manifest, out, time.perf_counter() - started)

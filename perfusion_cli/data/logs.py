@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.images import ImageLimits, ImageProblem, read_image_file
+from perfusion_cli.data.image_checks import BLOCK, ImageChecks
+from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import sha256_file
@@ -154,9 +155,11 @@ class LogsSource:
     merchant_stats: JsonlStats = field(default_factory=JsonlStats)
     session_stats: JsonlStats = field(default_factory=JsonlStats)
     kind: str = "logs"
+    workers: int = 1  # processes that decode pass one's images (``image_checks``); the output is the same
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self._images = ImageChecks(self.root, self.limits, self.workers)
         if not self.root.is_dir():
             raise DataError(f"logs folder not found: {self.root}")
         for name in (SESSIONS_FILE, MERCHANTS_FILE):
@@ -197,25 +200,35 @@ class LogsSource:
         return profiles, rejections
 
     def scan(self, known_merchants: set[str]) -> Iterator[GroupRecord | Rejection]:
-        """Validate every session line, images included, in file order."""
+        """Validate every session line, images included, in file order (a block of lines at a time, whose
+        images are decoded ahead, in parallel with ``workers`` > 1)."""
         first_line: dict[str, int] = {}
         path = self.root / SESSIONS_FILE
-        for number, obj, rejection in iter_jsonl(path, self.session_stats):
-            if rejection:
-                yield rejection
-                continue
+        blocks = _blocks(iter_jsonl(path, self.session_stats), BLOCK)
+        try:
+            upcoming = next(blocks, None)
+            while upcoming is not None:
+                block, upcoming = upcoming, next(blocks, None)
+                for ahead in (block, upcoming or []):  # this block's images, and the next one's meanwhile
+                    self._images.prefetch(image for _, obj, _ in ahead for image in _image_paths(obj))
+                for number, obj, rejection in block:
+                    if rejection:
+                        yield rejection
+                        continue
 
-            def validate(obj=obj, number=number) -> GroupRecord:
-                record = self._validate(number, obj, known_merchants)
-                if record.session_id in first_line:
-                    raise RowError(R.DUPLICATE_SESSION, f"session_id {record.session_id!r} first seen on "
-                                                        f"line {first_line[record.session_id]}")
-                return record
+                    def validate(obj=obj, number=number) -> GroupRecord:
+                        record = self._validate(number, obj, known_merchants)
+                        if record.session_id in first_line:
+                            raise RowError(R.DUPLICATE_SESSION, f"session_id {record.session_id!r} first seen "
+                                                                f"on line {first_line[record.session_id]}")
+                        return record
 
-            record = checked(SESSIONS_FILE, number, _snippet(obj), validate)
-            if isinstance(record, GroupRecord):
-                first_line[record.session_id] = number
-            yield record
+                    record = checked(SESSIONS_FILE, number, _snippet(obj), validate)
+                    if isinstance(record, GroupRecord):
+                        first_line[record.session_id] = number
+                    yield record
+        finally:
+            self._images.stop_workers()
 
     def _validate(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord:
         session_id = _identifier(obj, "session_id")
@@ -235,7 +248,7 @@ class LogsSource:
         images, selected = _candidates(obj)
         for index, image in enumerate(images):
             try:
-                read_image_file(self.root, image, self.limits)
+                self._images.check(image)
             except ImageProblem as exc:
                 raise RowError(exc.reason, f"candidate {index}: {exc.detail}") from None
             except OSError as exc:
@@ -252,11 +265,19 @@ class LogsSource:
         return path if path.is_file() else None
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
-        try:
-            return [read_image_file(self.root, image, self.limits) for image in record.images]
-        except (ImageProblem, OSError) as exc:
-            raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: "
-                            f"{getattr(exc, 'detail', exc)}") from None
+        """Pass two: each image's bytes, when they are still the bytes pass one decoded (same SHA-256)."""
+        images = []
+        for image in record.images:
+            try:
+                read = self._images.read(image)
+            except (ImageProblem, OSError) as exc:
+                read, problem = None, getattr(exc, "detail", exc)
+            else:
+                problem = f"image {image!r} is not the file pass one checked"
+            if read is None:
+                raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: {problem}")
+            images.append(read)
+        return images
 
     def describe(self) -> dict:
         return {
@@ -266,6 +287,24 @@ class LogsSource:
             "session_rows": self.session_stats.rows,
             "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,
         }
+
+
+def _blocks(rows: Iterator, size: int) -> Iterator[list]:
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _image_paths(obj: dict | None) -> list:
+    """The image paths a session line names, whatever else is wrong with it (checked ahead, used only if
+    the line validates)."""
+    candidates = obj.get("candidates") if isinstance(obj, dict) else None
+    return [c.get("image") for c in candidates if isinstance(c, dict)] if isinstance(candidates, list) else []
 
 
 def _snippet(obj: dict) -> str:

@@ -1,0 +1,81 @@
+"""`prepare` throughput at 1 and N workers on 512 px JPEGs (docs/benchmarks.md, "Preparing at scale").
+
+    .venv/bin/python scripts/prepare_throughput.py [--workdir /tmp/prep] [--sessions 400] [--workers 2]
+
+Writes a logs folder of SESSIONS sessions × 5 candidates (512×512 JPEGs, quality 90: the synthetic
+products scaled up, with grain), prepares it with `--workers 1` and `--workers N` in one run, checks
+that the two outputs are byte-identical, and prints images/s for each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PERFUSION = str(Path(sys.executable).with_name("perfusion"))
+
+
+def write_logs(root: Path, sessions: int) -> int:
+    """A logs folder of 512 px JPEGs; returns the number of images."""
+    if (root / "sessions.jsonl").is_file():
+        return sum(len(json.loads(line)["candidates"]) for line in (root / "sessions.jsonl").open())
+    from perfusion_cli.config import SyntheticConfig
+    from perfusion_cli.data.synthetic import write_marketplace
+
+    drawn = SyntheticConfig(merchants=max(2, sessions // 20), sessions_per_merchant=20)
+    small = write_marketplace(root / "small", drawn)
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (small / "sessions.jsonl").open()][:sessions]
+    for row in rows:
+        for candidate in row["candidates"]:
+            image = Image.open(small / candidate["image"]).convert("RGB").resize((512, 512), Image.BICUBIC)
+            grain = rng.normal(0, 6, (512, 512, 3))
+            pixels = np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+            name = Path(candidate["image"]).with_suffix(".jpg").name
+            Image.fromarray(pixels).save(root / "images" / name, quality=90)
+            candidate["image"] = f"images/{name}"
+    (root / "sessions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "merchants.jsonl").write_bytes((small / "merchants.jsonl").read_bytes())
+    return sum(len(row["candidates"]) for row in rows)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.name != "manifest.json"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/prep"))
+    parser.add_argument("--sessions", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    logs = args.workdir / "logs"
+    images = write_logs(logs, args.sessions)
+    size = sum(p.stat().st_size for p in (logs / "images").iterdir()) / images
+    rates = {}
+    for workers in (1, args.workers):
+        out = args.workdir / f"data-{workers}"
+        started = time.perf_counter()
+        subprocess.run([PERFUSION, "prepare", str(logs), "--out", str(out), "--workers", str(workers),
+                        "--min-records", "1"], check=True, capture_output=True)
+        rates[workers] = images / (time.perf_counter() - started)
+    same = files(args.workdir / "data-1") == files(args.workdir / f"data-{args.workers}")
+    manifests = [json.loads((args.workdir / f"data-{w}" / "manifest.json").read_text()) for w in (1, args.workers)]
+    for manifest in manifests:
+        manifest["created_by"]["command"] = ""  # the command line names --workers; nothing else may differ
+    print(f"{images} images of 512x512 JPEG ({size / 1024:.0f} KiB each): {rates[1]:.1f} images/s at 1 worker, "
+          f"{rates[args.workers]:.1f} at {args.workers} (x{rates[args.workers] / rates[1]:.2f}); "
+          f"outputs identical: {same and manifests[0] == manifests[1]}")
+
+
+if __name__ == "__main__":
+    main()
