@@ -19,6 +19,11 @@ PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "
             "clean-fid", "torchmetrics", "xformers", "tensorboard", "wandb")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:

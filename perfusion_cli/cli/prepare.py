@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 from perfusion_cli.config import TINY_RECIPE
+from perfusion_cli.environment import available_cores
 
 
 @boundary
@@ -57,7 +57,7 @@ def prepare_command(
     out = out or workspace.data
     from perfusion_cli.data.prepare import prepare, prepare_synthetic
 
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or available_cores()
     started = time.perf_counter()
     progress = RichProgress()
     try:

@@ -20,6 +20,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Iterable
 
+from perfusion_cli.data import records as R
 from perfusion_cli.data.images import ImageLimits, ImageProblem, read_image_file, resolve_inside
 
 BLOCK = 256
@@ -72,13 +73,13 @@ class ImageChecks:
             raise ImageProblem(*rest)
         raise rest[0]
 
-    def read(self, relative: str) -> tuple[str, bytes] | None:
-        """(extension, bytes) when the file still has the bytes pass one checked; None when it changed."""
+    def read(self, relative: str) -> tuple[str, bytes]:
+        """(extension, bytes) of an image pass one accepted; ImageProblem when the file has changed since."""
         kind, *rest = self._verdicts.get(relative) or ("unchecked",)
-        if kind != "ok":
-            return None
-        data = resolve_inside(self.root, relative).read_bytes()
-        return (rest[0], data) if hashlib.sha256(data).hexdigest() == rest[1] else None
+        data = resolve_inside(self.root, relative).read_bytes() if kind == "ok" else b""
+        if kind != "ok" or hashlib.sha256(data).hexdigest() != rest[1]:
+            raise ImageProblem(R.IMAGE_CORRUPT, f"image {relative!r} is not the file pass one checked")
+        return rest[0], data
 
     def stop_workers(self) -> None:
         """End the pool (the verdicts stay for pass two)."""

@@ -266,18 +266,11 @@ class LogsSource:
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         """Pass two: each image's bytes, when they are still the bytes pass one decoded (same SHA-256)."""
-        images = []
-        for image in record.images:
-            try:
-                read = self._images.read(image)
-            except (ImageProblem, OSError) as exc:
-                read, problem = None, getattr(exc, "detail", exc)
-            else:
-                problem = f"image {image!r} is not the file pass one checked"
-            if read is None:
-                raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: {problem}")
-            images.append(read)
-        return images
+        try:
+            return [self._images.read(image) for image in record.images]
+        except (ImageProblem, OSError) as exc:
+            raise DataError(f"{SESSIONS_FILE} line {record.row}: an image changed while preparing: "
+                            f"{getattr(exc, 'detail', exc)}") from None
 
     def describe(self) -> dict:
         return {

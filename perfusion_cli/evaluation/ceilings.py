@@ -8,8 +8,9 @@
   the best a model that knows a merchant only by its profile can do: the cold-start ceiling, and the
   floor a known merchant's few records have to lift.
 
-Both read the candidates' pixels at the marketplace's own resolution, through the same stream and
-metrics as the reward model, so an RM's GAUC reads as a share of the achievable.
+All three read the candidates' pixels at the marketplace's own resolution, through the same stream and
+metrics as the reward model, so an RM's GAUC reads as a share of the achievable; each candidate is
+measured once for the three.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from perfusion_cli.data.synthetic import load_truth, profile_taste, read_truth
 from perfusion_cli.ranking import ranking_metrics, score_groups
 
 
-def _taste_scores(tastes: dict[str, Taste] | None, population: list[Taste] = ()):
-    """Each candidate scored by its merchant's taste in ``tastes``, or by the mean over ``population``."""
+def _taste_scores(measured: dict, tastes: dict[str, Taste] | None, population: list[Taste] = ()):
+    """Each candidate scored by its merchant's taste in ``tastes``, or by the mean over ``population``;
+    ``measured`` holds what ``oracle.measure`` read off each candidate, shared by the scorers."""
     def score(batch: GroupBatch) -> torch.Tensor:
         scores = torch.zeros(batch.valid.shape)
         for g, k in zip(*torch.nonzero(batch.valid.cpu(), as_tuple=True)):
-            features = measure(batch.images[g, k].cpu().numpy())
+            key = (batch.session_ids[g], int(k))
+            if key not in measured:
+                measured[key] = measure(batch.images[g, k].cpu().numpy())
+            features = measured[key]
             if tastes is None:
                 scores[g, k] = float(np.mean([utility_of(taste, features) for taste in population]))
             else:
@@ -48,7 +53,7 @@ def _profile_tastes(data_dir: Path, mix: str) -> dict[str, Taste]:
     for merchant_id, row in read_merchants(data_dir).items():
         profile = row["features"]
         tastes[merchant_id] = profile_taste(profile["category"], profile["style"], profile["region"],
-                                                   float(profile["price_level"]), mix)
+                                            float(profile["price_level"]), mix)
     return tastes
 
 
@@ -60,10 +65,11 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
         return []
     drawn = read_truth(data_dir).get("config", {})
     resolution = int(drawn.get("resolution", 64))
-    scorers = (("oracle (ceiling)", _taste_scores(truth)),
-               ("population taste (no personalization)", _taste_scores(None, list(truth.values()))),
+    measured: dict = {}
+    scorers = (("oracle (ceiling)", _taste_scores(measured, truth)),
+               ("population taste (no personalization)", _taste_scores(measured, None, list(truth.values()))),
                ("profile taste (the profile alone, no personal part)",
-                _taste_scores(_profile_tastes(data_dir, drawn.get("taste", "colour")))))
+                _taste_scores(measured, _profile_tastes(data_dir, drawn.get("taste", "colour")))))
     rows = []
     for name, scorer in scorers:
         scores = score_groups(scorer, data_dir, config.split, resolution, batch_size=config.batch_size)

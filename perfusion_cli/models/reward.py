@@ -84,6 +84,15 @@ class PerFusionRM(ModelMixin, ConfigMixin):
     def vocab(self) -> FeatureVocab:
         return FeatureVocab.from_json(self.config.features or [])
 
+    @property
+    def own_temperature(self) -> bool:
+        """The prompt cosine has its own learned temperature (``prompt_log_scale``), not CLIP's."""
+        return self.config.plugin and self.config.prompt_scale is not None
+
+    @property
+    def has_taste_head(self) -> bool:
+        return self.config.plugin and self.config.taste_head
+
     def vision_encoder(self) -> MerchantEncoder:
         return self.text_merchant if self.config.shared_plugin else self.vision_merchant
 
@@ -100,15 +109,17 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         output = image_features(self.clip, pixels, modulation, self.gradient_checkpointing)
         return nn.functional.normalize(output, dim=-1)
 
-    def taste_scores(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """[N, F] features, [N, P] image embeddings → [N] the taste head's term: ⟨W u, standardized image⟩.
+    def taste_scores(self, features: torch.Tensor, image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, F] features, [N, P] image embeddings of groups ``rows`` [N] → [N] the taste head's term:
+        ⟨W u, standardized image⟩.
 
         The cosine alone reads an image through CLIP's unit sphere, where the directions that tell one
         product's colour, pattern or cut from another's are a small part of the norm; standardizing the
         embedding over the data (batch statistics in training, running ones after) puts them at unit
         scale, so a merchant's weights on them are learned in the steps a recipe has.
         """
-        return (self.taste(self.text_merchant(features)) * self.taste_norm(image.float()).to(image.dtype)).sum(-1)
+        weights = self.taste(self.text_merchant(features))[rows]  # [N, P]
+        return (weights * self.taste_norm(image.float()).to(image.dtype)).sum(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor,
                 features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -122,11 +133,10 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         rows = torch.arange(batch, device=valid.device).repeat_interleave(group)[flat]
         pixels = clip_pixels(images.flatten(0, 1)[flat], self.image_size).to(self.clip.dtype)
         image = self.image_embeddings(pixels, features[rows])  # [N, P]
-        personal = self.config.plugin and self.config.prompt_scale is not None
-        log_scale = self.prompt_log_scale if personal else self.clip.logit_scale
+        log_scale = self.prompt_log_scale if self.own_temperature else self.clip.logit_scale
         flat_scores = (image * text[rows]).sum(-1) * log_scale.exp()
-        if self.config.plugin and self.config.taste_head:
-            flat_scores = flat_scores + self.taste_scores(features[rows], image)
+        if self.has_taste_head:
+            flat_scores = flat_scores + self.taste_scores(features, image, rows)
         scores = torch.zeros(batch * group, dtype=flat_scores.dtype, device=flat_scores.device)
         scores = scores.masked_scatter(flat, flat_scores)
         return scores.view(batch, group)

@@ -41,16 +41,17 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
         module.enable_gradient_checkpointing()
     if config.freeze_backbone:
         module.clip.requires_grad_(False)
-    if module.config.plugin and module.config.prompt_scale is not None:
+    if module.own_temperature:
         module.clip.logit_scale.requires_grad_(False)  # the prompt's own temperature replaces it (DDP: unused)
     plugin = [p for name, p in module.named_parameters() if not name.startswith("clip.")]
     backbone = [p for p in module.clip.parameters() if p.requires_grad]
     groups = [g for g in ({"params": plugin, "lr": config.lr},
                           {"params": backbone, "lr": config.backbone_lr or config.lr}) if g["params"]]
-    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    # and what training changes besides weights: the taste head's running statistics
+    # a checkpoint holds the trained parameters and what training changes besides weights: the taste
+    # head's running statistics
     persistent = module.state_dict().keys()
-    trainable |= {name for name, _ in module.named_buffers() if name in persistent and not name.startswith("clip.")}
+    checkpointed = {name for name, p in module.named_parameters() if p.requires_grad}
+    checkpointed |= {name for name, _ in module.named_buffers() if name in persistent and not name.startswith("clip.")}
     loss_fn = LOSSES[config.loss]
     truncated = {"prompts": 0}
 
@@ -66,10 +67,10 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
 
     def trainable_state() -> dict[str, torch.Tensor]:
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-        return {name: tensors[name] for name in sorted(trainable)}
+        return {name: tensors[name] for name in sorted(checkpointed)}
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
-        if set(state) != trainable:
+        if set(state) != checkpointed:
             raise CheckpointError("the checkpoint's weights do not match this model: resume with the settings "
                                   "the run started with")
         module.load_state_dict(state, strict=False)
