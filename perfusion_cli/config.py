@@ -133,6 +133,9 @@ class RMTrainConfig(TrainLoopConfig):
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
     eval_max_groups: Optional[int] = bounded(None, ge=1)
     augment_flip: bool = False  # mirror each candidate with probability 1/2 (tastes are left-right symmetric)
+    # Start from a trained reward model's weights (a run or its model/ folder) instead of the base model's:
+    # continued training on new logs prepared with that run's vocabulary (`prepare LOGS --vocab DATA`).
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -226,6 +229,23 @@ class BenchConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``perfusion serve``: where it listens and what one request may ask; images follow ``[generate]``."""
+
+    host: str = "127.0.0.1"
+    port: int = bounded(8000, ge=0, le=65535)  # 0: a free port, printed at start
+    max_n: int = bounded(8, ge=1, le=64)  # candidates one request may ask for
+    default_n: int = bounded(4, ge=1, le=64)
+    max_prompt_chars: int = bounded(500, ge=1)
+    max_body_bytes: int = bounded(64 * 1024, ge=1024)
+    # micro-batching: requests waiting at most max_wait_ms join one pipeline call of up to max_batch_images
+    max_batch_images: int = bounded(16, ge=1)
+    max_wait_ms: float = bounded(25.0, ge=0, le=10_000)
+    queue_size: int = bounded(64, ge=1)  # requests waiting beyond it are refused: 503 with Retry-After
+    request_timeout_s: float = bounded(120.0, gt=0)
+
+
+@dataclass
 class BaseTrainConfig:
     """Pre-training of the tiny base backbones on the synthetic catalogue (tiny models only)."""
 
@@ -247,6 +267,7 @@ SECTIONS: dict[str, type] = {
     "eval-rm": EvalRMConfig,
     "eval-gen": EvalGenConfig,
     "bench": BenchConfig,
+    "serve": ServeConfig,
     "pretrain-base": BaseTrainConfig,
 }
 

@@ -40,47 +40,65 @@ from perfusion_cli.progress import NullProgress, Progress
 
 def parse_profile(pairs: list[str], vocab: FeatureVocab) -> dict:
     """``["style=bohemian", "price_level=40"]`` → a profile typed by the vocabulary's feature kinds."""
-    kinds = {feature.name: feature.kind for feature in vocab.features}
     profile = {}
     for pair in (p for item in pairs for p in re.split(r"[,\s]+", item.strip()) if p):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--features expects key=value pairs, got {pair!r}")
+        profile[key] = value
+    return typed_profile(profile, vocab, "--features")
+
+
+def typed_profile(profile: dict, vocab: FeatureVocab, where: str = "features") -> dict:
+    """A cold-start profile checked against the vocabulary: known feature names only, numeric features as
+    numbers (a numeric string is read as one), categorical ones as given."""
+    kinds = {feature.name: feature.kind for feature in vocab.features}
+    typed = {}
+    for key, value in profile.items():
         if key not in kinds or key == "merchant_id":
             known = ", ".join(k for k in kinds if k != "merchant_id")
-            raise ConfigError(f"--features: unknown feature {key!r} (the model knows: {known})")
-        if kinds[key] == "numeric":
+            raise ConfigError(f"{where}: unknown feature {key!r} (the model knows: {known})")
+        if kinds[key] == "numeric" and value is not None:
             try:
-                profile[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"--features: {key} is numeric, got {value!r}") from None
+                if isinstance(value, bool):
+                    raise ValueError
+                typed[key] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} is numeric, got {value!r}") from None
+            if not math.isfinite(typed[key]):
+                raise ConfigError(f"{where}: {key} must be finite, got {value!r}")
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{where}: {key} must be a string, number or boolean, got {type(value).__name__}")
         else:
-            profile[key] = value
-    return profile
+            typed[key] = value
+    return typed
 
 
 def merchant_condition(pipeline: PerFusionPipeline, merchants: dict[str, dict], data_dir: Path, merchant: str,
-                       config: GenerateConfig, profile_pairs: list[str]) -> tuple[torch.Tensor | None,
-                                                                                   torch.Tensor | None, dict]:
+                       cold_start: str | None, profile: dict | None) -> tuple[torch.Tensor | None,
+                                                                            torch.Tensor | None, dict]:
     """(features [1, F] or None, embedding [1, d_u] or None, a description for the metadata);
-    ``merchants`` is the prepared data's table (``read_merchants``)."""
+    ``merchants`` is the prepared data's table (``read_merchants``); ``profile`` a typed cold-start profile."""
     vocab = pipeline.branch.vocab
     if merchant in merchants:
         ids = vocab.encode(merchant, merchants[merchant]["features"])
         return torch.tensor([ids]), None, {"source": "prepared data", "role": merchants[merchant]["role"]}
-    if not config.cold_start:
-        raise DataError(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}) — pass "
-                        f"--cold-start mean, or --cold-start features --features key=value …")
-    if config.cold_start == "features":
-        if not profile_pairs:
+    if not cold_start:
+        raise UnknownMerchant(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}) — pass "
+                              f"--cold-start mean, or --cold-start features --features key=value …")
+    if cold_start == "features":
+        if profile is None:
             raise ConfigError("--cold-start features needs the merchant's profile: --features key=value …")
-        profile = parse_profile(profile_pairs, vocab)
         return torch.tensor([vocab.encode(merchant, profile)]), None, {"source": "cold start: features",
                                                                         "profile": profile}
     training = [row["feature_ids"] for row in merchants.values() if row["role"] == "train"]
     with torch.no_grad():
         u = pipeline.branch.merchant(torch.tensor(training, device=pipeline.device)).mean(0, keepdim=True)
     return None, u, {"source": "cold start: mean of training merchants", "merchants": len(training)}
+
+
+class UnknownMerchant(DataError):
+    """A merchant the prepared data does not hold, with no cold-start profile to stand in for it."""
 
 
 def _slug(text: str) -> str:
@@ -153,9 +171,14 @@ class Designer:
             self.reward.vocab.require_same(self.manifest.vocab, "reward model", data_dir)
 
     @torch.no_grad()
-    def condition(self, merchant: str, profile_pairs: list[str]) -> _Condition:
+    def condition(self, merchant: str, profile_pairs: list[str] | None = None, profile: dict | None = None,
+                  cold_start: str | None = None) -> _Condition:
+        """The merchant's condition: from the prepared data, else a cold start (``config.cold_start`` unless
+        ``cold_start`` is given) from ``--features`` pairs or an already typed ``profile``."""
+        if profile_pairs:
+            profile = parse_profile(profile_pairs, self.pipeline.branch.vocab)
         features, embedding, source = merchant_condition(self.pipeline, self.merchants, self.data_dir, merchant,
-                                                         self.config, profile_pairs)
+                                                         cold_start or self.config.cold_start, profile)
         if features is not None:
             embedding = self.pipeline.branch.merchant(features.to(self.pipeline.device))
         return _Condition(features, embedding if self.config.personalization else None, source)
@@ -182,13 +205,16 @@ class Designer:
         bounds = [0, *itertools.accumulate(request.n for request in requests)]
         return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
+    def scores(self, prompt: str, images: torch.Tensor, condition: _Condition) -> dict:
+        """PerFusionRM's score of each image for this merchant and prompt (``values`` empty without one)."""
+        return _reward_scores(self.reward, prompt, images, condition.features, len(self.manifest.vocab.features))
+
     def write(self, request: Request, images: torch.Tensor, condition: _Condition, out_root: Path) -> dict:
         """Score (reward model; oracle on synthetic data), rerank if asked, write PNGs + metadata.json."""
         config = self.config
         seeds = [request.seed + i for i in range(request.n)]
         _, _, truncated = tokenize(self.pipeline.tokenizer, [request.prompt])
-        scores = _reward_scores(self.reward, request.prompt, images, condition.features,
-                                len(self.manifest.vocab.features))
+        scores = self.scores(request.prompt, images, condition)
         oracle = _oracle(self.data_dir, request.merchant, images)
         order = list(range(request.n))
         if config.rerank:
@@ -215,7 +241,7 @@ class Designer:
         return metadata
 
     def serve(self, requests: list[Request], out_root: Path, profile_pairs: list[str] | None = None) -> list[dict]:
-        conditions = [self.condition(request.merchant, profile_pairs or []) for request in requests]
+        conditions = [self.condition(request.merchant, profile_pairs) for request in requests]
         images = self.images(requests, conditions)
         return [self.write(request, batch, condition, out_root)
                 for request, batch, condition in zip(requests, images, conditions)]

@@ -5,7 +5,8 @@
     <workspace>/data/            prepared data           (perfusion prepare)
     <workspace>/runs/rm/         the reward model        (perfusion train-rm)
     <workspace>/runs/gen/        the generator           (perfusion train-gen)
-    <workspace>/outputs/         images and reports      (perfusion generate, eval)
+    <workspace>/outputs/         images and reports      (perfusion generate, eval; serve's candidates)
+    <workspace>/logs/            raw logs                (perfusion serve records picks; prepare reads them)
 
 The workspace is ``--workdir``, else ``$PERFUSION_HOME``, else the current directory.
 """
@@ -49,6 +50,10 @@ class Workspace:
     @property
     def outputs(self) -> Path:
         return self.root / "outputs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     def default_reward(self) -> str | None:
         """The workspace's reward model when one has been trained (commands score with it if it is there)."""

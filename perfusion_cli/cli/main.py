@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli import __version__
-from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, train_gen, train_rm
+from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, train_gen, train_rm
 from perfusion_cli.workspace import ENV_VAR, Workspace
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command("train-gen")(train_gen.train_gen_command)
 app.add_typer(evaluate.app, name="eval")
 app.command("generate")(generate.generate_command)
 app.command("bench")(bench.bench_command)
+app.command("serve")(serve.serve_command)
 app.command("pretrain-base")(pretrain.pretrain_command)
 app.command("env")(env.env_command)
 

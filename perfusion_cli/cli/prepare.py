@@ -37,6 +37,9 @@ def prepare_command(
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Processes that decode the images (default: the cores available); the "
                                  "output is the same for any number.")] = None,
+    vocab: Annotated[Optional[Path], typer.Option(
+        "--vocab", help="Prepared data whose merchant feature vocabulary to keep (so the models trained on it read "
+                        "these shards: new logs for continued training); values it lacks map to the unknown id.")] = None,
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
@@ -47,6 +50,8 @@ def prepare_command(
     """
     if synthetic == (logs is not None):
         raise fail("give either LOGS_DIR or --synthetic (one of them)")
+    if synthetic and vocab is not None:
+        raise fail("--vocab applies to logs you prepare, not to --synthetic")
     workspace = context.workspace(ctx)
     if synthetic and recipe is None and not workspace.recipe.exists():
         from perfusion_cli.io import atomic_write_text
@@ -55,6 +60,7 @@ def prepare_command(
         say(f"wrote {workspace.recipe} (the tiny CPU recipe: bundled tiny backbones, synthetic marketplace)")
     config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
     out = out or workspace.data
+    from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.data.prepare import prepare, prepare_synthetic
 
     workers = workers or available_cores()
@@ -67,7 +73,8 @@ def prepare_command(
                 "taste": taste, "noise": noise})
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
         else:
-            manifest = prepare(logs, out, config, progress, context.command_line(), workers)
+            kept = load_manifest(vocab).vocab if vocab is not None else None
+            manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept)
     finally:
         progress.stop()
     print_summary(manifest, out, time.perf_counter() - started)

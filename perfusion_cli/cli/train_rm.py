@@ -38,6 +38,9 @@ def train_rm_command(
     seed: options.Seed = None,
     report_to: options.ReportTo = None,
     skip_bad_shards: options.SkipBadShards = None,
+    init_from: Annotated[Optional[str], typer.Option(
+        "--init-from", help="Start from this trained reward model (a run folder): continued training on new "
+                            "logs prepared with its vocabulary (prepare LOGS --vocab DATA).")] = None,
     resume: options.Resume = None,
     overwrite: options.Overwrite = False,
     recipe: options.Recipe = None,

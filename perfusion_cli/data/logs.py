@@ -23,6 +23,7 @@ from perfusion_cli.io import sha256_file
 MERCHANTS_FILE = "merchants.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
 TRUTH_FILE = "truth.json"
+IMAGES_DIR = "images"  # where serve and the synthetic marketplace put images (any path inside the folder reads)
 _RAW_SNIPPET = 300
 
 

@@ -62,9 +62,11 @@ def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> Lo
 
 
 def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
-            progress: Progress | None = None, command: str = "", workers: int = 1) -> Manifest:
+            progress: Progress | None = None, command: str = "", workers: int = 1,
+            vocab: FeatureVocab | None = None) -> Manifest:
     """Prepare ``source_path`` into ``out``; returns the manifest. ``workers`` changes the speed only:
-    the output is byte-identical whatever it is."""
+    the output is byte-identical whatever it is. ``vocab``: keep this feature vocabulary (another prepared
+    folder's) instead of building one from the training merchants, so models trained there read these shards."""
     progress = progress or NullProgress()
     source = open_source(source_path, config, workers)
     out = Path(out)
@@ -74,7 +76,7 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         (staging / SHARD_DIR).mkdir(parents=True)
-        raw = _prepare_into(source, source_path, staging, out, config, progress, command)
+        raw = _prepare_into(source, source_path, staging, out, config, progress, command, vocab)
         return _swap_in(staging, out, raw)
 
 
@@ -118,7 +120,7 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _prepare_into(source, source_path, staging: Path, out: Path, config: PrepareConfig, progress: Progress,
-                  command: str) -> dict:
+                  command: str, vocab: FeatureVocab | None) -> dict:
     profiles, merchant_rejections = source.merchants()
     records, rejections, held = _scan(source, set(profiles), progress)
     if not records:
@@ -134,7 +136,8 @@ def _prepare_into(source, source_path, staging: Path, out: Path, config: Prepare
                         f"{len(records)} valid groups would be held out — lower --min-records")
     held = sorted(held + plan.held_out, key=lambda h: h.row)
     training = [m for m, role in plan.roles.items() if role == "train"]
-    vocab = build_vocab(profiles, training, config.numeric_buckets)
+    if vocab is None:
+        vocab = build_vocab(profiles, training, config.numeric_buckets)
     splits = _write_shards(source, records, plan.assignment, vocab, profiles, staging, config, progress)
 
     _write_jsonl(staging / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])

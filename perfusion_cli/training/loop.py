@@ -208,6 +208,9 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
     trainable = [p for group in task.param_groups for p in group["params"]]
     last_checkpoint: Path | None = None
     evaluation: dict[str, float] = {}
+    validate = task.evaluate if manifest.raw["splits"].get("val", {}).get("groups", 0) else None
+    if task.evaluate and not validate and config.eval_every:
+        progress.log("the data has no validation groups (split val is empty): validation is skipped")
     watch = SpikeWatch(task.diagnose)
     started = time.perf_counter()
     extra = {"version": __version__, "data": data_identity(manifest)}
@@ -252,8 +255,8 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
                 row["warnings"] = warnings
             if step % config.log_every == 0 or step == config.max_steps or warnings:
                 log.write(row)
-            if task.evaluate and config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
-                evaluation = task.evaluate()
+            if validate and config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
+                evaluation = validate()
                 log.write({"step": step, "split": "val", **evaluation})
             progress.advance(1, loss=row["loss"], **{k: v for k, v in evaluation.items() if isinstance(v, float)})
             if flags[1] > 0 or (config.checkpoint_every and step % config.checkpoint_every == 0):

@@ -19,7 +19,7 @@ from perfusion_cli.data.loader import StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.losses import bradley_terry_loss, plackett_luce_loss
-from perfusion_cli.models.reward import create_reward_model
+from perfusion_cli.models.reward import RewardModel, create_reward_model, load_reward_model
 from perfusion_cli.progress import Progress
 from perfusion_cli.ranking import ranking_metrics, score_split
 from perfusion_cli.training.loop import TrainTask, run_training, start_run
@@ -36,6 +36,8 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
     model = create_reward_model(config.base_model, manifest.vocab, config.plugin, config.shared_plugin,
                                 config.plugin_hidden, config.merchant, config.taste_head,
                                 config.prompt_scale)
+    if config.init_from:
+        _start_from(model, config.init_from, manifest, data_dir)
     module = model.module.to(accelerator.device)
     if config.gradient_checkpointing:
         module.enable_gradient_checkpointing()
@@ -94,3 +96,16 @@ def train_reward_model(config: RMTrainConfig, data_dir: Path, run_dir: Path, res
     meta = {"kind": "reward", "command": command, "base_model": config.base_model, "config": asdict(config),
             "data": {"path": str(Path(data_dir).resolve()), "source": manifest.source}}
     return run_training(task, config, spec, folder, resume, meta, accelerator, manifest, progress)
+
+
+def _start_from(model: RewardModel, source: str, manifest, data_dir: Path) -> None:
+    """``init_from``: the weights (and taste-head statistics) of a trained run, which must read this data's
+    vocabulary and share this run's architecture."""
+    trained = load_reward_model(source)
+    trained.vocab.require_same(manifest.vocab, f"reward model given to --init-from ({source})", data_dir)
+    try:
+        model.module.load_state_dict(trained.module.state_dict())
+    except RuntimeError:
+        raise CheckpointError(f"--init-from {source}: that model was built with other settings (base model, "
+                              f"plug-in, taste head or widths) than this run: use the recipe it was trained "
+                              f"with") from None

@@ -1,0 +1,195 @@
+"""The HTTP face of ``perfusion serve`` (FastAPI): the JSON API, the images, and the merchant's page.
+
+    GET  /                      the page: pick a merchant, type a prompt, click the candidates you like
+    GET  /healthz               200 when the model is loaded
+    GET  /v1/info               versions, models, limits, queue
+    GET  /v1/merchants          the prepared data's merchant ids
+    POST /v1/generate           {"merchant_id", "prompt", "n"?, "seed"?, "features"?} → candidates
+    GET  /v1/images/{id}        a candidate's PNG
+    POST /v1/sessions           {"session_id", "merchant_id", "prompt", "candidates", "selected"} → recorded
+
+Writes (the two POSTs) need the token when the server has one (``Authorization: Bearer TOKEN``).
+Bodies over ``max_body_bytes`` are refused before they are read whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from importlib import metadata
+from importlib.resources import files
+from typing import Any, Optional, Union
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from perfusion_cli.config import ServeConfig
+from perfusion_cli.errors import ConfigError
+from perfusion_cli.generation import UnknownMerchant
+from perfusion_cli.serving.batcher import Busy, MicroBatcher
+from perfusion_cli.serving.journal import SessionConflict
+from perfusion_cli.serving.studio import BadPick, Studio
+
+FeatureValue = Union[str, float, int, bool, None]
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    merchant_id: Union[str, int]
+    prompt: str
+    n: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    features: Optional[dict[str, FeatureValue]] = None
+
+
+class SessionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_id: Union[str, int]
+    merchant_id: Union[str, int]
+    prompt: str
+    candidates: list[str] = Field(max_length=64)
+    selected: list[str] = Field(max_length=64)
+
+
+def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dict[str, Any]) -> FastAPI:
+    batcher = MicroBatcher(studio.generate, config.max_batch_images, config.max_wait_ms / 1000, config.queue_size)
+    app = FastAPI(title="perfusion serve", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
+                  on_startup=[batcher.start], on_shutdown=[batcher.stop])
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    page = files("perfusion_cli.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+    def authorized(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "this server needs its token on writes: Authorization: Bearer TOKEN",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/info")
+    def describe() -> dict:
+        return {**info, "token_required": token is not None, "recorded_sessions": len(studio.journal),
+                "queue": {"waiting": batcher.waiting, "size": config.queue_size,
+                          "batches": len(batcher.batches), "requests": sum(batcher.batches)},
+                "limits": {"max_n": config.max_n, "default_n": config.default_n,
+                           "max_prompt_chars": config.max_prompt_chars, "max_body_bytes": config.max_body_bytes,
+                           "request_timeout_s": config.request_timeout_s}}
+
+    @app.get("/v1/merchants")
+    def merchants() -> dict:
+        return {"merchants": studio.merchants}
+
+    @app.post("/v1/generate", dependencies=[Depends(authorized)])
+    async def generate(body: GenerateBody) -> dict:
+        n = config.default_n if body.n is None else body.n
+        if not 1 <= n <= config.max_n:
+            raise HTTPException(422, f"n must be in 1..{config.max_n}, got {n}")
+        prompt = _text(body.prompt, "prompt", config.max_prompt_chars)
+        merchant = _text(str(body.merchant_id), "merchant_id", 128)
+        try:
+            ask = studio.ask(merchant, prompt, n, body.seed, body.features)
+        except UnknownMerchant as exc:
+            raise HTTPException(404, str(exc)) from None
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            future = batcher.submit(ask, n)
+        except Busy:
+            raise HTTPException(503, f"{config.queue_size} requests are already waiting: retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"no answer within {config.request_timeout_s:g} s (request_timeout_s); "
+                                     f"the server is overloaded or the model too slow") from None
+
+    @app.get("/v1/images/{image_id}")
+    def image(image_id: str) -> Response:
+        data = studio.gallery.image(image_id)
+        if data is None:
+            raise HTTPException(404, "no such image")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.post("/v1/sessions", dependencies=[Depends(authorized)])
+    def sessions(body: SessionBody) -> dict:  # a plain def: the fsync runs in FastAPI's thread pool
+        session_id = _text(str(body.session_id), "session_id", 128)
+        merchant = _text(str(body.merchant_id), "merchant_id", 128)
+        prompt = _text(body.prompt, "prompt", config.max_prompt_chars)
+        try:
+            written = studio.record(session_id, merchant, prompt, body.candidates, body.selected)
+        except BadPick as exc:
+            raise HTTPException(422, str(exc)) from None
+        except SessionConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"session_id": session_id, "recorded": written, "duplicate": not written,
+                "candidates": len(body.candidates), "selected": len(body.selected),
+                "logs": str(studio.journal.sessions_path)}
+
+    return app
+
+
+def _text(value: str, name: str, limit: int) -> str:
+    text = value.strip()
+    if not text:
+        raise HTTPException(422, f"{name} must not be empty")
+    if len(text) > limit:
+        raise HTTPException(422, f"{name} is longer than {limit} characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise HTTPException(422, f"{name} is not valid Unicode (a lone surrogate)")
+    return text
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for package in ("perfusion", "torch", "diffusers", "transformers", "fastapi", "uvicorn"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes: by its Content-Length at once; a body without one (chunked)
+    is read ahead, at most ``limit`` bytes of it, and handed on only when it fits."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = JSONResponse({"detail": f"the request body is over {self.limit} bytes"}, status_code=413)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await too_big(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_big(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

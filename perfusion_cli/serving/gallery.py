@@ -1,0 +1,79 @@
+"""The candidates ``serve`` has shown: each a PNG under an opaque id, with what it was made for.
+
+An id is 32 random hex digits; it names a file only after it matches that pattern, so no request can
+name a path. Images stay on disk (``<workspace>/outputs/serve``) so a pick recorded after a restart
+still finds the candidates it names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What one candidate was generated for."""
+
+    request_id: str
+    merchant_id: str
+    prompt: str
+    seed: int
+    score: float | None
+    profile: dict | None  # the cold-start features it was made with (None: the prepared data's merchant)
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def png(image) -> bytes:
+    """A [3, H, W] tensor in [0, 1] as PNG bytes."""
+    array = np.round(image.permute(1, 2, 0).float().cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Gallery:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(self, data: bytes, shown: Shown) -> str:
+        image_id = new_id()
+        _write(self.root / f"{image_id}.png", data)
+        _write(self.root / f"{image_id}.json", json.dumps(asdict(shown)).encode("utf-8"))
+        return image_id
+
+    def image(self, image_id: str) -> bytes | None:
+        if not _ID.fullmatch(image_id):
+            return None
+        try:
+            return (self.root / f"{image_id}.png").read_bytes()
+        except OSError:
+            return None
+
+    def shown(self, image_id: str) -> Shown | None:
+        if not _ID.fullmatch(image_id):
+            return None
+        try:
+            return Shown(**json.loads((self.root / f"{image_id}.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -1,0 +1,93 @@
+"""A workspace with a trained tiny generator and reward model, and real ``perfusion serve`` processes on
+127.0.0.1 that the tests start and stop themselves."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import tiny_config, tiny_recipe, write_recipe
+
+
+@pytest.fixture(scope="session")
+def serve_workspace(tmp_path_factory, market):
+    from perfusion_cli.training.gen import train_generator
+    from perfusion_cli.training.rm import train_reward_model
+
+    data_dir, _ = market
+    root = tmp_path_factory.mktemp("serve")
+    shutil.copytree(data_dir, root / "data", ignore=shutil.ignore_patterns("raw"))
+    write_recipe(root / "perfusion.toml", tiny_recipe())
+    train_generator(tiny_config("train-gen"), root / "data", root / "runs" / "gen")
+    train_reward_model(tiny_config("train-rm"), root / "data", root / "runs" / "rm")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``perfusion serve`` in its own process; ``url`` once it answers /healthz."""
+
+    def __init__(self, workspace, logs, *args, token=None):
+        self.workspace, self.logs, self.args, self.token = workspace, logs, [str(a) for a in args], token
+        self.process = None
+
+    def start(self, timeout: float = 180.0) -> "Server":
+        self.port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if self.token:
+            env["PERFUSION_TOKEN"] = self.token
+        self.output = open(self.logs.parent / f"serve-{self.port}.out", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "perfusion_cli", "--workdir", str(self.workspace), "serve", "--port",
+             str(self.port), "--logs", str(self.logs), "--steps", "3", *self.args],
+            stdout=self.output, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}: {self.text()}")
+            try:
+                if httpx.get(self.url("/healthz"), timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"serve did not answer within {timeout} s: {self.text()}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def text(self) -> str:
+        self.output.seek(0)
+        return self.output.read()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
