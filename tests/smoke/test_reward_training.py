@@ -26,6 +26,17 @@ def test_two_steps_train_save_and_reload_identically(market, tmp_path):
     assert len(a) > 0 and (a == b).all()
 
 
+def test_data_without_validation_groups_trains_and_says_validation_is_skipped(tmp_path):
+    from tests.helpers import tiny_market
+
+    manifest = tiny_market(tmp_path / "data", merchants=4, sessions=12, val_fraction=0)
+    assert manifest.raw["splits"]["val"]["groups"] == 0
+    summary = train_reward_model(tiny_config("train-rm", max_steps=2, eval_every=1), tmp_path / "data", tmp_path / "rm")
+    assert summary["steps"] == 2 and "gauc" not in summary["final"]
+    rows = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("split") == "val"]
+
+
 def test_freeze_backbone_moves_only_the_plugins(market, tmp_path):
     data_dir, _ = market
     train_reward_model(tiny_config("train-rm", freeze_backbone=True), data_dir, tmp_path / "rm")
