@@ -15,6 +15,7 @@ Bodies over ``max_body_bytes`` are refused before they are read whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from importlib import metadata
 from importlib.resources import files
@@ -54,8 +55,15 @@ class SessionBody(BaseModel):
 
 def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dict[str, Any]) -> FastAPI:
     batcher = MicroBatcher(studio.generate, config.max_batch_images, config.max_wait_ms / 1000, config.queue_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        yield
+        batcher.stop()
+
     app = FastAPI(title="perfusion serve", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
-                  on_startup=[batcher.start], on_shutdown=[batcher.stop])
+                  lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     page = files("perfusion_cli.serving").joinpath("page.html").read_text(encoding="utf-8")
 

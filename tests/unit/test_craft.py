@@ -18,6 +18,7 @@ LAYERS = [
     {"losses", "metrics", "ranking", "objective", "training", "accounting"},
     {"pipeline"},
     {"evaluation", "generation", "bench", "plan"},
+    {"serving"},
     {"cli", "__main__"},
 ]
 
