@@ -17,8 +17,9 @@ from perfusion_cli.environment import available_cores
 @boundary
 def prepare_command(
     ctx: typer.Context,
-    logs: Annotated[Optional[Path], typer.Argument(
-        help="Logs folder (merchants.jsonl, sessions.jsonl, images) or a Pick-a-Pic .parquet file/folder.",
+    logs: Annotated[Optional[str], typer.Argument(
+        help="Logs folder (merchants.jsonl, sessions.jsonl, images), or its fsspec URL (https://, s3://, gs://; "
+             "pip install 'perfusion[remote]'), or a Pick-a-Pic .parquet file/folder.",
         show_default=False)] = None,
     out: options.Out = None,
     synthetic: Annotated[bool, typer.Option(

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-from pathlib import Path
 from typing import Iterable
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.images import ImageLimits, ImageProblem, read_image_file, resolve_inside
+from perfusion_cli.data.images import ImageLimits, ImageProblem, check_image_bytes
+from perfusion_cli.data.storage import LocalFolder, RemoteFolder
 
 BLOCK = 256
 
 
-def _verdict(job: tuple[Path, str, ImageLimits]) -> tuple:
+def _verdict(job: tuple[LocalFolder | RemoteFolder, str, ImageLimits]) -> tuple:
     """("ok", extension, sha256) | ("problem", reason, detail) | ("raise", the exception)."""
-    root, relative, limits = job
+    folder, relative, limits = job
     try:
-        extension, data = read_image_file(root, relative, limits)
+        data = folder.image(relative, limits)
+        extension = check_image_bytes(data, limits, f"image {relative!r}")
     except ImageProblem as exc:
         return ("problem", exc.reason, exc.detail)
     except Exception as exc:  # an OSError or whatever a hostile file provokes: raised again in the parent
@@ -41,8 +42,8 @@ def _verdict(job: tuple[Path, str, ImageLimits]) -> tuple:
 class ImageChecks:
     """Verdicts on a logs folder's images, computed in ``workers`` processes, looked up by path."""
 
-    def __init__(self, root: Path, limits: ImageLimits, workers: int = 1):
-        self.root, self.limits, self.workers = Path(root), limits, max(1, workers)
+    def __init__(self, folder: LocalFolder | RemoteFolder, limits: ImageLimits, workers: int = 1):
+        self.folder, self.limits, self.workers = folder, limits, max(1, workers)
         self._verdicts: dict[str, tuple] = {}
         self._pending: list[tuple[list[str], object]] = []  # (paths, AsyncResult) handed to the pool
         self._asked: set[str] = set()
@@ -54,18 +55,18 @@ class ImageChecks:
         if self.workers > 1 and len(todo) >= BLOCK:
             if self._pool is None:
                 self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-            jobs = [(self.root, relative, self.limits) for relative in todo]
+            jobs = [(self.folder, relative, self.limits) for relative in todo]
             chunk = max(1, len(jobs) // (4 * self.workers))
             self._pending.append((todo, self._pool.map_async(_verdict, jobs, chunksize=chunk)))
             self._asked.update(todo)
 
     def check(self, relative: str) -> str:
-        """The image's extension; raises as ``read_image_file`` would."""
+        """The image's extension; raises ImageProblem (or the OSError reading it met)."""
         while relative not in self._verdicts and relative in self._asked and self._pending:
             paths, result = self._pending.pop(0)
             self._verdicts.update(zip(paths, result.get()))
         if relative not in self._verdicts:
-            self._verdicts[relative] = _verdict((self.root, relative, self.limits))
+            self._verdicts[relative] = _verdict((self.folder, relative, self.limits))
         kind, *rest = self._verdicts[relative]
         if kind == "ok":
             return rest[0]
@@ -76,7 +77,7 @@ class ImageChecks:
     def read(self, relative: str) -> tuple[str, bytes]:
         """(extension, bytes) of an image pass one accepted; ImageProblem when the file has changed since."""
         kind, *rest = self._verdicts.get(relative) or ("unchecked",)
-        data = resolve_inside(self.root, relative).read_bytes() if kind == "ok" else b""
+        data = self.folder.image(relative, self.limits) if kind == "ok" else b""
         if kind != "ok" or hashlib.sha256(data).hexdigest() != rest[1]:
             raise ImageProblem(R.IMAGE_CORRUPT, f"image {relative!r} is not the file pass one checked")
         return rest[0], data

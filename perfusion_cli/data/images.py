@@ -69,15 +69,3 @@ def check_image_bytes(data: bytes, limits: ImageLimits, name: str) -> str:
     if kind not in EXTENSIONS:
         raise ImageProblem(R.IMAGE_CORRUPT, f"{name} has unsupported format {kind or 'unknown'}")
     return EXTENSIONS[kind]
-
-
-def read_image_file(root: Path, relative: str, limits: ImageLimits) -> tuple[str, bytes]:
-    """Read and check one image referenced from a log row; returns (extension, bytes)."""
-    path = resolve_inside(root, relative)
-    if not path.is_file():
-        raise ImageProblem(R.IMAGE_MISSING, f"image {relative!r} does not exist")
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise ImageProblem(R.IMAGE_TOO_LARGE, f"image {relative!r} has {size} bytes (limit {limits.max_bytes})")
-    data = path.read_bytes()
-    return check_image_bytes(data, limits, f"image {relative!r}"), data

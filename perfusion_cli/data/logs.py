@@ -6,8 +6,10 @@ exception and never a silent skip. Blank lines are not rows and are only counted
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +20,7 @@ from perfusion_cli.data.image_checks import BLOCK, ImageChecks
 from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
-from perfusion_cli.io import sha256_file
+from perfusion_cli.data.storage import is_url, open_folder, sha256_of
 
 MERCHANTS_FILE = "merchants.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
@@ -33,12 +35,18 @@ class JsonlStats:
     blank_lines: int = 0
 
 
-def iter_jsonl(path: Path, stats: JsonlStats) -> Iterator[tuple[int, dict | None, Rejection | None]]:
-    """Yield (line number, object, None) or (line number, None, rejection) for every non-blank line."""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+def iter_jsonl(path: Path | tuple[Any, str], stats: JsonlStats) -> Iterator[tuple[int, dict | None, Rejection | None]]:
+    """Yield (line number, object, None) or (line number, None, rejection) for every non-blank line of a file,
+    given as a path or as (folder, name) for a folder of ``storage`` (local or a URL)."""
+    if isinstance(path, tuple):
+        folder, name = path
+        handle = folder.open(name)
+    else:
+        name = path.name
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -49,9 +57,9 @@ def iter_jsonl(path: Path, stats: JsonlStats) -> Iterator[tuple[int, dict | None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield number, None, Rejection(path.name, number, R.INVALID_UTF8, str(exc), snippet)
+                yield number, None, Rejection(name, number, R.INVALID_UTF8, str(exc), snippet)
                 continue
-            parsed = checked(path.name, number, snippet, lambda: _parse(text))
+            parsed = checked(name, number, snippet, lambda: _parse(text))
             if isinstance(parsed, Rejection):
                 yield number, None, parsed
             else:
@@ -149,9 +157,10 @@ def _feature_value(key: str, value: Any) -> Any:
 
 @dataclass
 class LogsSource:
-    """Reads and validates a logs folder. ``scan`` is pass one; ``read_images`` serves pass two."""
+    """Reads and validates a logs folder, local or at an fsspec URL (``storage``). ``scan`` is pass one;
+    ``read_images`` serves pass two."""
 
-    root: Path
+    root: Path | str
     limits: ImageLimits
     merchant_stats: JsonlStats = field(default_factory=JsonlStats)
     session_stats: JsonlStats = field(default_factory=JsonlStats)
@@ -159,13 +168,15 @@ class LogsSource:
     workers: int = 1  # processes that decode pass one's images (``image_checks``); the output is the same
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        self._images = ImageChecks(self.root, self.limits, self.workers)
-        if not self.root.is_dir():
+        self.folder = open_folder(self.root)
+        self.root = self.folder.url if is_url(self.root) else self.folder.path
+        self._images = ImageChecks(self.folder, self.limits, self.workers)
+        if not self.folder.exists():
             raise DataError(f"logs folder not found: {self.root}")
         for name in (SESSIONS_FILE, MERCHANTS_FILE):
-            if not (self.root / name).is_file():
-                raise DataError(f"no {name} in {self.root} — a logs folder holds {MERCHANTS_FILE}, "
+            if not self.folder.is_file(name):
+                where = "at" if is_url(self.root) else "in"
+                raise DataError(f"no {name} {where} {self.root} — a logs folder holds {MERCHANTS_FILE}, "
                                 f"{SESSIONS_FILE} and the images they reference (docs/data-format.md)")
 
     @property
@@ -177,8 +188,7 @@ class LogsSource:
         profiles: dict[str, dict] = {}
         rejections: list[Rejection] = []
         first_line: dict[str, int] = {}
-        path = self.root / MERCHANTS_FILE
-        for number, obj, rejection in iter_jsonl(path, self.merchant_stats):
+        for number, obj, rejection in iter_jsonl((self.folder, MERCHANTS_FILE), self.merchant_stats):
             if rejection:
                 rejections.append(rejection)
                 continue
@@ -204,8 +214,7 @@ class LogsSource:
         """Validate every session line, images included, in file order (a block of lines at a time, whose
         images are decoded ahead, in parallel with ``workers`` > 1)."""
         first_line: dict[str, int] = {}
-        path = self.root / SESSIONS_FILE
-        blocks = _blocks(iter_jsonl(path, self.session_stats), BLOCK)
+        blocks = _blocks(iter_jsonl((self.folder, SESSIONS_FILE), self.session_stats), BLOCK)
         try:
             upcoming = next(blocks, None)
             while upcoming is not None:
@@ -257,13 +266,17 @@ class LogsSource:
         return GroupRecord(number, session_id, merchant_id, prompt.strip(), timestamp, images, selected)
 
     def input_files(self) -> list[Path]:
-        return [self.root / name for name in (MERCHANTS_FILE, SESSIONS_FILE, TRUTH_FILE)]
+        """The input files on this machine (none for a URL): prepare refuses to write over them."""
+        return self.folder.local_files([MERCHANTS_FILE, SESSIONS_FILE, TRUTH_FILE])
 
-    @property
-    def truth(self) -> Path | None:
-        """The synthetic marketplace's hidden tastes, when these logs are synthetic."""
-        path = self.root / TRUTH_FILE
-        return path if path.is_file() else None
+    @functools.cached_property
+    def synthetic(self) -> bool:
+        """Whether these logs are the synthetic marketplace's (they carry each merchant's hidden taste)."""
+        return self.folder.is_file(TRUTH_FILE)
+
+    def copy_truth(self, target: Path) -> None:
+        with self.folder.open(TRUTH_FILE) as handle, open(target, "wb") as out:
+            shutil.copyfileobj(handle, out)
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         """Pass two: each image's bytes, when they are still the bytes pass one decoded (same SHA-256)."""
@@ -276,7 +289,7 @@ class LogsSource:
     def describe(self) -> dict:
         return {
             "kind": self.kind,
-            "files": {name: sha256_file(self.root / name) for name in (MERCHANTS_FILE, SESSIONS_FILE)},
+            "files": {name: sha256_of(self.folder, name) for name in (MERCHANTS_FILE, SESSIONS_FILE)},
             "merchant_rows": self.merchant_stats.rows,
             "session_rows": self.session_stats.rows,
             "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,

@@ -130,7 +130,7 @@ class PickAPicSource:
     def input_files(self) -> list[Path]:
         return list(self.files)
 
-    truth = None  # Pick-a-Pic has no hidden taste to measure
+    synthetic = False  # Pick-a-Pic has no hidden taste to measure
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         file_index, group_index, offset, _ = record.images[0].split(":")

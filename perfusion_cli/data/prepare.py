@@ -39,6 +39,7 @@ from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import SplitWriter
 from perfusion_cli.data.splits import SPLITS, plan_splits
 from perfusion_cli.data.synthetic import TRUTH, write_marketplace
+from perfusion_cli.data.storage import is_url
 from perfusion_cli.data.vocab import FeatureVocab, build_vocab
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import atomic_write_bytes, check_output_dir
@@ -53,8 +54,13 @@ OUTPUTS = (SHARD_DIR, QUARANTINE, HELD_OUT, MERCHANTS, TRUTH, MANIFEST)
 
 
 def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> LogsSource | PickAPicSource:
-    """``workers`` decode a logs folder's images in parallel (Pick-a-Pic is read in one process)."""
+    """``workers`` decode a logs folder's images in parallel (Pick-a-Pic is read in one process). A logs
+    folder may be an fsspec URL; Pick-a-Pic is read from this machine's disk."""
     limits = ImageLimits(config.max_image_pixels, config.max_image_bytes, config.max_aspect_ratio)
+    if is_url(path):
+        if config.format == "pickapic" or str(path).endswith(".parquet"):
+            raise DataError(f"Pick-a-Pic parquet is read from a local path, not a URL ({path}): copy it first")
+        return LogsSource(path, limits, workers=workers)
     path = Path(path)
     if config.format == "pickapic" or path.suffix == ".parquet":
         return PickAPicSource(path, limits)
@@ -93,6 +99,8 @@ def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: Prepa
 
 def _refuse_own_input(source, out: Path) -> None:
     """Writing into the logs folder would replace its merchants.jsonl (and a re-run would find nothing)."""
+    if isinstance(source, LogsSource) and is_url(source.root):
+        return  # logs at a URL are not this machine's files
     root = (source.root if isinstance(source, LogsSource) else source.path).resolve()
     target = out.resolve()
     inputs = {path.resolve() for path in source.input_files() if path.exists()}
@@ -143,8 +151,8 @@ def _prepare_into(source, source_path, staging: Path, out: Path, config: Prepare
     _write_jsonl(staging / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
     _write_jsonl(staging / HELD_OUT, [h.to_json() for h in held])
     _write_jsonl(staging / MERCHANTS, merchant_table(profiles, records, plan.roles, vocab))
-    if source.truth is not None:
-        shutil.copyfile(source.truth, staging / TRUTH)
+    if source.synthetic:
+        source.copy_truth(staging / TRUTH)
     return _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held, plan)
 
 
@@ -246,7 +254,7 @@ def _manifest(source, config, command, vocab, splits, records, rejections, merch
         "quarantine": {"rows": len(rejections) + len(merchant_rejections),
                        "reasons": dict(sorted(Counter(r.reason for r in rejections + merchant_rejections).items()))},
         "held_out": {"rows": len(held), "reasons": dict(sorted(Counter(h.reason for h in held).items()))},
-        "synthetic": source.truth is not None,
+        "synthetic": source.synthetic,
     }
 
 
