@@ -150,6 +150,9 @@ class GenTrainConfig(TrainLoopConfig):
     attention: Literal["sdpa", "xformers"] = "sdpa"
     share_encoder: bool = True
     cache_latents: bool = False
+    # Use the latents and text embeddings stored in the shards (prepare --latents) when the data has them;
+    # they must come from this base model's VAE and text encoder at this resolution (checked).
+    stored_latents: bool = True
     # The branch kind: adapter (the default, at about the base's cost per image: merchant tokens through
     # decoupled cross-attention, adapter_tokens of them; docs/benchmarks.md), controlnet (PerFusion's
     # ControlNet copy of the encoder half; grid_* size its condition) or xs (a thin ControlNet of

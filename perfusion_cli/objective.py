@@ -81,8 +81,12 @@ class GroupDPOObjective:
         rows = torch.arange(len(batch), device=device).repeat_interleave(valid.shape[1])[valid.flatten()]
         groups, slots = torch.nonzero(valid, as_tuple=True)
         keys = [(batch.session_ids[g], k) for g, k in zip(groups.tolist(), slots.tolist())]
-        latents = self.frozen.latents(batch.images[valid], keys)
-        text = self.frozen.text(batch.prompts)
+        if batch.latents is not None:  # stored by prepare --latents (train-gen checked what made them)
+            latents = batch.latents[valid].to(device, self.frozen.dtype)
+            text = batch.text.to(device, self.frozen.dtype)
+        else:
+            latents = self.frozen.latents(batch.images[valid], keys)
+            text = self.frozen.text(batch.prompts)
         # one noise and one timestep per group, shared by its candidates
         noise = torch.randn((len(batch), *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(batch),), device=device)[rows]

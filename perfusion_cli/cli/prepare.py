@@ -41,6 +41,15 @@ def prepare_command(
     vocab: Annotated[Optional[Path], typer.Option(
         "--vocab", help="Prepared data whose merchant feature vocabulary to keep (so the models trained on it read "
                         "these shards: new logs for continued training); values it lacks map to the unknown id.")] = None,
+    latents: Annotated[bool, typer.Option(
+        "--latents", help="Also store each candidate's VAE latent and the prompt's text embedding in the shards "
+                          "(fp16), so train-gen never re-encodes them.")] = False,
+    base_model: Annotated[Optional[str], typer.Option(
+        "--base-model", help="--latents: the Stable-Diffusion base whose VAE and text encoder encode (default: the "
+                             "recipe's [train-gen] base_model).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(
+        "--resolution", help="--latents: image resolution (default: the recipe's [train-gen] resolution).")] = None,
+    device: options.Device = None,
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
@@ -60,6 +69,9 @@ def prepare_command(
         atomic_write_text(workspace.recipe, TINY_RECIPE.read_text(encoding="utf-8"))
         say(f"wrote {workspace.recipe} (the tiny CPU recipe: bundled tiny backbones, synthetic marketplace)")
     config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
+    if not latents and (base_model or resolution or device):
+        raise fail("--base-model, --resolution and --device apply with --latents")
+    generator = context.section(ctx, recipe, "train-gen", {"base_model": base_model, "resolution": resolution})
     out = out or workspace.data
     from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.data.prepare import prepare, prepare_synthetic
@@ -76,9 +88,19 @@ def prepare_command(
         else:
             kept = load_manifest(vocab).vocab if vocab is not None else None
             manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept)
+        if latents:
+            from perfusion_cli.environment import pick_device
+            from perfusion_cli.latents import store_latents
+
+            tag = store_latents(out, generator.base_model, generator.resolution, pick_device(device or "auto"),
+                                progress=progress)
+            manifest = load_manifest(out)
     finally:
         progress.stop()
     print_summary(manifest, out, time.perf_counter() - started)
+    if latents:
+        say(f"stored latents: {tag['base_model']} at {tag['resolution']} px (VAE {tag['vae'][:12]}…, text encoder "
+            f"{tag['text_encoder'][:12]}…)")
 
 
 def print_summary(manifest, out: Path, seconds: float) -> None:

@@ -49,6 +49,9 @@ def train_gen_command(
     share_encoder: Annotated[Optional[bool], typer.Option(
         "--share-encoder/--no-share-encoder", help="One frozen encoder pass for ε_θ and ε_ref.")] = None,
     cache_latents: Annotated[Optional[bool], typer.Option("--cache-latents/--no-cache-latents")] = None,
+    stored_latents: Annotated[Optional[bool], typer.Option(
+        "--stored-latents/--no-stored-latents",
+        help="Use the latents prepare --latents stored in the shards (default when the data has them).")] = None,
     checkpoint_every: options.CheckpointEvery = None,
     keep_last: options.KeepLast = None,
     seed: options.Seed = None,

@@ -25,10 +25,13 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from safetensors.torch import load
 from torch.utils.data import DataLoader
 
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import DataError
+
+LATENTS_KEY = "latents.safetensors"  # prepare --latents: {"latents": [N, C, h, w], "text": [L, d]}, fp16
 
 
 @dataclass
@@ -42,14 +45,17 @@ class GroupBatch:
     prompts: list[str]
     merchant_ids: list[str]
     session_ids: list[str]
+    latents: torch.Tensor | None = None  # [B, K, C, h, w] stored VAE latents (prepare --latents), padded with zeros
+    text: torch.Tensor | None = None  # [B, L, d] stored prompt embeddings
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str) -> "GroupBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("images", "valid", "selected", "features"):
-            moved[name] = moved[name].to(device, non_blocking=True)
+        for name in ("images", "valid", "selected", "features", "latents", "text"):
+            if moved[name] is not None:
+                moved[name] = moved[name].to(device, non_blocking=True)
         return GroupBatch(**moved)
 
 
@@ -66,6 +72,7 @@ class StreamSpec:
     seed: int = 0
     shuffle_buffer: int = 1000
     skip_bad_shards: bool = False
+    stored_latents: bool = False  # read each sample's latents.safetensors too (train-gen, after checking its tag)
 
 
 def load_image(data: bytes, resolution: int) -> torch.Tensor:
@@ -98,10 +105,10 @@ def choose_candidates(selected: list[bool], group_size: int, key: str) -> list[i
     return sorted(chosen)
 
 
-def decode_group(sample: dict, group_size: int, resolution: int) -> dict:
+def decode_group(sample: dict, group_size: int, resolution: int, stored_latents: bool = False) -> dict:
     """A raw WebDataset sample → tensors for one group; a damaged sample is a DataError naming its shard."""
     try:
-        return _decode_group(sample, group_size, resolution)
+        return _decode_group(sample, group_size, resolution, stored_latents)
     except DataError:
         raise
     except Exception as exc:
@@ -109,7 +116,7 @@ def decode_group(sample: dict, group_size: int, resolution: int) -> dict:
                         f"({type(exc).__name__}: {exc}) — re-run `perfusion prepare`, or pass --skip-bad-shards") from None
 
 
-def _decode_group(sample: dict, group_size: int, resolution: int) -> dict:
+def _decode_group(sample: dict, group_size: int, resolution: int, stored_latents: bool) -> dict:
     meta = json.loads(sample["json"])
     images = {}
     for name, value in sample.items():
@@ -127,9 +134,18 @@ def _decode_group(sample: dict, group_size: int, resolution: int) -> dict:
         stacked[slot] = load_image(images[index], resolution)
         valid[slot] = True
         selected[slot] = bool(meta["selected"][index])
-    return {"images": stacked, "valid": valid, "selected": selected,
-            "features": torch.tensor(meta["features"], dtype=torch.long), "prompt": meta["prompt"],
-            "merchant_id": meta["merchant_id"], "session_id": meta["session_id"]}
+    group = {"images": stacked, "valid": valid, "selected": selected,
+             "features": torch.tensor(meta["features"], dtype=torch.long), "prompt": meta["prompt"],
+             "merchant_id": meta["merchant_id"], "session_id": meta["session_id"]}
+    if stored_latents:
+        if LATENTS_KEY not in sample:
+            raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no stored latents "
+                            f"although the manifest says so — re-run `perfusion prepare … --latents`")
+        stored = load(sample[LATENTS_KEY])
+        latents = torch.zeros(group_size, *stored["latents"].shape[1:], dtype=stored["latents"].dtype)
+        latents[:len(keep)] = stored["latents"][keep]
+        group["latents"], group["text"] = latents, stored["text"]
+    return group
 
 
 def collate(groups: list[dict]) -> GroupBatch:
@@ -141,6 +157,8 @@ def collate(groups: list[dict]) -> GroupBatch:
         prompts=[g["prompt"] for g in groups],
         merchant_ids=[g["merchant_id"] for g in groups],
         session_ids=[g["session_id"] for g in groups],
+        latents=torch.stack([g["latents"] for g in groups]) if "latents" in groups[0] else None,
+        text=torch.stack([g["text"] for g in groups]) if "text" in groups[0] else None,
     )
 
 
@@ -196,7 +214,7 @@ def _shards(spec: StreamSpec) -> tuple[list[str], list[str]]:
 def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int,
               handler: _ShardErrors) -> wds.DataPipeline:
     def decode(sample: dict) -> dict:
-        group = decode_group(sample, spec.group_size, spec.resolution)
+        group = decode_group(sample, spec.group_size, spec.resolution, spec.stored_latents)
         handler.decoded()
         return group
 

@@ -33,6 +33,7 @@ class SplitWriter:
     directory: Path
     split: str
     shard_size: int
+    suffix: str = ""  # between the shard number and .tar (stored latents write new shards beside the old)
     shards: list[ShardInfo] = field(default_factory=list)
     groups: int = 0
     candidates: int = 0
@@ -43,7 +44,7 @@ class SplitWriter:
         self._in_shard = 0
 
     def _open(self) -> None:
-        name = f"{self.split}-{len(self.shards):06d}.tar"
+        name = f"{self.split}-{len(self.shards):06d}{self.suffix}.tar"
         self._final = self.directory / name
         self._tmp = self.directory / f"{name}.{os.getpid()}.tmp"
         self._handle = open(self._tmp, "wb")
@@ -51,10 +52,10 @@ class SplitWriter:
                                      encoder=False, mtime=0.0)
         self._in_shard = 0
 
-    def write(self, key: str, meta: dict, images: list[tuple[str, bytes]]) -> None:
+    def write(self, key: str, meta: dict, images: list[tuple[str, bytes]], extra: dict[str, bytes] | None = None) -> None:
         if self._writer is None:
             self._open()
-        sample = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+        sample = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode("utf-8"), **(extra or {})}
         for index, (extension, data) in enumerate(images):
             sample[f"{index}.{extension}"] = data
         self._writer.write(sample)

@@ -7,6 +7,8 @@ into the branch) and the reference ε_ref (the frozen U-Net alone) on the same n
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from perfusion_cli.errors import ConfigError
@@ -29,6 +31,15 @@ def set_attention(sd: SDComponents, attention: str) -> None:
         sd.vae.enable_xformers_memory_efficient_attention()
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights (names, dtypes, shapes, bytes): which VAE or text encoder made a latent."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class FrozenSD:
     def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
                  cache: bool):
@@ -43,16 +54,23 @@ class FrozenSD:
         self._latents: dict[tuple[str, int], torch.Tensor] = {}
         self._texts: dict[str, torch.Tensor] = {}
         self.truncated_prompts = 0
+        self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
 
     @classmethod
     def load(cls, base_model: str, device: torch.device, mixed_precision: str = "no", attention: str = "sdpa",
-             share_encoder: bool = True, cache: bool = False, resolution: int | None = None) -> "FrozenSD":
+             share_encoder: bool = True, cache: bool = False, resolution: int | None = None,
+             fingerprints: bool = False) -> "FrozenSD":
+        """``fingerprints``: also hash the VAE's and text encoder's weights as loaded (before any cast), which
+        stored latents are checked against."""
         sd = load_sd(base_model)
         set_attention(sd, attention)
         latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
         if resolution is not None and resolution % latent_scale:
             raise ConfigError(f"resolution {resolution} must be a multiple of {latent_scale} for this VAE")
-        return cls(sd, device, DTYPES[mixed_precision], share_encoder, cache)
+        prints = {"vae": weights_digest(sd.vae), "text_encoder": weights_digest(sd.text_encoder)} if fingerprints else {}
+        frozen = cls(sd, device, DTYPES[mixed_precision], share_encoder, cache)
+        frozen.fingerprints = prints
+        return frozen
 
     @torch.no_grad()
     def latents(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:

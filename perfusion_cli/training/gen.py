@@ -18,6 +18,7 @@ from perfusion_cli.data.loader import StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
+from perfusion_cli.latents import check_tag
 from perfusion_cli.models.backbones import base_reference
 from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import FrozenSD
@@ -51,8 +52,11 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
     if config.positives == "reward":
         reward = load_reward_model(config.reward, device)
         reward.vocab.require_same(manifest.vocab, "reward model", data_dir)
+    stored = manifest.raw.get("latents") if config.stored_latents else None
     frozen = FrozenSD.load(config.base_model, device, config.mixed_precision, config.attention, config.share_encoder,
-                           config.cache_latents, config.resolution)
+                           config.cache_latents, config.resolution, fingerprints=stored is not None)
+    if stored is not None:
+        check_tag(stored, config.base_model, frozen, config.resolution)
     branch = create_branch(config, frozen.sd.unet, manifest.vocab, base_reference(config.base_model)).to(device)
     objective = GroupDPOObjective(frozen, config, reward, accelerator.autocast)
 
@@ -68,13 +72,14 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
 
     spec = StreamSpec(Path(data_dir), "train", config.batch_size, config.group_size, config.resolution,
                       num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                      skip_bad_shards=config.skip_bad_shards)
+                      skip_bad_shards=config.skip_bad_shards, stored_latents=stored is not None)
     task = TrainTask(model=branch, param_groups=[{"params": [p for p in branch.parameters() if p.requires_grad],
                                                   "lr": config.lr}],
                      loss=objective, trainable_state=lambda: dict(branch.state_dict()),
                      load_trainable_state=load_trainable_state, save_final=save_final,
                      diagnose=error_ratio_warning(config.warn_error_ratio))
     meta = {"kind": "generator", "command": command, "base_model": config.base_model, "config": asdict(config),
+            "stored_latents": stored is not None,
             "shared_encoder": frozen.share_encoder and branch.residual_only, "branch": config.branch,
             "data": {"path": str(Path(data_dir).resolve()), "source": manifest.source}}
     return run_training(task, config, spec, folder, resume, meta, accelerator, manifest, progress)

@@ -15,7 +15,7 @@ LAYERS = [
     {"__init__", "errors", "config", "io", "progress", "environment", "runs", "workspace"},
     {"data"},
     {"models"},
-    {"losses", "metrics", "ranking", "objective", "training", "accounting"},
+    {"losses", "metrics", "ranking", "objective", "training", "accounting", "latents"},
     {"pipeline"},
     {"evaluation", "generation", "bench", "plan"},
     {"serving"},
