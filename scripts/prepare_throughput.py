@@ -57,17 +57,19 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/prep"))
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray", action="store_true", help="also --engine ray with --workers CPUs (a local runtime)")
     args = parser.parse_args()
     logs = args.workdir / "logs"
     images = write_logs(logs, args.sessions)
     size = sum(p.stat().st_size for p in (logs / "images").iterdir()) / images
     rates = {}
-    for workers in (1, args.workers):
-        out = args.workdir / f"data-{workers}"
+    runs = [(1, "local"), (args.workers, "local")] + ([(args.workers, "ray")] if args.ray else [])
+    for workers, engine in runs:
+        out = args.workdir / (f"data-{workers}" if engine == "local" else "data-ray")
         started = time.perf_counter()
         subprocess.run([PERFUSION, "prepare", str(logs), "--out", str(out), "--workers", str(workers),
-                        "--min-records", "1"], check=True, capture_output=True)
-        rates[workers] = images / (time.perf_counter() - started)
+                        "--min-records", "1", "--engine", engine], check=True, capture_output=True)
+        rates[workers if engine == "local" else "ray"] = images / (time.perf_counter() - started)
     same = files(args.workdir / "data-1") == files(args.workdir / f"data-{args.workers}")
     manifests = [json.loads((args.workdir / f"data-{w}" / "manifest.json").read_text()) for w in (1, args.workers)]
     for manifest in manifests:
@@ -75,6 +77,10 @@ def main() -> None:
     print(f"{images} images of 512x512 JPEG ({size / 1024:.0f} KiB each): {rates[1]:.1f} images/s at 1 worker, "
           f"{rates[args.workers]:.1f} at {args.workers} (x{rates[args.workers] / rates[1]:.2f}); "
           f"outputs identical: {same and manifests[0] == manifests[1]}")
+    if args.ray:
+        print(f"--engine ray, local runtime of {args.workers} CPUs (start-up included): {rates['ray']:.1f} images/s "
+              f"(x{rates['ray'] / rates[1]:.2f}); output identical to --workers 1: "
+              f"{files(args.workdir / 'data-ray') == files(args.workdir / 'data-1')}")
 
 
 if __name__ == "__main__":

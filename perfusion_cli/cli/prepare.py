@@ -35,6 +35,9 @@ def prepare_command(
     taste: Annotated[Optional[str], typer.Option(
         "--taste", help="Synthetic: the taste mix, colour, mixed or subtle (harder: colour matters less).")] = None,
     noise: Annotated[Optional[float], typer.Option("--noise", help="Synthetic: noise of the merchants' picks.")] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local (this machine, --workers processes) or ray (a Ray cluster, or a local Ray runtime "
+                         "with --workers CPUs; pip install 'perfusion[distributed]'); the same output.")] = "local",
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Processes that decode the images (default: the cores available); the "
                                  "output is the same for any number.")] = None,
@@ -60,8 +63,8 @@ def prepare_command(
     """
     if synthetic == (logs is not None):
         raise fail("give either LOGS_DIR or --synthetic (one of them)")
-    if synthetic and vocab is not None:
-        raise fail("--vocab applies to logs you prepare, not to --synthetic")
+    if synthetic and (vocab is not None or engine != "local"):
+        raise fail("--vocab and --engine apply to logs you prepare, not to --synthetic")
     workspace = context.workspace(ctx)
     if synthetic and recipe is None and not workspace.recipe.exists():
         from perfusion_cli.io import atomic_write_text
@@ -87,7 +90,7 @@ def prepare_command(
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
         else:
             kept = load_manifest(vocab).vocab if vocab is not None else None
-            manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept)
+            manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept, engine=engine)
         if latents:
             from perfusion_cli.environment import pick_device
             from perfusion_cli.latents import store_latents

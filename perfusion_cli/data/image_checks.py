@@ -74,6 +74,14 @@ class ImageChecks:
             raise ImageProblem(*rest)
         raise rest[0]
 
+    def verdict(self, relative: str) -> tuple:
+        """What ``check`` found: ("ok", extension, sha256) or the problem (for another process's pass two)."""
+        return self._verdicts[relative]
+
+    def remember(self, relative: str, verdict: tuple) -> None:
+        """Take another process's verdict (``--engine ray`` writes shards where it did not check)."""
+        self._verdicts[relative] = verdict
+
     def read(self, relative: str) -> tuple[str, bytes]:
         """(extension, bytes) of an image pass one accepted; ImageProblem when the file has changed since."""
         kind, *rest = self._verdicts.get(relative) or ("unchecked",)

@@ -222,23 +222,22 @@ class LogsSource:
                 for ahead in (block, upcoming or []):  # this block's images, and the next one's meanwhile
                     self._images.prefetch(image for _, obj, _ in ahead for image in _image_paths(obj))
                 for number, obj, rejection in block:
-                    if rejection:
-                        yield rejection
-                        continue
-
-                    def validate(obj=obj, number=number) -> GroupRecord:
-                        record = self._validate(number, obj, known_merchants)
-                        if record.session_id in first_line:
-                            raise RowError(R.DUPLICATE_SESSION, f"session_id {record.session_id!r} first seen "
-                                                                f"on line {first_line[record.session_id]}")
-                        return record
-
-                    record = checked(SESSIONS_FILE, number, _snippet(obj), validate)
-                    if isinstance(record, GroupRecord):
-                        first_line[record.session_id] = number
-                    yield record
+                    yield rejection or first_of_session(self.validate_row(number, obj, known_merchants), obj, first_line)
         finally:
             self._images.stop_workers()
+
+    def validate_row(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord | Rejection:
+        """One parsed session line, images included, as a record or a rejection (a duplicate session id is
+        the caller's to find: it depends on the lines before, ``first_of_session``)."""
+        return checked(SESSIONS_FILE, number, _snippet(obj), lambda: self._validate(number, obj, known_merchants))
+
+    def image_verdict(self, relative: str) -> tuple:
+        """Pass one's verdict on an image this source checked (what pass two compares against)."""
+        return self._images.verdict(relative)
+
+    def remember_verdict(self, relative: str, verdict: tuple) -> None:
+        """Take a verdict another process reached (``--engine ray``), for ``read_images``."""
+        self._images.remember(relative, verdict)
 
     def _validate(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord:
         session_id = _identifier(obj, "session_id")
@@ -294,6 +293,19 @@ class LogsSource:
             "session_rows": self.session_stats.rows,
             "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,
         }
+
+
+def first_of_session(item: GroupRecord | Rejection, obj: dict, first_line: dict[str, int]) -> GroupRecord | Rejection:
+    """A record whose session id an earlier line already had becomes a rejection (of line ``obj``);
+    ``first_line`` remembers."""
+    if not isinstance(item, GroupRecord):
+        return item
+    if item.session_id in first_line:
+        return Rejection(SESSIONS_FILE, item.row, R.DUPLICATE_SESSION,
+                         f"session_id {item.session_id!r} first seen on line {first_line[item.session_id]}",
+                         _snippet(obj))
+    first_line[item.session_id] = item.row
+    return item
 
 
 def _blocks(rows: Iterator, size: int) -> Iterator[list]:

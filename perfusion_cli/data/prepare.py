@@ -19,6 +19,7 @@ stays readable and untouched until the new data is complete, then is swapped out
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -36,14 +37,16 @@ from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_man
 from perfusion_cli.data.merchants import MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
 from perfusion_cli.data.records import GroupRecord, HeldOut
-from perfusion_cli.data.shards import SplitWriter
+from perfusion_cli.data.shards import SplitWriter, sample_key, sample_meta
 from perfusion_cli.data.splits import SPLITS, plan_splits
 from perfusion_cli.data.synthetic import TRUTH, write_marketplace
 from perfusion_cli.data.storage import is_url
 from perfusion_cli.data.vocab import FeatureVocab, build_vocab
-from perfusion_cli.errors import DataError
+from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.io import atomic_write_bytes, check_output_dir
 from perfusion_cli.progress import NullProgress, Progress
+
+ENGINES = ("local", "ray")
 
 QUARANTINE = "quarantine.jsonl"
 HELD_OUT = "held_out.jsonl"
@@ -69,12 +72,21 @@ def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> Lo
 
 def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
             progress: Progress | None = None, command: str = "", workers: int = 1,
-            vocab: FeatureVocab | None = None) -> Manifest:
+            vocab: FeatureVocab | None = None, engine: str = "local") -> Manifest:
     """Prepare ``source_path`` into ``out``; returns the manifest. ``workers`` changes the speed only:
     the output is byte-identical whatever it is. ``vocab``: keep this feature vocabulary (another prepared
-    folder's) instead of building one from the training merchants, so models trained there read these shards."""
+    folder's) instead of building one from the training merchants, so models trained there read these shards.
+    ``engine``: ``local`` (this machine, ``workers`` processes) or ``ray`` (``ray_engine``; the same output)."""
     progress = progress or NullProgress()
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray" and (config.format == "pickapic" or str(source_path).endswith(".parquet")):
+        raise ConfigError("--engine ray reads logs folders; prepare Pick-a-Pic parquet with --engine local")
     source = open_source(source_path, config, workers)
+    if engine == "ray":
+        from perfusion_cli.data import ray_engine
+
+        ray_engine.start(workers)
     out = Path(out)
     _refuse_own_input(source, out)
     check_output_dir(out, "the prepared data folder")
@@ -82,7 +94,7 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         (staging / SHARD_DIR).mkdir(parents=True)
-        raw = _prepare_into(source, source_path, staging, out, config, progress, command, vocab)
+        raw = _prepare_into(source, source_path, staging, out, config, progress, command, vocab, engine)
         return _swap_in(staging, out, raw)
 
 
@@ -128,9 +140,15 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _prepare_into(source, source_path, staging: Path, out: Path, config: PrepareConfig, progress: Progress,
-                  command: str, vocab: FeatureVocab | None) -> dict:
+                  command: str, vocab: FeatureVocab | None, engine: str = "local") -> dict:
     profiles, merchant_rejections = source.merchants()
-    records, rejections, held = _scan(source, set(profiles), progress)
+    if engine == "ray":
+        from perfusion_cli.data import ray_engine
+
+        scan, write = ray_engine.scan, functools.partial(ray_engine.write_shards, splits=SPLITS)
+    else:
+        scan, write = _scan, _write_shards
+    records, rejections, held = scan(source, set(profiles), progress)
     if not records:
         failed = out / FAILED
         _write_jsonl(failed / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
@@ -146,7 +164,7 @@ def _prepare_into(source, source_path, staging: Path, out: Path, config: Prepare
     training = [m for m, role in plan.roles.items() if role == "train"]
     if vocab is None:
         vocab = build_vocab(profiles, training, config.numeric_buckets)
-    splits = _write_shards(source, records, plan.assignment, vocab, profiles, staging, config, progress)
+    splits = write(source, records, plan.assignment, vocab, profiles, staging, config, progress)
 
     _write_jsonl(staging / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
     _write_jsonl(staging / HELD_OUT, [h.to_json() for h in held])
@@ -201,12 +219,8 @@ def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, st
             split = assignment.get(record.row)
             if split is None:
                 continue
-            meta = {
-                "row": record.row, "session_id": record.session_id, "merchant_id": record.merchant_id,
-                "prompt": record.prompt, "timestamp": record.timestamp, "selected": list(record.selected),
-                "features": vocab.encode(record.merchant_id, profiles[record.merchant_id]),
-            }
-            writers[split].write(f"r{record.row:09d}", meta, source.read_images(record))
+            meta = sample_meta(record, vocab.encode(record.merchant_id, profiles[record.merchant_id]))
+            writers[split].write(sample_key(record), meta, source.read_images(record))
             progress.advance(1)
         for writer in writers.values():
             writer.close()

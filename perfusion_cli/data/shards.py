@@ -18,6 +18,17 @@ import webdataset as wds
 from perfusion_cli.io import sha256_file
 
 
+def sample_meta(record, features: list[int]) -> dict:
+    """A group's ``<key>.json``: what a shard stores of a validated record besides its images."""
+    return {"row": record.row, "session_id": record.session_id, "merchant_id": record.merchant_id,
+            "prompt": record.prompt, "timestamp": record.timestamp, "selected": list(record.selected),
+            "features": features}
+
+
+def sample_key(record) -> str:
+    return f"r{record.row:09d}"
+
+
 @dataclass
 class ShardInfo:
     name: str
@@ -34,6 +45,7 @@ class SplitWriter:
     split: str
     shard_size: int
     suffix: str = ""  # between the shard number and .tar (stored latents write new shards beside the old)
+    start: int = 0  # the number of its first shard (``--engine ray`` writes each shard in its own task)
     shards: list[ShardInfo] = field(default_factory=list)
     groups: int = 0
     candidates: int = 0
@@ -44,7 +56,7 @@ class SplitWriter:
         self._in_shard = 0
 
     def _open(self) -> None:
-        name = f"{self.split}-{len(self.shards):06d}{self.suffix}.tar"
+        name = f"{self.split}-{self.start + len(self.shards):06d}{self.suffix}.tar"
         self._final = self.directory / name
         self._tmp = self.directory / f"{name}.{os.getpid()}.tmp"
         self._handle = open(self._tmp, "wb")

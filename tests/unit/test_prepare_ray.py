@@ -1,0 +1,76 @@
+"""``prepare --engine ray`` on a local Ray runtime (2 CPUs): the same shards, quarantine, held-out rows,
+merchants and manifest as ``--engine local``, byte for byte, bad rows included; a changed image is refused."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perfusion_cli.config import PrepareConfig, SyntheticConfig
+from perfusion_cli.data.prepare import prepare
+from perfusion_cli.data.synthetic import write_marketplace
+from perfusion_cli.errors import ConfigError
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runtime():
+    yield
+    ray.shutdown()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and not p.name.startswith(".")}
+
+
+def test_the_ray_engine_writes_what_the_local_engine_writes(tmp_path):
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=10, sessions_per_merchant=14, seed=5))
+    lines = (logs / "sessions.jsonl").read_text().splitlines()
+    (logs / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    bad = {3: ("image", "images/broken.png"), 4: ("image", "../outside.png"), 5: ("image", "images/nowhere.png"),
+           6: ("session_id", json.loads(lines[2])["session_id"]), 7: ("merchant_id", "nobody")}
+    for offset, (field, value) in bad.items():
+        row = json.loads(lines[offset])
+        if field == "image":
+            row["candidates"][0]["image"] = value
+        else:
+            row[field] = value
+        lines[offset] = json.dumps(row)
+    lines[8] = "{not json"
+    lines.insert(9, "")
+    (logs / "sessions.jsonl").write_text("\n".join(lines) + "\n")
+    config = PrepareConfig(shard_size=20)  # several shards a split, written by separate Ray tasks
+
+    local = prepare(logs, tmp_path / "local", config, workers=1).raw
+    distributed = prepare(logs, tmp_path / "ray", config, workers=2, engine="ray").raw
+    assert _files(tmp_path / "local") == _files(tmp_path / "ray")
+    assert local["quarantine"]["reasons"] == {"duplicate_session_id": 1, "image_corrupt": 1, "image_missing": 1,
+                                              "image_path_escapes": 1, "invalid_json": 1, "unknown_merchant": 1}
+    assert distributed["accounting"]["balanced"] and len(distributed["splits"]["train"]["shards"]) > 1
+
+
+def test_an_image_changed_after_validation_is_refused_by_the_shard_writing_task(tmp_path, monkeypatch):
+    from perfusion_cli.data import ray_engine
+    from perfusion_cli.errors import DataError
+
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=4, sessions_per_merchant=12, seed=2))
+    first = json.loads((logs / "sessions.jsonl").read_text().splitlines()[0])["candidates"]
+    scan = ray_engine.scan
+
+    def scan_then_change(*args, **kwargs):
+        found = scan(*args, **kwargs)
+        (logs / first[0]["image"]).write_bytes((logs / first[1]["image"]).read_bytes())  # still a valid PNG
+        return found
+
+    monkeypatch.setattr(ray_engine, "scan", scan_then_change)
+    with pytest.raises(DataError, match="an image changed while preparing"):
+        prepare(logs, tmp_path / "out", PrepareConfig(), workers=2, engine="ray")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_pick_a_pic_stays_on_the_local_engine(tmp_path):
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match="--engine ray reads logs folders"):
+        prepare(tmp_path / "x.parquet", tmp_path / "out", PrepareConfig(), engine="ray")
