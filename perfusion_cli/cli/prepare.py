@@ -21,7 +21,9 @@ def prepare_command(
         help="Logs folder (merchants.jsonl, sessions.jsonl, images), or its fsspec URL (https://, s3://, gs://; "
              "pip install 'perfusion[remote]'), or a Pick-a-Pic .parquet file/folder.",
         show_default=False)] = None,
-    out: options.Out = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", help="Output folder (default: <workspace>/data), or an fsspec URL (memory://, s3://, …): prepared "
+                      "locally, then uploaded, the manifest last.")] = None,
     synthetic: Annotated[bool, typer.Option(
         "--synthetic", help="Write the embedded synthetic marketplace to OUT/raw, then prepare it.")] = False,
     format: Annotated[Optional[str], typer.Option("--format", help="logs or pickapic.")] = None,
@@ -74,6 +76,9 @@ def prepare_command(
     config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
     if not latents and (base_model or resolution or device):
         raise fail("--base-model, --resolution and --device apply with --latents")
+    if out is not None and "://" in out and not out.startswith("file://") and (synthetic or latents):
+        raise fail("--synthetic and --latents write to a local --out folder (upload it afterwards, or prepare logs "
+                   "without them to a URL)")
     generator = context.section(ctx, recipe, "train-gen", {"base_model": base_model, "resolution": resolution})
     out = out or workspace.data
     from perfusion_cli.data.manifest import load_manifest

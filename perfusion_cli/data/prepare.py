@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import shutil
+import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -40,7 +41,7 @@ from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import SplitWriter, sample_key, sample_meta
 from perfusion_cli.data.splits import SPLITS, plan_splits
 from perfusion_cli.data.synthetic import TRUTH, write_marketplace
-from perfusion_cli.data.storage import is_url
+from perfusion_cli.data.storage import is_url, upload
 from perfusion_cli.data.vocab import FeatureVocab, build_vocab
 from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.io import atomic_write_bytes, check_output_dir
@@ -87,7 +88,18 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         from perfusion_cli.data import ray_engine
 
         ray_engine.start(workers)
-    out = Path(out)
+    if is_url(out):
+        with tempfile.TemporaryDirectory(prefix="perfusion-prepare-") as local:
+            manifest = _prepare_locally(source, source_path, Path(local) / "data", config, progress, command, vocab,
+                                        engine)
+            upload(Path(local) / "data", str(out), progress)
+        return Manifest(out, manifest.raw)
+    return _prepare_locally(source, source_path, Path(str(out).removeprefix("file://")), config, progress, command,
+                            vocab, engine)
+
+
+def _prepare_locally(source, source_path, out: Path, config: PrepareConfig, progress: Progress, command: str,
+                     vocab: FeatureVocab | None, engine: str) -> Manifest:
     _refuse_own_input(source, out)
     check_output_dir(out, "the prepared data folder")
     with _locked(out):

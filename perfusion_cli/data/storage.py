@@ -140,3 +140,26 @@ def sha256_of(folder: LocalFolder | RemoteFolder, name: str) -> str:
         while block := handle.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def upload(local: Path, url: str, progress=None) -> None:
+    """A prepared data folder copied to ``url``: the old manifest removed first (the folder reads as not
+    prepared meanwhile), the old shards next, every other file, and the manifest last."""
+    from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR
+
+    fs = RemoteFolder(url).fs
+    base = fs._strip_protocol(url.rstrip("/"))
+    if fs.exists(f"{base}/{MANIFEST}"):
+        fs.rm(f"{base}/{MANIFEST}")
+    if fs.exists(f"{base}/{SHARD_DIR}"):
+        fs.rm(f"{base}/{SHARD_DIR}", recursive=True)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST
+                   and not any(part.startswith(".") for part in p.relative_to(local).parts))
+    if progress is not None:
+        progress.start(f"uploading to {url}", len(files) + 1)
+    for path in [*files, local / MANIFEST]:
+        fs.put_file(str(path), f"{base}/{path.relative_to(local).as_posix()}")
+        if progress is not None:
+            progress.advance(1)
+    if progress is not None:
+        progress.stop()

@@ -78,3 +78,25 @@ def test_the_cli_takes_the_url_as_given(tmp_path, served):
     text = " ".join(result.output.split())
     assert result.exit_code == 0, text
     assert "input rows 36 = in shards 36 + quarantined 0 + held out 0 (balanced)" in text
+
+
+def test_prepared_data_uploads_to_a_url_with_the_manifest_last(tmp_path, served):
+    import fsspec
+
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=4, sessions_per_merchant=12, seed=4))
+    local = prepare(logs, tmp_path / "local", PrepareConfig()).raw
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/prepared/shards/train-999999.tar", b"a stale shard of an earlier run")
+    fs.pipe("/prepared/manifest.json", b"{}")
+    order = []
+    put_file = fs.put_file
+    fs.put_file = lambda source, target, **kw: (order.append(target), put_file(source, target, **kw))
+    try:
+        uploaded = prepare(f"{served}/logs", "memory://prepared", PrepareConfig()).raw
+    finally:
+        del fs.put_file
+    assert uploaded == local
+    remote = {path.removeprefix("/prepared/"): fs.cat(path) for path in fs.find("/prepared")}
+    assert remote == _files(tmp_path / "local")  # the stale shard is gone, nothing else differs
+    assert order[-1] == "/prepared/manifest.json"
+    fs.rm("/prepared", recursive=True)
