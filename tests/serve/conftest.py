@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -47,10 +48,11 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         if self.token:
             env["PERFUSION_TOKEN"] = self.token
-        self.output = open(self.logs.parent / f"serve-{self.port}.out", "w+")
+        self.output = tempfile.TemporaryFile("w+")
+        logs = ["--logs", str(self.logs)] if self.logs else []  # None: the workspace's logs/
         self.process = subprocess.Popen(
             [sys.executable, "-m", "perfusion_cli", "--workdir", str(self.workspace), "serve", "--port",
-             str(self.port), "--logs", str(self.logs), "--steps", "3", *self.args],
+             str(self.port), *logs, "--steps", "3", *self.args],
             stdout=self.output, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -174,3 +174,20 @@ def test_serve_refuses_to_start_unsafely(serve_workspace, tmp_path, args, messag
     text = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0 and message in text and "Traceback" not in text, text
     assert not (tmp_path / "logs").exists()
+
+
+def test_defaults_come_from_the_workspace_and_it_listens_on_loopback(serve_workspace):
+    with Server(serve_workspace, None) as server:
+        info = httpx.get(server.url("/v1/info")).json()
+        printed = server.text()
+    assert info["logs"] == str(serve_workspace / "logs") and info["model"] == str(serve_workspace / "runs" / "gen")
+    assert info["reward_model"] == str(serve_workspace / "runs" / "rm") and info["data"] == str(serve_workspace / "data")
+    assert f"serving on http://127.0.0.1:{server.port}" in printed
+
+
+def test_a_request_that_outlives_its_timeout_gets_504_and_the_server_goes_on(serve_workspace, tmp_path):
+    with Server(serve_workspace, tmp_path / "logs", "--request-timeout-s", 0.05, "--steps", 30) as server:
+        response = _generate(server, n=8)
+        assert response.status_code == 504
+        assert response.json()["detail"].startswith("no answer within 0.05 s (request_timeout_s)")
+        assert httpx.get(server.url("/healthz")).status_code == 200
