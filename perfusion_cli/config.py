@@ -246,6 +246,7 @@ class ServeConfig:
     max_wait_ms: float = bounded(25.0, ge=0, le=10_000)
     queue_size: int = bounded(64, ge=1)  # requests waiting beyond it are refused: 503 with Retry-After
     request_timeout_s: float = bounded(120.0, gt=0)
+    keep_shown_days: float = bounded(7.0, gt=0)  # candidates shown longer ago are removed at start
 
 
 @dataclass

@@ -94,7 +94,10 @@ def serve_command(
     bound = listener.getsockname()[1]
     info = {"versions": versions(), "model": str(run), "reward_model": generate.reward, "data": str(data),
             "logs": str(journal.root), "steps": generate.steps, "device": str(designer.pipeline.device)}
-    app = create_app(Studio(designer, Gallery(workspace.outputs / "serve"), journal), config, token, info)
+    gallery = Gallery(workspace.outputs / "serve", config.keep_shown_days)
+    if gallery.pruned:
+        say(f"removed {gallery.pruned} candidates shown more than {config.keep_shown_days:g} days ago")
+    app = create_app(Studio(designer, gallery, journal), config, token, info)
     say(f"recording picks in {journal.sessions_path} ({len(journal)} sessions so far)")
     say(f"serving on http://{config.host}:{bound} (Ctrl-C stops)")
     try:

@@ -2,7 +2,8 @@
 
 An id is 32 random hex digits; it names a file only after it matches that pattern, so no request can
 name a path. Images stay on disk (``<workspace>/outputs/serve``) so a pick recorded after a restart
-still finds the candidates it names.
+still finds the candidates it names; those shown longer ago than ``keep_days`` are removed at start
+(a recorded pick has its own copy in the logs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,9 +48,20 @@ def png(image) -> bytes:
 
 
 class Gallery:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keep_days: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.pruned = self.prune(keep_days) if keep_days is not None else 0
+
+    def prune(self, keep_days: float) -> int:
+        """Remove candidates shown more than ``keep_days`` ago; returns how many."""
+        cutoff, removed = time.time() - keep_days * 86400, 0
+        for path in self.root.glob("*.json"):
+            if _ID.fullmatch(path.stem) and path.stat().st_mtime < cutoff:
+                path.with_suffix(".png").unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def add(self, data: bytes, shown: Shown) -> str:
         image_id = new_id()

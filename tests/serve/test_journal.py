@@ -87,3 +87,4 @@ def test_one_journal_per_logs_folder(tmp_path):
         SessionJournal(tmp_path)
     journal.close()
     SessionJournal(tmp_path).close()
+
