@@ -16,6 +16,7 @@ row group at a time, so a folder of many large files streams with bounded memory
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class PickAPicSource:
         if not self.files:
             raise DataError(f"no .parquet files in {self.path}")
         self._cache: tuple[tuple[int, int], list] | None = None
+        self._digests: dict[str, tuple[str, str]] = {}  # image ref → (extension, SHA-256) found in pass one
         for file in self.files:
             try:
                 names = set(pq.ParquetFile(file).schema_arrow.names)
@@ -113,19 +115,22 @@ class PickAPicSource:
         if held:
             return HeldOut(name, row, held, session_id, merchant_id)
         winner = _winner(values)
+        digests = []
         for column in IMAGE_COLUMNS:
             data = values.get(column)
             if not isinstance(data, (bytes, bytearray)):
                 raise RowError(R.IMAGE_MISSING, f"{column} holds no image bytes")
-            check_image_bytes(bytes(data), self.limits, column)
+            digests.append((check_image_bytes(bytes(data), self.limits, column), hashlib.sha256(data).hexdigest()))
         timestamp = float(row)
         if values.get("created_at") is not None:
             created = values["created_at"]
             timestamp = created.timestamp() if hasattr(created, "timestamp") else float(created)
             if not math.isfinite(timestamp):
                 raise RowError(f"{R.BAD_VALUE}:created_at", "created_at is not finite")
-        return GroupRecord(row, session_id, merchant_id, caption.strip(), timestamp,
-                           (f"{ref}:0", f"{ref}:1"), (winner == 0, winner == 1))
+        images = (f"{ref}:0", f"{ref}:1")
+        self._digests.update(zip(images, digests))
+        return GroupRecord(row, session_id, merchant_id, caption.strip(), timestamp, images,
+                           (winner == 0, winner == 1))
 
     def input_files(self) -> list[Path]:
         return list(self.files)
@@ -139,8 +144,14 @@ class PickAPicSource:
             parquet = pq.ParquetFile(self.files[key[0]])
             self._cache = (key, parquet.read_row_group(key[1], columns=IMAGE_COLUMNS).to_pylist())
         values = self._cache[1][int(offset)]
-        return [(check_image_bytes(bytes(values[column]), self.limits, column), bytes(values[column]))
-                for column in IMAGE_COLUMNS]
+        out = []
+        for image, column in zip(record.images, IMAGE_COLUMNS):  # pass one decoded them: compare digests
+            data = bytes(values[column])
+            extension, digest = self._digests[image]
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise DataError(f"{record.images[0].rsplit(':', 1)[0]}: {column} changed while preparing")
+            out.append((extension, data))
+        return out
 
     def describe(self) -> dict:
         return {"kind": self.kind, "files": {file.name: sha256_file(file) for file in self.files},

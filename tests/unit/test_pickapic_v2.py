@@ -88,3 +88,16 @@ def test_extra_columns_are_ignored_and_missing_optional_ones_tolerated(tmp_path)
                        PrepareConfig(format="pickapic", min_records=1, cold_start_fraction=0.0, val_fraction=0,
                                      test_fraction=0))
     assert manifest.raw["accounting"]["in_shards"] == 2 and manifest.raw["quarantine"]["rows"] == 0
+
+
+def test_each_image_is_decoded_once(tmp_path, monkeypatch):
+    from perfusion_cli.data import pickapic
+
+    decoded = []
+    check = pickapic.check_image_bytes
+    monkeypatch.setattr(pickapic, "check_image_bytes", lambda data, *a: decoded.append(data) or check(data, *a))
+    _write_v2_folder(tmp_path / "pickapic_v2")
+    manifest = prepare(tmp_path / "pickapic_v2", tmp_path / "data",
+                       PrepareConfig(format="pickapic", min_records=1, cold_start_fraction=0.0))
+    groups = sum(split["groups"] for split in manifest.raw["splits"].values())
+    assert groups > 0 and len(decoded) == 2 * (groups + manifest.raw["held_out"]["reasons"].get("few_records", 0))
