@@ -47,6 +47,25 @@ def write_logs(root: Path, sessions: int) -> int:
     return sum(len(row["candidates"]) for row in rows)
 
 
+def write_pickapic(logs: Path, folder: Path) -> int:
+    """The same JPEGs as Pick-a-Pic v2 rows (two a row, row groups of 100); returns the number of images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if folder.is_dir():
+        return 2 * pq.ParquetFile(next(folder.glob("*.parquet"))).metadata.num_rows
+    folder.mkdir(parents=True)
+    rows = [json.loads(line) for line in (logs / "sessions.jsonl").open()]
+    table = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": [], "user_id": []}
+    for row in rows:
+        first, second = (logs / c["image"] for c in row["candidates"][:2])
+        for key, value in (("caption", row["prompt"]), ("jpg_0", first.read_bytes()), ("jpg_1", second.read_bytes()),
+                           ("label_0", 1.0), ("label_1", 0.0), ("user_id", int(row["merchant_id"][1:]))):
+            table[key].append(value)
+    pq.write_table(pa.table(table), folder / "train-00000-of-00001.parquet", row_group_size=100)
+    return 2 * len(rows)
+
+
 def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.name.startswith(".") and p.name != "manifest.json"}
@@ -58,6 +77,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ray", action="store_true", help="also --engine ray with --workers CPUs (a local runtime)")
+    parser.add_argument("--pickapic", action="store_true", help="also the same JPEGs as Pick-a-Pic parquet rows")
     args = parser.parse_args()
     logs = args.workdir / "logs"
     images = write_logs(logs, args.sessions)
@@ -77,6 +97,18 @@ def main() -> None:
     print(f"{images} images of 512x512 JPEG ({size / 1024:.0f} KiB each): {rates[1]:.1f} images/s at 1 worker, "
           f"{rates[args.workers]:.1f} at {args.workers} (x{rates[args.workers] / rates[1]:.2f}); "
           f"outputs identical: {same and manifests[0] == manifests[1]}")
+    if args.pickapic:
+        pairs = write_pickapic(logs, args.workdir / "pickapic")
+        timing = {}
+        for workers in (1, args.workers):
+            started = time.perf_counter()
+            subprocess.run([PERFUSION, "prepare", str(args.workdir / "pickapic"), "--format", "pickapic", "--out",
+                            str(args.workdir / f"pickapic-data-{workers}"), "--workers", str(workers),
+                            "--min-records", "1"], check=True, capture_output=True)
+            timing[workers] = pairs / (time.perf_counter() - started)
+        same = files(args.workdir / "pickapic-data-1") == files(args.workdir / f"pickapic-data-{args.workers}")
+        print(f"Pick-a-Pic parquet, {pairs} images: {timing[1]:.1f} images/s at 1 worker, {timing[args.workers]:.1f} "
+              f"at {args.workers} (x{timing[args.workers] / timing[1]:.2f}); outputs identical: {same}")
     if args.ray:
         print(f"--engine ray, local runtime of {args.workers} CPUs (start-up included): {rates['ray']:.1f} images/s "
               f"(x{rates['ray'] / rates[1]:.2f}); output identical to --workers 1: "

@@ -39,6 +39,33 @@ def _verdict(job: tuple[LocalFolder | RemoteFolder, str, ImageLimits]) -> tuple:
     return ("ok", extension, hashlib.sha256(data).hexdigest())
 
 
+def bytes_verdict(job: tuple[bytes, ImageLimits, str]) -> tuple:
+    """``_verdict`` for image bytes held in memory (Pick-a-Pic's parquet cells); ``name`` is for messages."""
+    data, limits, name = job
+    try:
+        extension = check_image_bytes(data, limits, name)
+    except ImageProblem as exc:
+        return ("problem", exc.reason, exc.detail)
+    except Exception as exc:  # raised again in the parent, as an inline check would raise it
+        return ("raise", exc)
+    return ("ok", extension, hashlib.sha256(data).hexdigest())
+
+
+def spawn_pool(workers: int):
+    """The process pool both input formats decode in (spawned: no fork of a parent holding torch)."""
+    return multiprocessing.get_context("spawn").Pool(workers)
+
+
+def unpack(verdict: tuple) -> tuple[str, str]:
+    """(extension, sha256) of an accepted image; raises what the check found otherwise."""
+    kind, *rest = verdict
+    if kind == "problem":
+        raise ImageProblem(*rest)
+    if kind == "raise":
+        raise rest[0]
+    return rest[0], rest[1]
+
+
 class ImageChecks:
     """Verdicts on a logs folder's images, computed in ``workers`` processes, looked up by path."""
 
@@ -54,7 +81,7 @@ class ImageChecks:
         todo = list(dict.fromkeys(r for r in relatives if isinstance(r, str) and r not in self._asked))
         if self.workers > 1 and len(todo) >= BLOCK:
             if self._pool is None:
-                self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+                self._pool = spawn_pool(self.workers)
             jobs = [(self.folder, relative, self.limits) for relative in todo]
             chunk = max(1, len(jobs) // (4 * self.workers))
             self._pending.append((todo, self._pool.map_async(_verdict, jobs, chunksize=chunk)))
@@ -67,12 +94,7 @@ class ImageChecks:
             self._verdicts.update(zip(paths, result.get()))
         if relative not in self._verdicts:
             self._verdicts[relative] = _verdict((self.folder, relative, self.limits))
-        kind, *rest = self._verdicts[relative]
-        if kind == "ok":
-            return rest[0]
-        if kind == "problem":
-            raise ImageProblem(*rest)
-        raise rest[0]
+        return unpack(self._verdicts[relative])[0]
 
     def verdict(self, relative: str) -> tuple:
         """What ``check`` found: ("ok", extension, sha256) or the problem (for another process's pass two)."""

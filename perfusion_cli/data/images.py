@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,9 @@ def check_image_bytes(data: bytes, limits: ImageLimits, name: str) -> str:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(R.IMAGE_TOO_LARGE, f"{name}: {exc}") from None
     except Exception as exc:  # PIL raises many types for corrupt files
-        raise ImageProblem(R.IMAGE_CORRUPT, f"{name} cannot be decoded: {type(exc).__name__}: {exc}") from None
+        # without the object addresses PIL puts in some messages, so the quarantine is the same run to run
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise ImageProblem(R.IMAGE_CORRUPT, f"{name} cannot be decoded: {type(exc).__name__}: {message}") from None
     if kind not in EXTENSIONS:
         raise ImageProblem(R.IMAGE_CORRUPT, f"{name} has unsupported format {kind or 'unknown'}")
     return EXTENSIONS[kind]

@@ -25,7 +25,8 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.images import ImageLimits, check_image_bytes
+from perfusion_cli.data.image_checks import bytes_verdict, spawn_pool, unpack
+from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import sha256_file
@@ -34,6 +35,9 @@ REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "user_id")
 OPTIONAL = ("label_1", "has_label", "are_different", "created_at")
 META_COLUMNS = ["caption", "label_0", "user_id"]
 IMAGE_COLUMNS = ["jpg_0", "jpg_1"]
+
+
+POOL_MIN_IMAGES = 16  # a row group with fewer images to decode is decoded inline
 
 
 @dataclass
@@ -47,6 +51,7 @@ class PickAPicSource:
     path: Path
     limits: ImageLimits
     session_stats: _Stats = field(default_factory=_Stats)
+    workers: int = 1  # processes that decode a row group's images (``--workers``); the output is the same
     kind: str = "pickapic"
 
     def __post_init__(self) -> None:
@@ -61,6 +66,7 @@ class PickAPicSource:
             raise DataError(f"no .parquet files in {self.path}")
         self._cache: tuple[tuple[int, int], list] | None = None
         self._digests: dict[str, tuple[str, str]] = {}  # image ref → (extension, SHA-256) found in pass one
+        self._pool = None
         for file in self.files:
             try:
                 names = set(pq.ParquetFile(file).schema_arrow.names)
@@ -92,14 +98,43 @@ class PickAPicSource:
             columns = META_COLUMNS + IMAGE_COLUMNS + [column for column in OPTIONAL if column in names]
             for group_index in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group_index, columns=columns).to_pylist()
+                ahead = self._decode_ahead(file.name, row, table)
                 for offset, values in enumerate(table):
                     row += 1
                     self.session_stats.rows += 1
                     ref = f"{file_index}:{group_index}:{offset}"
                     raw = str({key: values.get(key) for key in META_COLUMNS + list(OPTIONAL)})[:300]
-                    yield checked(file.name, row, raw, lambda: self._validate(file.name, row, ref, values))
+                    yield checked(file.name, row, raw,
+                                  lambda: self._validate(file.name, row, ref, values, ahead.get(offset)))
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
-    def _validate(self, name: str, row: int, ref: str, values: dict) -> GroupRecord | HeldOut:
+    def _decode_ahead(self, name: str, first_row: int, table: list[dict]) -> dict[int, list[tuple]]:
+        """With ``workers`` > 1: the verdicts on a row group's images, decoded in the pool, for the rows whose
+        validation reaches their images (held-out and bad rows are not decoded, as inline)."""
+        todo = [(offset, values) for offset, values in enumerate(table)
+                if self.workers > 1 and self._reaches_images(name, first_row + offset + 1, values)]
+        if len(todo) * len(IMAGE_COLUMNS) < POOL_MIN_IMAGES:
+            return {}
+        if self._pool is None:
+            self._pool = spawn_pool(self.workers)
+        jobs = [(bytes(values[column]), self.limits, column) for _, values in todo for column in IMAGE_COLUMNS]
+        verdicts = self._pool.map(bytes_verdict, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
+        width = len(IMAGE_COLUMNS)
+        return {offset: verdicts[i * width:(i + 1) * width] for i, (offset, _) in enumerate(todo)}
+
+    def _reaches_images(self, name: str, row: int, values: dict) -> bool:
+        try:
+            head = self._head(name, row, values)
+        except Exception:  # the row is rejected before its images, inline as well
+            return False
+        return not isinstance(head, HeldOut) and all(isinstance(values.get(c), (bytes, bytearray))
+                                                     for c in IMAGE_COLUMNS)
+
+    def _head(self, name: str, row: int, values: dict) -> tuple[str, str, str, int] | HeldOut:
+        """Everything but the images: (session id, merchant id, caption, winner), or why it is held out."""
         user = values.get("user_id")
         if user is None or not str(user).strip():
             raise RowError(f"{R.MISSING_FIELD}:user_id", "user_id is empty")
@@ -114,13 +149,21 @@ class PickAPicSource:
         held = _held_out_reason(values)
         if held:
             return HeldOut(name, row, held, session_id, merchant_id)
-        winner = _winner(values)
+        return session_id, merchant_id, caption, _winner(values)
+
+    def _validate(self, name: str, row: int, ref: str, values: dict,
+                  verdicts: list[tuple] | None = None) -> GroupRecord | HeldOut:
+        head = self._head(name, row, values)
+        if isinstance(head, HeldOut):
+            return head
+        session_id, merchant_id, caption, winner = head
         digests = []
-        for column in IMAGE_COLUMNS:
+        for index, column in enumerate(IMAGE_COLUMNS):
             data = values.get(column)
             if not isinstance(data, (bytes, bytearray)):
                 raise RowError(R.IMAGE_MISSING, f"{column} holds no image bytes")
-            digests.append((check_image_bytes(bytes(data), self.limits, column), hashlib.sha256(data).hexdigest()))
+            verdict = verdicts[index] if verdicts else bytes_verdict((bytes(data), self.limits, column))
+            digests.append(unpack(verdict))
         timestamp = float(row)
         if values.get("created_at") is not None:
             created = values["created_at"]

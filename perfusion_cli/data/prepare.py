@@ -67,7 +67,7 @@ def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> Lo
         return LogsSource(path, limits, workers=workers)
     path = Path(path)
     if config.format == "pickapic" or path.suffix == ".parquet":
-        return PickAPicSource(path, limits)
+        return PickAPicSource(path, limits, workers=workers)
     return LogsSource(path, limits, workers=workers)
 
 

@@ -91,13 +91,41 @@ def test_extra_columns_are_ignored_and_missing_optional_ones_tolerated(tmp_path)
 
 
 def test_each_image_is_decoded_once(tmp_path, monkeypatch):
-    from perfusion_cli.data import pickapic
+    from perfusion_cli.data import image_checks
 
     decoded = []
-    check = pickapic.check_image_bytes
-    monkeypatch.setattr(pickapic, "check_image_bytes", lambda data, *a: decoded.append(data) or check(data, *a))
+    check = image_checks.check_image_bytes
+    monkeypatch.setattr(image_checks, "check_image_bytes", lambda data, *a: decoded.append(data) or check(data, *a))
     _write_v2_folder(tmp_path / "pickapic_v2")
     manifest = prepare(tmp_path / "pickapic_v2", tmp_path / "data",
                        PrepareConfig(format="pickapic", min_records=1, cold_start_fraction=0.0))
     groups = sum(split["groups"] for split in manifest.raw["splits"].values())
     assert groups > 0 and len(decoded) == 2 * (groups + manifest.raw["held_out"]["reasons"].get("few_records", 0))
+
+
+def test_two_workers_decode_a_row_group_and_write_the_same_bytes(tmp_path):
+    """A row group of 40 rows (80 images: the pool starts), with a corrupt image, a tie and an unlabeled row."""
+    folder = tmp_path / "pickapic_v2"
+    folder.mkdir()
+    start = datetime(2023, 5, 1)
+    rows = []
+    for index in range(40):
+        label_0, has_label = (0.5, True) if index == 7 else ((1.0, False) if index == 9 else (float(index % 2), True))
+        rows.append({
+            "are_different": True, "best_image_uid": f"b{index}", "caption": f"caption {index % 5}",
+            "created_at": start + timedelta(minutes=index), "has_label": has_label, "image_0_uid": f"i0-{index}",
+            "image_0_url": "", "image_1_uid": f"i1-{index}", "image_1_url": "",
+            "jpg_0": b"\xff\xd8 not a jpeg" if index == 3 else _jpeg((5 * index, 90, 200)), "jpg_1": BLUE,
+            "label_0": label_0, "label_1": 1.0 - label_0 if index != 9 else 0.0, "model_0": "a", "model_1": "b",
+            "ranking_id": index, "user_id": index % 3, "num_example_per_prompt": 1, "__index_level_0__": index})
+    pq.write_table(pa.table({name: [row[name] for row in rows] for name in COLUMNS}),
+                   folder / "train-00000-of-00001.parquet", row_group_size=64)
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"data-{workers}"
+        manifest = prepare(folder, out, PrepareConfig(format="pickapic", min_records=1), workers=workers).raw
+        outputs.append({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                        if p.is_file() and not p.name.startswith(".")})
+    assert outputs[0] == outputs[1]
+    assert manifest["quarantine"]["reasons"] == {"image_corrupt": 1}
+    assert manifest["held_out"]["reasons"] == {"tie": 1, "unlabeled": 1} and manifest["accounting"]["balanced"]
