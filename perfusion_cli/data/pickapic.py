@@ -91,6 +91,25 @@ class PickAPicSource:
         return users, []
 
     def scan(self, known_merchants: set[str]) -> Iterator[GroupRecord | Rejection | HeldOut]:
+        """Every row in file order; with ``workers`` > 1 a row group's images decode in the pool while the
+        rows of the group before it are validated."""
+        try:
+            previous = None
+            for group in self._row_groups():
+                current = (*group, self._decode_ahead(*group))
+                if previous is not None:
+                    yield from self._rows(*previous)
+                previous = current
+            if previous is not None:
+                yield from self._rows(*previous)
+        finally:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool.join()
+                self._pool = None
+
+    def _row_groups(self) -> Iterator[tuple[str, str, int, list[dict]]]:
+        """(file name, ref prefix, number of the row before the group, rows) for every row group."""
         row = 0
         for file_index, file in enumerate(self.files):
             parquet = pq.ParquetFile(file)
@@ -98,32 +117,37 @@ class PickAPicSource:
             columns = META_COLUMNS + IMAGE_COLUMNS + [column for column in OPTIONAL if column in names]
             for group_index in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group_index, columns=columns).to_pylist()
-                ahead = self._decode_ahead(file.name, row, table)
-                for offset, values in enumerate(table):
-                    row += 1
-                    self.session_stats.rows += 1
-                    ref = f"{file_index}:{group_index}:{offset}"
-                    raw = str({key: values.get(key) for key in META_COLUMNS + list(OPTIONAL)})[:300]
-                    yield checked(file.name, row, raw,
-                                  lambda: self._validate(file.name, row, ref, values, ahead.get(offset)))
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+                yield file.name, f"{file_index}:{group_index}", row, table
+                row += len(table)
 
-    def _decode_ahead(self, name: str, first_row: int, table: list[dict]) -> dict[int, list[tuple]]:
-        """With ``workers`` > 1: the verdicts on a row group's images, decoded in the pool, for the rows whose
-        validation reaches their images (held-out and bad rows are not decoded, as inline)."""
+    def _rows(self, name: str, prefix: str, before: int, table: list[dict], ahead) -> Iterator:
+        verdicts = ahead() if callable(ahead) else ahead
+        for offset, values in enumerate(table):
+            row = before + offset + 1
+            self.session_stats.rows += 1
+            raw = str({key: values.get(key) for key in META_COLUMNS + list(OPTIONAL)})[:300]
+            yield checked(name, row, raw,
+                          lambda: self._validate(name, row, f"{prefix}:{offset}", values, verdicts.get(offset)))
+
+    def _decode_ahead(self, name: str, prefix: str, before: int, table: list[dict]):
+        """With ``workers`` > 1: the verdicts on a row group's images, decoding in the pool (a callable that waits
+        for them), for the rows whose validation reaches their images (held-out and bad rows are not decoded,
+        as inline); else an empty dict (decoded inline)."""
         todo = [(offset, values) for offset, values in enumerate(table)
-                if self.workers > 1 and self._reaches_images(name, first_row + offset + 1, values)]
+                if self.workers > 1 and self._reaches_images(name, before + offset + 1, values)]
         if len(todo) * len(IMAGE_COLUMNS) < POOL_MIN_IMAGES:
             return {}
         if self._pool is None:
             self._pool = spawn_pool(self.workers)
         jobs = [(bytes(values[column]), self.limits, column) for _, values in todo for column in IMAGE_COLUMNS]
-        verdicts = self._pool.map(bytes_verdict, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
+        pending = self._pool.map_async(bytes_verdict, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
         width = len(IMAGE_COLUMNS)
-        return {offset: verdicts[i * width:(i + 1) * width] for i, (offset, _) in enumerate(todo)}
+
+        def wait() -> dict[int, list[tuple]]:
+            verdicts = pending.get()
+            return {offset: verdicts[i * width:(i + 1) * width] for i, (offset, _) in enumerate(todo)}
+
+        return wait
 
     def _reaches_images(self, name: str, row: int, values: dict) -> bool:
         try:
