@@ -70,6 +70,31 @@ def test_an_image_changed_after_validation_is_refused_by_the_shard_writing_task(
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_ray_workers_read_the_logs_from_their_url(tmp_path):
+    """What a cluster does: the workers fetch the images from the logs' URL themselves (here a real HTTP
+    server on 127.0.0.1); the output is the local folder's."""
+    import functools
+    import http.server
+    import threading
+
+    pytest.importorskip("aiohttp")
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=4, sessions_per_merchant=12, seed=6))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/logs"
+        prepare(url, tmp_path / "ray", PrepareConfig(), workers=2, engine="ray")
+    finally:
+        server.shutdown()
+        server.server_close()
+    prepare(logs, tmp_path / "local", PrepareConfig(), workers=1)
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
 def test_pick_a_pic_stays_on_the_local_engine(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"")
     with pytest.raises(ConfigError, match="--engine ray reads logs folders"):
