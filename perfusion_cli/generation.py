@@ -19,9 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from perfusion_cli.config import GenerateConfig
 from perfusion_cli.data.manifest import load_manifest
@@ -34,7 +32,7 @@ from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.reward import load_reward_model
-from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.progress import NullProgress, Progress
 
 
@@ -209,6 +207,10 @@ class Designer:
         """PerFusionRM's score of each image for this merchant and prompt (``values`` empty without one)."""
         return _reward_scores(self.reward, prompt, images, condition.features, len(self.manifest.vocab.features))
 
+    def ranked(self, values: list, n: int) -> list[int]:
+        """The order to show ``n`` images in: best first by their reward ``values`` when reranking, else as made."""
+        return sorted(range(n), key=lambda i: -values[i]) if self.config.rerank else list(range(n))
+
     def write(self, request: Request, images: torch.Tensor, condition: _Condition, out_root: Path) -> dict:
         """Score (reward model; oracle on synthetic data), rerank if asked, write PNGs + metadata.json."""
         config = self.config
@@ -216,16 +218,13 @@ class Designer:
         _, _, truncated = tokenize(self.pipeline.tokenizer, [request.prompt])
         scores = self.scores(request.prompt, images, condition)
         oracle = _oracle(self.data_dir, request.merchant, images)
-        order = list(range(request.n))
-        if config.rerank:
-            order = sorted(order, key=lambda i: -scores["values"][i])
+        order = self.ranked(scores["values"], request.n)
         folder = output_folder(out_root, request.merchant, request.prompt, request.seed, config.personalization)
         entries = []
         with atomic_dir(folder) as tmp:
             for rank, index in enumerate(order):
                 name = f"{rank:02d}-seed{seeds[index]}.png"
-                array = np.round(images[index].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
-                Image.fromarray(array).save(tmp / name)
+                to_pil(images[index]).save(tmp / name)
                 entries.append({"file": name, "seed": seeds[index], "rank": rank,
                                 "reward": scores["values"][index] if scores["values"] else None,
                                 "oracle": oracle[index] if oracle else None})

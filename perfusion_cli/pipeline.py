@@ -27,6 +27,11 @@ from perfusion_cli.runs import model_folder
 COMPUTE, REUSE, OFF = "compute", "reuse", "off"
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A [3, H, W] image in [0, 1] as an 8-bit PIL image (rounded): every PNG the toolkit writes."""
+    return Image.fromarray(np.round(image.permute(1, 2, 0).float().cpu().numpy() * 255).astype(np.uint8))
+
+
 def branch_schedule(steps: int, every: int = 1, until: float = 1.0) -> list[str]:
     """Per denoising step: compute the branch, reuse its last output, or run the base alone."""
     if every < 1 or not 0 < until <= 1:
@@ -130,7 +135,6 @@ class PerFusionPipeline(DiffusionPipeline):
         images = (images / 2 + 0.5).clamp(0, 1).float()
         if output_type == "pt":
             return ImagePipelineOutput(images=images)
-        array = images.permute(0, 2, 3, 1).cpu().numpy()
         if output_type == "np":
-            return ImagePipelineOutput(images=array)
-        return ImagePipelineOutput(images=[Image.fromarray(np.round(a * 255).astype(np.uint8)) for a in array])
+            return ImagePipelineOutput(images=images.permute(0, 2, 3, 1).cpu().numpy())
+        return ImagePipelineOutput(images=[to_pil(image) for image in images])

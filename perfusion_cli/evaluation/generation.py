@@ -30,7 +30,7 @@ from perfusion_cli.evaluation.quality import INTEGRITY, denoising_errors, integr
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
 from perfusion_cli.models.reward import load_reward_model
-from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.progress import NullProgress, Progress
 
 MODELS = ("base", "perfusion")
@@ -153,8 +153,7 @@ def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag:
         row = []
         for j in range(images.shape[1]):
             name = f"{p:03d}-{pair.merchant_id}-seed{seed + j}-{tag}.png"
-            array = np.round(images[p, j].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            Image.fromarray(array).save(folder / name)
+            to_pil(images[p, j]).save(folder / name)
             row.append(name)
         names.append(row)
     return names

@@ -8,7 +8,6 @@ still finds the candidates it names; those shown longer ago than ``keep_days`` a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -16,9 +15,6 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 _ID = re.compile(r"[0-9a-f]{32}")
 
@@ -37,14 +33,6 @@ class Shown:
 
 def new_id() -> str:
     return secrets.token_hex(16)
-
-
-def png(image) -> bytes:
-    """A [3, H, W] tensor in [0, 1] as PNG bytes."""
-    array = np.round(image.permute(1, 2, 0).float().cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Gallery:

@@ -8,12 +8,14 @@ request is queued, so a bad request is refused at once.
 
 from __future__ import annotations
 
+import io
 import secrets
 from dataclasses import dataclass
 
 from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.generation import Designer, Request, UnknownMerchant, typed_profile
-from perfusion_cli.serving.gallery import Gallery, Shown, new_id, png
+from perfusion_cli.pipeline import to_pil
+from perfusion_cli.serving.gallery import Gallery, Shown, new_id
 from perfusion_cli.serving.journal import Pick, SessionJournal
 
 
@@ -26,6 +28,13 @@ class Ask:
     n: int
     seed: int
     profile: dict | None
+
+
+def png(image) -> bytes:
+    """A [3, H, W] tensor in [0, 1] as PNG bytes."""
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class BadPick(DataError):
@@ -60,7 +69,7 @@ class Studio:
         answers = []
         for ask, images, condition in zip(asks, designer.images(requests, conditions), conditions):
             scores = designer.scores(ask.prompt, images, condition)["values"] or [None] * ask.n
-            order = sorted(range(ask.n), key=lambda i: -scores[i]) if designer.reward else list(range(ask.n))
+            order = designer.ranked(scores, ask.n)
             request_id = new_id()
             candidates = []
             for index in order:
@@ -70,7 +79,7 @@ class Studio:
                                    "score": scores[index]})
             answers.append({"request_id": request_id, "merchant_id": ask.merchant_id, "prompt": ask.prompt,
                             "seed": ask.seed, "merchant_source": condition.source["source"],
-                            "reranked": designer.reward is not None, "candidates": candidates})
+                            "reranked": designer.config.rerank, "candidates": candidates})
         return answers
 
     def record(self, session_id: str, merchant_id: str, prompt: str, candidates: list[str],
