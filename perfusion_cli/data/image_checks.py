@@ -31,12 +31,11 @@ def _verdict(job: tuple[LocalFolder | RemoteFolder, str, ImageLimits]) -> tuple:
     folder, relative, limits = job
     try:
         data = folder.image(relative, limits)
-        extension = check_image_bytes(data, limits, f"image {relative!r}")
     except ImageProblem as exc:
         return ("problem", exc.reason, exc.detail)
     except Exception as exc:  # an OSError or whatever a hostile file provokes: raised again in the parent
         return ("raise", exc)
-    return ("ok", extension, hashlib.sha256(data).hexdigest())
+    return bytes_verdict((data, limits, f"image {relative!r}"))
 
 
 def bytes_verdict(job: tuple[bytes, ImageLimits, str]) -> tuple:
@@ -54,6 +53,12 @@ def bytes_verdict(job: tuple[bytes, ImageLimits, str]) -> tuple:
 def spawn_pool(workers: int):
     """The process pool both input formats decode in (spawned: no fork of a parent holding torch)."""
     return multiprocessing.get_context("spawn").Pool(workers)
+
+
+def stop_pool(pool) -> None:
+    if pool is not None:
+        pool.terminate()
+        pool.join()
 
 
 def unpack(verdict: tuple) -> tuple[str, str]:
@@ -116,7 +121,5 @@ class ImageChecks:
         """End the pool (the verdicts stay for pass two)."""
         self._pending.clear()
         self._asked = set(self._verdicts)
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        stop_pool(self._pool)
+        self._pool = None

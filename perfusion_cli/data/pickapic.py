@@ -25,7 +25,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.image_checks import bytes_verdict, spawn_pool, unpack
+from perfusion_cli.data.image_checks import bytes_verdict, spawn_pool, stop_pool, unpack
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
 from perfusion_cli.errors import DataError
@@ -103,10 +103,8 @@ class PickAPicSource:
             if previous is not None:
                 yield from self._rows(*previous)
         finally:
-            if self._pool is not None:
-                self._pool.terminate()
-                self._pool.join()
-                self._pool = None
+            stop_pool(self._pool)
+            self._pool = None
 
     def _row_groups(self) -> Iterator[tuple[str, str, int, list[dict]]]:
         """(file name, ref prefix, number of the row before the group, rows) for every row group."""
