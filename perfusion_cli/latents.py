@@ -22,7 +22,7 @@ from safetensors.torch import save
 
 from perfusion_cli.data.loader import LATENTS_KEY, load_image
 from perfusion_cli.data.manifest import SHARD_DIR, load_manifest, write_manifest
-from perfusion_cli.data.shards import SplitWriter
+from perfusion_cli.data.shards import SplitWriter, candidate_images
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.progress import NullProgress, Progress
@@ -84,7 +84,7 @@ def store_latents(data_dir: Path, base_model: str, resolution: int, device: torc
 
 def _encode_and_write(frozen: FrozenSD, samples: list[dict], resolution: int, writer: SplitWriter) -> None:
     metas = [json.loads(sample["json"]) for sample in samples]
-    groups = [_images(sample) for sample in samples]
+    groups = [[images[k] for k in sorted(images)] for images in map(candidate_images, samples)]
     pixels = torch.stack([load_image(data, resolution) for group in groups for _, data in group])
     latents = frozen.latents(pixels, [("", i) for i in range(len(pixels))]).to(torch.float16).cpu()
     texts = frozen.text([meta["prompt"] for meta in metas]).to(torch.float16).cpu()
@@ -94,8 +94,3 @@ def _encode_and_write(frozen: FrozenSD, samples: list[dict], resolution: int, wr
         start += len(group)
         writer.write(sample["__key__"], meta, group, extra={LATENTS_KEY: stored})
 
-
-def _images(sample: dict) -> list[tuple[str, bytes]]:
-    """(extension, bytes) of a sample's candidates, in log order (keys ``<k>.<ext>``)."""
-    keys = sorted((key for key in sample if key.partition(".")[0].isdigit()), key=lambda k: int(k.partition(".")[0]))
-    return [(key.partition(".")[2], sample[key]) for key in keys]

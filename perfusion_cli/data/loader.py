@@ -29,6 +29,7 @@ from safetensors.torch import load
 from torch.utils.data import DataLoader
 
 from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.data.shards import candidate_images
 from perfusion_cli.errors import DataError
 
 LATENTS_KEY = "latents.safetensors"  # prepare --latents: {"latents": [N, C, h, w], "text": [L, d]}, fp16
@@ -118,11 +119,7 @@ def decode_group(sample: dict, group_size: int, resolution: int, stored_latents:
 
 def _decode_group(sample: dict, group_size: int, resolution: int, stored_latents: bool) -> dict:
     meta = json.loads(sample["json"])
-    images = {}
-    for name, value in sample.items():
-        head, _, _ = name.partition(".")
-        if head.isdigit():
-            images[int(head)] = value
+    images = {index: data for index, (_, data) in candidate_images(sample).items()}
     if sorted(images) != list(range(len(meta["selected"]))):
         raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')} is incomplete: "
                         f"{len(images)} images for {len(meta['selected'])} labels (truncated shard?)")

@@ -29,6 +29,16 @@ def sample_key(record) -> str:
     return f"r{record.row:09d}"
 
 
+def candidate_images(sample: dict) -> dict[int, tuple[str, bytes]]:
+    """A read sample's candidates by index, (extension, bytes), from the members ``write`` names ``<k>.<ext>``."""
+    images = {}
+    for name, value in sample.items():
+        head, _, extension = name.partition(".")
+        if head.isdigit():
+            images[int(head)] = (extension, value)
+    return images
+
+
 @dataclass
 class ShardInfo:
     name: str
