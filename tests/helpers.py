@@ -105,5 +105,11 @@ def prepare_logs(root: Path, out: Path, **prepare_kw) -> dict:
     return prepare(root, out, PrepareConfig(**prepare_kw))
 
 
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` but hidden ones (locks, staging), by relative path: for byte-identity checks."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and not p.name.startswith(".")}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]

@@ -11,7 +11,7 @@ from PIL import Image
 from perfusion_cli.config import PrepareConfig
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.prepare import prepare
-from tests.helpers import read_jsonl
+from tests.helpers import folder_files, read_jsonl
 
 COLUMNS = ["are_different", "best_image_uid", "caption", "created_at", "has_label", "image_0_uid", "image_0_url",
            "image_1_uid", "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "ranking_id",
@@ -124,8 +124,7 @@ def test_two_workers_decode_a_row_group_and_write_the_same_bytes(tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"data-{workers}"
         manifest = prepare(folder, out, PrepareConfig(format="pickapic", min_records=1), workers=workers).raw
-        outputs.append({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-                        if p.is_file() and not p.name.startswith(".")})
+        outputs.append(folder_files(out))
     assert outputs[0] == outputs[1]
     assert manifest["quarantine"]["reasons"] == {"image_corrupt": 1}
     assert manifest["held_out"]["reasons"] == {"tie": 1, "unlabeled": 1} and manifest["accounting"]["balanced"]

@@ -2,7 +2,6 @@
 merchants and manifest as ``--engine local``, byte for byte, bad rows included; a changed image is refused."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,6 +9,7 @@ from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.prepare import prepare
 from perfusion_cli.data.synthetic import write_marketplace
 from perfusion_cli.errors import ConfigError
+from tests.helpers import folder_files
 
 ray = pytest.importorskip("ray")
 
@@ -18,11 +18,6 @@ ray = pytest.importorskip("ray")
 def runtime():
     yield
     ray.shutdown()
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and not p.name.startswith(".")}
 
 
 def test_the_ray_engine_writes_what_the_local_engine_writes(tmp_path):
@@ -45,7 +40,7 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(tmp_path):
 
     local = prepare(logs, tmp_path / "local", config, workers=1).raw
     distributed = prepare(logs, tmp_path / "ray", config, workers=2, engine="ray").raw
-    assert _files(tmp_path / "local") == _files(tmp_path / "ray")
+    assert folder_files(tmp_path / "local") == folder_files(tmp_path / "ray")
     assert local["quarantine"]["reasons"] == {"duplicate_session_id": 1, "image_corrupt": 1, "image_missing": 1,
                                               "image_path_escapes": 1, "invalid_json": 1, "unknown_merchant": 1}
     assert distributed["accounting"]["balanced"] and len(distributed["splits"]["train"]["shards"]) > 1
@@ -92,7 +87,7 @@ def test_ray_workers_read_the_logs_from_their_url(tmp_path):
         server.shutdown()
         server.server_close()
     prepare(logs, tmp_path / "local", PrepareConfig(), workers=1)
-    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert folder_files(tmp_path / "ray") == folder_files(tmp_path / "local")
 
 
 def test_pick_a_pic_stays_on_the_local_engine(tmp_path):

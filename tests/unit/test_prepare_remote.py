@@ -5,7 +5,6 @@ import functools
 import http.server
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.prepare import prepare
 from perfusion_cli.data.synthetic import write_marketplace
 from perfusion_cli.errors import DataError
-from tests.helpers import png_bytes
+from tests.helpers import folder_files, png_bytes
 
 pytest.importorskip("aiohttp")  # fsspec's HTTP filesystem; the dev and remote extras install it
 
@@ -35,11 +34,6 @@ def served(tmp_path):
     server.server_close()
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and not p.name.startswith(".")}
-
-
 def test_a_logs_url_prepares_into_the_same_shards_as_the_folder(tmp_path, served):
     logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=6, sessions_per_merchant=12, seed=3))
     (tmp_path / "secret.png").write_bytes(png_bytes((1, 2, 3)))  # served, but outside the logs root
@@ -56,7 +50,7 @@ def test_a_logs_url_prepares_into_the_same_shards_as_the_folder(tmp_path, served
 
     local = prepare(logs, tmp_path / "local", PrepareConfig(min_records=2)).raw
     remote = prepare(f"{served}/logs", tmp_path / "remote", PrepareConfig(min_records=2), workers=2).raw
-    assert _files(tmp_path / "local") == _files(tmp_path / "remote")  # shards, quarantine, manifest, truth
+    assert folder_files(tmp_path / "local") == folder_files(tmp_path / "remote")  # shards, quarantine, manifest, truth
     assert remote["quarantine"]["reasons"] == local["quarantine"]["reasons"] == {
         "image_path_escapes": len(escapes), "image_missing": len(literal)}
     assert remote["accounting"]["balanced"] and remote["synthetic"] is True  # truth.json came along
@@ -97,6 +91,6 @@ def test_prepared_data_uploads_to_a_url_with_the_manifest_last(tmp_path, served)
         del fs.put_file
     assert uploaded == local
     remote = {path.removeprefix("/prepared/"): fs.cat(path) for path in fs.find("/prepared")}
-    assert remote == _files(tmp_path / "local")  # the stale shard is gone, nothing else differs
+    assert remote == folder_files(tmp_path / "local")  # the stale shard is gone, nothing else differs
     assert order[-1] == "/prepared/manifest.json"
     fs.rm("/prepared", recursive=True)

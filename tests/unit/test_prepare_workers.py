@@ -1,7 +1,6 @@
 """``prepare --workers N`` decodes images in N processes and writes the same bytes as one process."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -9,11 +8,7 @@ from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.image_checks import BLOCK
 from perfusion_cli.data.prepare import prepare
 from perfusion_cli.data.synthetic import write_marketplace
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and not p.name.startswith(".")}
+from tests.helpers import folder_files
 
 
 def test_two_workers_write_byte_identical_data_and_quarantine(tmp_path):
@@ -30,7 +25,7 @@ def test_two_workers_write_byte_identical_data_and_quarantine(tmp_path):
 
     one = prepare(logs, tmp_path / "one", PrepareConfig(), workers=1)
     two = prepare(logs, tmp_path / "two", PrepareConfig(), workers=2)
-    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    assert folder_files(tmp_path / "one") == folder_files(tmp_path / "two")
     assert one.raw["quarantine"]["reasons"] == two.raw["quarantine"]["reasons"]
     assert sum(one.raw["quarantine"]["reasons"].values()) == 3 and one.raw["accounting"]["balanced"]
 
