@@ -24,13 +24,11 @@ from typing import Callable, Iterator
 
 import psutil
 import torch
-from diffusers import DDPMScheduler
 
 from perfusion_cli.config import BenchConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, train_batches
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.environment import describe, pick_device
-from perfusion_cli.models.backbones import SDComponents
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
@@ -198,8 +196,7 @@ def bench_train_step(pipeline: PerFusionPipeline, batch, train: GenTrainConfig, 
     """PerFusion's step (shared and unshared frozen encoder) against Diffusion-DPO's (the whole U-Net is the
     policy, as its authors train), all through the one ``GroupDPOObjective`` with the recipe's β and loss."""
     device = pipeline.device
-    components = SDComponents(pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.unet,
-                              DDPMScheduler.from_config(pipeline.scheduler.config), "")
+    components = pipeline.sd_components()
     out: dict = {"groups": len(batch), "candidates": int(batch.valid.sum()), "beta": train.beta, "loss": train.loss}
     branch = copy.deepcopy(pipeline.branch).train().requires_grad_(True)
     for name, shared in (("perfusion_shared_encoder", True), ("perfusion_two_passes", False)):

@@ -1,9 +1,9 @@
 """Latents on disk: each candidate's VAE latent and the prompt's text embedding, stored in the shards.
 
 ``prepare --latents --base-model M`` runs this after the shards are written: every sample of every
-shard gets ``latents.safetensors`` (``latents`` [N, C, h, w] for its N candidates in log order, and
-``text`` [L, d], both fp16), encoded in batches on the chosen device by the same ``FrozenSD`` code
-train-gen would run. New shards are written beside the old ones (``<split>-<n>.latents-<tag>.tar``);
+shard gets ``latents.safetensors`` (``latents`` [N, C, h, w] for its N candidates in log order,
+``text`` [L, d], and for SDXL ``pooled`` [p], all fp16), encoded in batches on the chosen device by the
+same ``FrozenSD`` code train-gen would run. New shards are written beside the old ones (``<split>-<n>.latents-<tag>.tar``);
 the manifest, rewritten last and atomically, switches to them and records what made them (``tag``:
 the base model, fingerprints of its VAE and text encoder weights, the resolution), so a crash leaves
 the data as it was. ``train-gen`` uses stored latents when the tag matches its own base model and
@@ -87,10 +87,13 @@ def _encode_and_write(frozen: FrozenSD, samples: list[dict], resolution: int, wr
     groups = [[images[k] for k in sorted(images)] for images in map(candidate_images, samples)]
     pixels = torch.stack([load_image(data, resolution) for group in groups for _, data in group])
     latents = frozen.latents(pixels, [("", i) for i in range(len(pixels))]).to(torch.float16).cpu()
-    texts = frozen.text([meta["prompt"] for meta in metas]).to(torch.float16).cpu()
+    texts = frozen.text([meta["prompt"] for meta in metas]).to("cpu", torch.float16)
     start = 0
-    for sample, meta, group, text in zip(samples, metas, groups, texts):
-        stored = save({"latents": latents[start:start + len(group)].contiguous(), "text": text.contiguous()})
+    for row, (sample, meta, group) in enumerate(zip(samples, metas, groups)):
+        tensors = {"latents": latents[start:start + len(group)].contiguous(), "text": texts.hidden[row].contiguous()}
+        if texts.pooled is not None:
+            tensors["pooled"] = texts.pooled[row].contiguous()
+        stored = save(tensors)
         start += len(group)
         writer.write(sample["__key__"], meta, group, extra={LATENTS_KEY: stored})
 

@@ -33,6 +33,7 @@ from perfusion_cli.errors import ConfigError
 from perfusion_cli.losses import (group_dpo_loss, implicit_rewards, pairwise_dpo_loss, scale_gradient,
                                   winner_preserving_scale)
 from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.models.text import TextConditions
 
 LOSSES = {"group": group_dpo_loss, "pairwise": pairwise_dpo_loss}
 
@@ -83,10 +84,12 @@ class GroupDPOObjective:
         keys = [(batch.session_ids[g], k) for g, k in zip(groups.tolist(), slots.tolist())]
         if batch.latents is not None:  # stored by prepare --latents (train-gen checked what made them)
             latents = batch.latents[valid].to(device, self.frozen.dtype)
-            text = batch.text.to(device, self.frozen.dtype)
+            text = TextConditions(batch.text, batch.pooled).to(device, self.frozen.dtype)
         else:
             latents = self.frozen.latents(batch.images[valid], keys)
             text = self.frozen.text(batch.prompts)
+        scale = self.frozen.latent_scale
+        text = text.sized(latents.shape[-2] * scale, latents.shape[-1] * scale)
         # one noise and one timestep per group, shared by its candidates
         noise = torch.randn((len(batch), *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(batch),), device=device)[rows]

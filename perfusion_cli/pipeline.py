@@ -15,12 +15,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
-from perfusion_cli.models.backbones import load_sd, tokenize
+from perfusion_cli.models.backbones import SDComponents, load_sd
 from perfusion_cli.models.branches import load_branch
+from perfusion_cli.models.frozen_sd import vae_dtype
+from perfusion_cli.models.text import TextConditions, encode_prompts
 from perfusion_cli.runs import model_folder
 
 
@@ -41,12 +43,20 @@ def branch_schedule(steps: int, every: int = 1, until: float = 1.0) -> list[str]
 
 
 class PerFusionPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->branch->unet->vae"
+    """SD 1.x/2.x (one text encoder) or SDXL (``text_encoder_2``/``tokenizer_2``, ``text_time`` conditions)."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, branch):
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->branch->unet->vae"
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, branch, text_encoder_2=None, tokenizer_2=None,
+                 force_zeros_for_empty_prompt: bool = False):
+        """``force_zeros_for_empty_prompt``: guidance's unconditional input is zeros, not the empty prompt's
+        embedding (SDXL base's setting)."""
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                              scheduler=scheduler, branch=branch)
+                              scheduler=scheduler, branch=branch, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         branch.attach(unet)
 
@@ -55,10 +65,26 @@ class PerFusionPipeline(DiffusionPipeline):
                  dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
         branch = load_branch(model_folder(run_dir, "generator"), dtype)
         sd = load_sd(branch.config.base_model, dtype)
+        sd.vae.to(vae_dtype(sd, dtype))  # SDXL's VAE decodes in fp32 (it overflows in fp16)
         scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
-        pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch)
+        pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
+                       sd.tokenizer_2, sd.zero_empty_prompt)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(device)
+
+    def sd_components(self) -> SDComponents:
+        """The frozen base as training code sees it (``FrozenSD``): bench's and eval's denoising errors."""
+        return SDComponents(self.vae, self.text_encoder, self.tokenizer, self.unet,
+                            DDPMScheduler.from_config(self.scheduler.config), "", self.text_encoder_2,
+                            self.tokenizer_2, self.config.force_zeros_for_empty_prompt)
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.text_encoder_2 is not None else [])
+
+    @property
+    def text_encoders(self) -> list:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 is not None else [])
 
     @property
     def default_resolution(self) -> int:
@@ -70,9 +96,8 @@ class PerFusionPipeline(DiffusionPipeline):
         return self.branch.config.base_model
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, int]:
-        ids, _, truncated = tokenize(self.tokenizer, prompts)
-        return self.text_encoder(ids.to(self.device))[0], truncated
+    def encode_prompt(self, prompts: list[str]) -> tuple[TextConditions, int]:
+        return encode_prompts(self.tokenizers, self.text_encoders, prompts)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], features: torch.Tensor | None = None,
@@ -98,8 +123,9 @@ class PerFusionPipeline(DiffusionPipeline):
         # 2. text: [uncond; cond] for classifier-free guidance
         text, _ = self.encode_prompt(prompts)
         if guided:
-            empty, _ = self.encode_prompt([""] * batch)
-            text = torch.cat([empty, text])
+            empty = text.zeros_like() if self.config.force_zeros_for_empty_prompt else self.encode_prompt([""] * batch)[0]
+            text = TextConditions.cat([empty, text])
+        text = text.sized(height, width)
         # 3. timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -123,7 +149,7 @@ class PerFusionPipeline(DiffusionPipeline):
                 extra = {}
             elif schedule[index] == COMPUTE:
                 extra = self.branch(model_input, t, text, cond=cond, scale=personalization_scale)
-            noise = self.unet(model_input, t, text, **extra).sample
+            noise = self.unet(model_input, t, **text.unet_kwargs(), **extra).sample
             if guided:
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + guidance_scale * (conditional - unconditional)
@@ -131,7 +157,7 @@ class PerFusionPipeline(DiffusionPipeline):
             if on_step is not None:
                 on_step(1)
         # 6. decode
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         images = (images / 2 + 0.5).clamp(0, 1).float()
         if output_type == "pt":
             return ImagePipelineOutput(images=images)

@@ -31,10 +31,10 @@ from perfusion_cli.config import (SECTIONS, GenerateConfig, GenTrainConfig, Merc
                                   load_recipe)
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
-from perfusion_cli.models.backbones import SDComponents
 from perfusion_cli.models.branches import create_branch
 from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
 from perfusion_cli.models.reward import PerFusionRM
+from perfusion_cli.models.text import TextConditions, encode_ids
 from perfusion_cli.pipeline import OFF, REUSE, branch_schedule
 
 CARDS_GIB = (24, 40, 80)
@@ -139,15 +139,14 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
     dtype = DTYPES[config.mixed_precision]
     with device:
         parts = build_sd(config.base_model, dtype)
-    frozen = FrozenSD(SDComponents(parts.vae, parts.text_encoder, None, parts.unet, parts.scheduler,
-                                   config.base_model), device, dtype, config.share_encoder, config.cache_latents)
+    frozen = FrozenSD(parts.components(config.base_model), device, dtype, config.share_encoder, config.cache_latents)
     sd = frozen.sd
     with device:
         branch = create_branch(config, sd.unet, vocab, config.base_model).to(dtype).train()
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     groups, k, latent = config.batch_size, config.group_size, config.resolution // scale
     with device:
-        pixels = torch.zeros(groups * k, 3, config.resolution, config.resolution, dtype=dtype)
+        pixels = torch.zeros(groups * k, 3, config.resolution, config.resolution, dtype=sd.vae.dtype)  # SDXL: fp32
         cached = torch.zeros(groups * k, sd.unet.config.in_channels, latent, latent, dtype=dtype)
         ids = torch.zeros(groups, _tokens(sd.text_encoder.config), dtype=torch.long)
         features = torch.zeros(groups * k, len(vocab.features), dtype=torch.long)
@@ -156,8 +155,10 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
 
     def step() -> None:
         with torch.no_grad():
-            latents = cached if config.cache_latents else sd.vae.encode(pixels).latent_dist.mean
-            text = sd.text_encoder(ids)[0].repeat_interleave(k, 0)
+            latents = cached if config.cache_latents else sd.vae.encode(pixels).latent_dist.mean.to(dtype)
+            text = encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders))
+            text = text[torch.arange(groups, device=device).repeat_interleave(k)].sized(config.resolution,
+                                                                                          config.resolution)
         noise = torch.randn_like(latents)
         noisy = sd.noise_scheduler.add_noise(latents, noise, timesteps)
         personalized, reference = frozen.predictions(branch, noisy, timesteps, text, features)
@@ -165,10 +166,10 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    existing = [*tensors_of(sd.unet, sd.vae, sd.text_encoder, branch), ids, features, timesteps,
+    existing = [*tensors_of(*sd.frozen_modules, branch), ids, features, timesteps,
                 cached if config.cache_latents else pixels]
     encode = "cached latents" if config.cache_latents else "VAE encode in the step"
-    return Step(step, existing, branch, parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder),
+    return Step(step, existing, branch, sum(parameters(module) for module in sd.frozen_modules),
                 f"{groups} groups × {k} candidates at {config.resolution}² ({encode})",
                 f"{config.branch} branch; " + ("shared frozen encoder half" if frozen.share_encoder and branch.residual_only
                                                else "two full frozen passes"))
@@ -178,7 +179,7 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
     """Per image, base and personalized: text + steps × guided step + VAE decode, in fp16 weights."""
     dtype = torch.float16
     with META:
-        sd = build_sd(train.base_model, dtype)
+        sd = build_sd(train.base_model, dtype).components(train.base_model)
         branch = create_branch(train, sd.unet, vocab, train.base_model).to(dtype).eval()
     resolution = config.resolution or train.resolution
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
@@ -188,19 +189,23 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
         ids = torch.zeros(rows, _tokens(sd.text_encoder.config), dtype=torch.long)
         sample = torch.zeros(rows, sd.unet.config.in_channels, latent, latent, dtype=dtype)
         t = torch.zeros((), dtype=torch.long)
-        context = torch.zeros(rows, _tokens(sd.text_encoder.config), sd.unet.config.cross_attention_dim, dtype=dtype)
+        context = TextConditions(
+            torch.zeros(rows, _tokens(sd.text_encoder.config), sd.unet.config.cross_attention_dim, dtype=dtype),
+            torch.zeros(rows, sd.text_encoder_2.config.projection_dim, dtype=dtype) if sd.is_sdxl else None,
+        ).sized(resolution, resolution)
         cond = branch.condition(torch.zeros(rows, len(vocab.features), dtype=torch.long), (latent, latent)).to(dtype)
         one = torch.zeros(1, sd.unet.config.in_channels, latent, latent, dtype=dtype)
-    weights = [*tensors_of(sd.unet, sd.vae, sd.text_encoder)]
-    inputs = [ids, sample, t, context, cond, one]
+    weights = [*tensors_of(*sd.frozen_modules)]
+    inputs = [ids, sample, t, *(x for x in (context.hidden, context.pooled, context.time_ids) if x is not None),
+              cond, one]
     with torch.no_grad():
-        text = count(lambda: sd.text_encoder(ids), weights + inputs)
+        text = count(lambda: encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders)), weights + inputs)
         decode = count(lambda: sd.vae.decode(one), weights + inputs)
 
         def guided_step(personalized: bool):
             def run() -> None:
                 extra = branch(sample, t, context, cond=cond) if personalized else {}
-                sd.unet(sample, t, context, **extra)
+                sd.unet(sample, t, **context.unet_kwargs(), **extra)
 
             return count(run, weights + (tensors_of(branch) if personalized else []) + inputs)
 
@@ -215,7 +220,7 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
             flops = text.flops + steps * step.flops + (config.steps - steps) * base_step.flops + decode.flops
             extra = sum(t.numel() * t.element_size() for t in tensors_of(branch)) if personalized else 0
             peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
-            total = parameters(sd.unet) + parameters(sd.vae) + parameters(sd.text_encoder) + (
+            total = sum(parameters(module) for module in sd.frozen_modules) + (
                 parameters(branch) if personalized else 0)
             reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain else
                      f", {train.branch} branch" if personalized else "")

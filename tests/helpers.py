@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from perfusion_cli.config import SECTIONS, TINY_RECIPE, PrepareConfig, SyntheticConfig, build, load_recipe
@@ -113,3 +114,18 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def text_conditions(unet, rows: int, tokens: int = 6, seed: int = 0, size: int = 64):
+    """Random text conditions that fit ``unet``: hidden states, and for an SDXL U-Net (``text_time``) a pooled
+    embedding and the size conditions of a ``size``² image."""
+    from perfusion_cli.models.text import TextConditions
+
+    generator = torch.Generator().manual_seed(seed)
+    config = unet.config
+    pooled = None
+    if config.addition_embed_type == "text_time":
+        width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        pooled = torch.randn(rows, width, generator=generator)
+    hidden = torch.randn(rows, tokens, config.cross_attention_dim, generator=generator)
+    return TextConditions(hidden, pooled).sized(size, size)

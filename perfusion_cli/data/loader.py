@@ -33,6 +33,7 @@ from perfusion_cli.data.shards import candidate_images
 from perfusion_cli.errors import DataError
 
 LATENTS_KEY = "latents.safetensors"  # prepare --latents: {"latents": [N, C, h, w], "text": [L, d]}, fp16
+# (+ "pooled": [p] for SDXL bases)
 
 
 @dataclass
@@ -48,13 +49,14 @@ class GroupBatch:
     session_ids: list[str]
     latents: torch.Tensor | None = None  # [B, K, C, h, w] stored VAE latents (prepare --latents), padded with zeros
     text: torch.Tensor | None = None  # [B, L, d] stored prompt embeddings
+    pooled: torch.Tensor | None = None  # [B, p] stored pooled prompt embeddings (SDXL)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str) -> "GroupBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("images", "valid", "selected", "features", "latents", "text"):
+        for name in ("images", "valid", "selected", "features", "latents", "text", "pooled"):
             if moved[name] is not None:
                 moved[name] = moved[name].to(device, non_blocking=True)
         return GroupBatch(**moved)
@@ -142,6 +144,8 @@ def _decode_group(sample: dict, group_size: int, resolution: int, stored_latents
         latents = torch.zeros(group_size, *stored["latents"].shape[1:], dtype=stored["latents"].dtype)
         latents[:len(keep)] = stored["latents"][keep]
         group["latents"], group["text"] = latents, stored["text"]
+        if "pooled" in stored:
+            group["pooled"] = stored["pooled"]
     return group
 
 
@@ -156,6 +160,7 @@ def collate(groups: list[dict]) -> GroupBatch:
         session_ids=[g["session_id"] for g in groups],
         latents=torch.stack([g["latents"] for g in groups]) if "latents" in groups[0] else None,
         text=torch.stack([g["text"] for g in groups]) if "text" in groups[0] else None,
+        pooled=torch.stack([g["pooled"] for g in groups]) if "pooled" in groups[0] else None,
     )
 
 

@@ -29,6 +29,7 @@ from perfusion_cli.evaluation.fid import compute_fid
 from perfusion_cli.evaluation.quality import INTEGRITY, denoising_errors, integrity_scores, kept_quality
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
+from perfusion_cli.models.backbones import is_tiny
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.progress import NullProgress, Progress
@@ -90,7 +91,7 @@ def _generate(pipeline: PerFusionPipeline, pairs: list[EvalPair], config: EvalGe
 def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest) -> tuple[dict, dict]:
     """The scorers that can run, and for the others the reason why not."""
     scorers, reasons = {}, {}
-    clip_name = config.clip_model or ("tiny" if base_model == "tiny" else DEFAULT_CLIP)
+    clip_name = config.clip_model or ("tiny" if is_tiny(base_model) else DEFAULT_CLIP)
     try:
         scorers["clip"] = ClipScorer(clip_name, device)
     except PerfusionError as exc:

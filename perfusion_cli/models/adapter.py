@@ -32,6 +32,7 @@ from torch import nn
 from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.models.merchant import MerchantEncoder
+from perfusion_cli.models.text import TextConditions
 
 
 class MerchantKV(nn.Module):
@@ -121,13 +122,13 @@ class MerchantAdapter(ModelMixin, ConfigMixin):
         """u: [B, d_u] → merchant tokens [B, T, d_text] (``size`` is unused: tokens have no resolution)."""
         return self.norm(self.to_tokens(u).view(u.shape[0], self.config.tokens, self.config.token_dim))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: TextConditions,
                 features: torch.Tensor | None = None, cond: torch.Tensor | None = None,
                 scale: float = 1.0) -> dict[str, dict]:
         """The frozen U-Net's extra keyword arguments: the merchant tokens for every cross-attention layer.
 
-        Pass ``features`` [B, F], or precomputed tokens ``cond`` [B, T, d_text]. ``sample``, ``timestep`` and
-        ``encoder_hidden_states`` are not read (the tokens act inside the U-Net's own call); they keep the
+        Pass ``features`` [B, F], or precomputed tokens ``cond`` [B, T, d_text]. ``sample``'s dtype is read;
+        ``timestep`` and ``text`` are not (the tokens act inside the U-Net's own call); they keep the
         signature every branch kind shares.
         """
         if cond is None:

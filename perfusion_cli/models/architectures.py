@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.models.backbones import TINY, resolve
+from perfusion_cli.models.backbones import SDComponents, is_tiny, resolve
 
 ARCHITECTURES = Path(__file__).resolve().parent.parent / "architectures"
 SD_PARTS = ("unet", "vae", "text_encoder", "scheduler")
+SDXL_PART = "text_encoder_2"  # SDXL's second text encoder (CLIPTextModelWithProjection)
 
 
 def _read(path: Path) -> dict:
@@ -46,22 +47,24 @@ def _missing(base: str) -> ConfigError:
 
 
 def sd_configs(base: str) -> dict[str, dict]:
-    """The configs of a Stable-Diffusion base: unet, vae, text_encoder, scheduler."""
+    """The configs of a Stable-Diffusion base: unet, vae, text_encoder, scheduler (SDXL: and text_encoder_2)."""
     shipped = _shipped(base)
     if shipped is not None:
-        return {part: _read(shipped / f"{part}.json") for part in SD_PARTS}
-    folder = Path(resolve(base, "sd")) if base == TINY else Path(base)
+        parts = SD_PARTS + ((SDXL_PART,) if (shipped / f"{SDXL_PART}.json").is_file() else ())
+        return {part: _read(shipped / f"{part}.json") for part in parts}
+    folder = Path(resolve(base, "sd")) if is_tiny(base) else Path(base)
     if not (folder / "unet" / "config.json").is_file():
         raise _missing(base)
     names = {"scheduler": "scheduler_config.json"}
-    return {part: _read(folder / part / names.get(part, "config.json")) for part in SD_PARTS}
+    parts = SD_PARTS + ((SDXL_PART,) if (folder / SDXL_PART / "config.json").is_file() else ())
+    return {part: _read(folder / part / names.get(part, "config.json")) for part in parts}
 
 
 def clip_config(base: str) -> dict:
     shipped = _shipped(base)
     if shipped is not None:
         return _read(shipped)
-    folder = Path(resolve(base, "clip")) if base == TINY else Path(base)
+    folder = Path(resolve(base, "clip")) if is_tiny(base) else Path(base)
     if not (folder / "config.json").is_file():
         raise _missing(base)
     return _read(folder / "config.json")
@@ -75,6 +78,14 @@ class SDArchitecture:
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     scheduler: object  # the class its config names (SD 1.5: PNDMScheduler)
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL
+
+    def components(self, base: str) -> SDComponents:
+        """As ``load_sd`` gives them (the training schedule as DDPM; no tokenizers: counting feeds token ids)."""
+        with torch.device("cpu"):
+            noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        return SDComponents(self.vae, self.text_encoder, None, self.unet, noise_scheduler, base, self.text_encoder_2,
+                            None, self.text_encoder_2 is not None)
 
 
 def build_sd(base: str, dtype: torch.dtype = torch.float32) -> SDArchitecture:
@@ -83,11 +94,15 @@ def build_sd(base: str, dtype: torch.dtype = torch.float32) -> SDArchitecture:
 
     configs = sd_configs(base)
     scheduler_class = getattr(diffusers, configs["scheduler"].get("_class_name", "DDPMScheduler"), DDPMScheduler)
+    with torch.device("cpu"):  # schedulers hold small CPU tables (Euler's copies its sigmas to the CPU)
+        scheduler = scheduler_class.from_config(configs["scheduler"])
     return SDArchitecture(
         unet=UNet2DConditionModel.from_config(configs["unet"]).to(dtype),
         vae=AutoencoderKL.from_config(configs["vae"]).to(dtype),
         text_encoder=CLIPTextModel(_text_config(configs["text_encoder"])).to(dtype),
-        scheduler=scheduler_class.from_config(configs["scheduler"]),
+        scheduler=scheduler,
+        text_encoder_2=(CLIPTextModelWithProjection(_text_config(configs[SDXL_PART])).to(dtype)
+                        if SDXL_PART in configs else None),
     )
 
 
@@ -105,8 +120,9 @@ def _without_meta(values: dict) -> dict:
 
 def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     """A random-weight Stable-Diffusion folder in the hub layout (``model_index.json``, one sub-folder per
-    component, safetensors weights), with the bundled tokenizer (its ids fit the real 49,408-token vocab)."""
-    from diffusers import StableDiffusionPipeline
+    component, safetensors weights), with the bundled tokenizer (its ids fit the real 49,408-token vocab).
+    An SDXL base gets SDXL's layout (``text_encoder_2``, ``tokenizer_2``, ``force_zeros_for_empty_prompt``)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from perfusion_cli.models.tiny import build_tokenizer
 
@@ -114,9 +130,14 @@ def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16,
     sd = build_sd(base, dtype)
     tokenizer = build_tokenizer()
     tokenizer.model_max_length = sd.text_encoder.config.max_position_embeddings
-    pipeline = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=tokenizer, unet=sd.unet,
-                                       scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    if sd.text_encoder_2 is not None:
+        pipeline = StableDiffusionXLPipeline(vae=sd.vae, text_encoder=sd.text_encoder, text_encoder_2=sd.text_encoder_2,
+                                             tokenizer=tokenizer, tokenizer_2=tokenizer, unet=sd.unet,
+                                             scheduler=sd.scheduler, force_zeros_for_empty_prompt=True)
+    else:
+        pipeline = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=tokenizer, unet=sd.unet,
+                                           scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
     pipeline.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 

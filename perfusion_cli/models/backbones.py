@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from perfusion_cli.config import ASSETS
 from perfusion_cli.errors import CheckpointError
@@ -21,15 +21,28 @@ from perfusion_cli.errors import CheckpointError
 TINY = "tiny"
 
 
+TINY_SDXL = "tiny-sdxl"
+
+
 def resolve(base: str, kind: str) -> str:
-    """The folder or hub id to load for ``base``; ``kind`` picks the bundled tiny model ('clip' or 'sd')."""
-    if base == TINY:
-        path = ASSETS / f"tiny-{kind}"
+    """The folder or hub id to load for ``base``; ``kind`` picks the bundled tiny model ('clip' or 'sd').
+
+    ``tiny-sdxl`` is the bundled SDXL-architecture base (two text encoders, ``text_time`` conditions); its CLIP
+    (for reward models and metrics) is the tiny one."""
+    if is_tiny(base):
+        name = "tiny-clip" if kind == "clip" else "tiny-sd" if base == TINY else TINY_SDXL
+        path = ASSETS / name
         if not (path / ("config.json" if kind == "clip" else "model_index.json")).is_file():
-            raise CheckpointError(f"the bundled tiny {kind} backbone is missing from {path} — "
-                                  f"run `perfusion pretrain-base --out {ASSETS}`")
+            command = "pretrain-base --sdxl" if name == TINY_SDXL else "pretrain-base"
+            raise CheckpointError(f"the bundled {name} backbone is missing from {path} — "
+                                  f"run `perfusion {command} --out {ASSETS}`")
         return str(path)
     return base
+
+
+def is_tiny(base: str) -> bool:
+    """One of the bundled CPU backbones (``tiny``, ``tiny-sdxl``)."""
+    return base in (TINY, TINY_SDXL)
 
 
 def _load(what: str, base: str, loader, *args, **kwargs):
@@ -59,27 +72,67 @@ class SDComponents:
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
     path: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's second encoder (pooled + projection)
+    tokenizer_2: CLIPTokenizer | None = None
+    zero_empty_prompt: bool = False  # guidance's unconditional text is zeros (SDXL's force_zeros_for_empty_prompt)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.is_sdxl else [])
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.is_sdxl else [])
+
+    @property
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.vae, *self.text_encoders, self.unet]
+
+
+def pipeline_config(path: str) -> dict:
+    """A diffusers folder's (or hub id's) ``model_index.json``: which components it has, pipeline settings."""
+    from diffusers import DiffusionPipeline
+
+    return _load("the model index (model_index.json)", path, DiffusionPipeline.load_config, path)
 
 
 def load_sd(base: str, dtype: torch.dtype = torch.float32) -> SDComponents:
+    """SD 1.x/2.x or SDXL (``stabilityai/stable-diffusion-xl-base-1.0``'s layout: two encoders and tokenizers)."""
     path = resolve(base, "sd")
     common = {"use_safetensors": True}
+
+    def encoder(cls, subfolder: str):
+        return _load(f"the {subfolder.replace('_', ' ')}", path, cls.from_pretrained, path, subfolder=subfolder,
+                     dtype=dtype, **common)
+
+    def tokenizer(subfolder: str):
+        return _load(f"the {subfolder.replace('_', ' ')}", path, CLIPTokenizer.from_pretrained, path,
+                     subfolder=subfolder)
+
+    index = pipeline_config(path)
+    sdxl = (index.get("text_encoder_2") or [None])[0] is not None
     return SDComponents(
         vae=_load("the VAE", path, AutoencoderKL.from_pretrained, path, subfolder="vae", torch_dtype=dtype, **common),
-        text_encoder=_load("the text encoder", path, CLIPTextModel.from_pretrained, path, subfolder="text_encoder",
-                           dtype=dtype, **common),
-        tokenizer=_load("the tokenizer", path, CLIPTokenizer.from_pretrained, path, subfolder="tokenizer"),
+        text_encoder=encoder(CLIPTextModel, "text_encoder"),
+        tokenizer=tokenizer("tokenizer"),
         unet=_load("the U-Net", path, UNet2DConditionModel.from_pretrained, path, subfolder="unet",
                    torch_dtype=dtype, **common),
         noise_scheduler=_load("the scheduler", path, DDPMScheduler.from_pretrained, path, subfolder="scheduler"),
         path=path,
+        text_encoder_2=encoder(CLIPTextModelWithProjection, "text_encoder_2") if sdxl else None,
+        tokenizer_2=tokenizer("tokenizer_2") if sdxl else None,
+        zero_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
     )
 
 
 def base_reference(base_model: str) -> str:
     """How a run records its base: hub ids and ``tiny`` as given, local folders as absolute paths."""
     path = Path(base_model)
-    return str(path.resolve()) if base_model != TINY and path.exists() else base_model
+    return str(path.resolve()) if not is_tiny(base_model) and path.exists() else base_model
 
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -44,6 +44,7 @@ from torch import nn
 from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.models.merchant import MerchantEncoder
+from perfusion_cli.models.text import TextConditions
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -122,17 +123,18 @@ class PersonalizedBranch(ModelMixin, ConfigMixin):
         if processor is not None:
             self.controlnet.set_attn_processor(processor())
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: TextConditions,
                 features: torch.Tensor | None = None, cond: torch.Tensor | None = None,
                 scale: float = 1.0) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """The frozen U-Net's extra keyword arguments: this branch's down-block and mid-block residuals.
 
         Pass ``features`` [B, F], or a precomputed ``cond`` [B, c, h, w] (one per sample in the batch).
         Every branch kind answers a call with the U-Net's keyword arguments, so the trainer calls the
-        branch itself (through DDP's wrapper) and the U-Net call is the same for every kind.
+        branch itself (through DDP's wrapper) and the U-Net call is the same for every kind. The ControlNet
+        reads the same text conditions as the U-Net (for SDXL: both encoders, pooled text and sizes).
         """
         if cond is None:
             cond = self.condition(features, sample.shape[-2:])
-        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=cond.to(sample.dtype),
+        down, mid = self.controlnet(sample, timestep, **text.unet_kwargs(), controlnet_cond=cond.to(sample.dtype),
                                     conditioning_scale=scale, return_dict=False)
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -2,7 +2,9 @@
 
 ``predictions`` gives the personalized ε_θ (frozen U-Net + the branch's residuals, gradients only
 into the branch) and the reference ε_ref (the frozen U-Net alone) on the same noisy latents. With
-``share_encoder`` the U-Net's encoder half runs once for both (``unet_halves``).
+``share_encoder`` the U-Net's encoder half runs once for both (``unet_halves``). Text is a
+``TextConditions`` (one encoder's hidden states; for SDXL both encoders', the pooled embedding and the
+size conditions), so every call below is the same for SD 1.x/2.x and SDXL.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import hashlib
 import torch
 
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.models.backbones import SDComponents, load_sd, tokenize
+from perfusion_cli.models.backbones import SDComponents, load_sd
+from perfusion_cli.models.text import TextConditions, encode_prompts
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 
 # the U-Net keyword arguments of a branch that only adds residuals (decode's order)
@@ -31,28 +34,40 @@ def set_attention(sd: SDComponents, attention: str) -> None:
         sd.vae.enable_xformers_memory_efficient_attention()
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's weights (names, dtypes, shapes, bytes): which VAE or text encoder made a latent."""
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 of modules' weights (names, dtypes, shapes, bytes): which VAE or text encoders made a latent."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for position, module in enumerate(modules):
+        prefix = f"{position}." if position else ""  # one module: the digest it always had
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{prefix}{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def vae_dtype(sd: SDComponents, dtype: torch.dtype) -> torch.dtype:
+    """SDXL's VAE overflows in fp16: when its config says ``force_upcast`` it runs in fp32, as in diffusers' SDXL
+    pipeline (a fixed VAE, e.g. madebyollin/sdxl-vae-fp16-fix in the base's ``vae/``, says false and stays fp16).
+    SD 1.x configs carry the flag by default and are left alone, as diffusers' SD pipeline does."""
+    upcast = sd.is_sdxl and dtype == torch.float16 and getattr(sd.vae.config, "force_upcast", False)
+    return torch.float32 if upcast else dtype
 
 
 class FrozenSD:
     def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
                  cache: bool):
         self.sd = sd
-        for module in (sd.vae, sd.text_encoder, sd.unet):
+        for module in sd.frozen_modules:
             module.requires_grad_(False).eval().to(device)
-            if module.dtype != dtype:
-                module.to(dtype=dtype)
+            wanted = vae_dtype(sd, dtype) if module is sd.vae else dtype
+            if module.dtype != wanted:
+                module.to(dtype=wanted)
         self.device, self.dtype = device, dtype
+        self.latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)  # pixels per latent cell
         self.share_encoder = share_encoder and supports_split(sd.unet)  # and a branch that allows it
         self.cache = cache
         self._latents: dict[tuple[str, int], torch.Tensor] = {}
-        self._texts: dict[str, torch.Tensor] = {}
+        self._texts: dict[str, TextConditions] = {}
         self.truncated_prompts = 0
         self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
 
@@ -64,11 +79,11 @@ class FrozenSD:
         stored latents are checked against."""
         sd = load_sd(base_model)
         set_attention(sd, attention)
-        latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-        if resolution is not None and resolution % latent_scale:
-            raise ConfigError(f"resolution {resolution} must be a multiple of {latent_scale} for this VAE")
-        prints = {"vae": weights_digest(sd.vae), "text_encoder": weights_digest(sd.text_encoder)} if fingerprints else {}
+        prints = ({"vae": weights_digest(sd.vae), "text_encoder": weights_digest(*sd.text_encoders)} if fingerprints
+                  else {})
         frozen = cls(sd, device, DTYPES[mixed_precision], share_encoder, cache)
+        if resolution is not None and resolution % frozen.latent_scale:
+            raise ConfigError(f"resolution {resolution} must be a multiple of {frozen.latent_scale} for this VAE")
         frozen.fingerprints = prints
         return frozen
 
@@ -78,26 +93,29 @@ class FrozenSD:
         missing = [i for i, key in enumerate(keys) if key not in self._latents] if self.cache else range(len(keys))
         fresh = {}
         if len(missing):
-            pixels = images[list(missing)].to(self.device, self.dtype) * 2 - 1
-            encoded = self.sd.vae.encode(pixels).latent_dist.mean * self.sd.vae.config.scaling_factor
+            pixels = images[list(missing)].to(self.device, self.sd.vae.dtype) * 2 - 1
+            encoded = (self.sd.vae.encode(pixels).latent_dist.mean * self.sd.vae.config.scaling_factor).to(self.dtype)
             fresh = dict(zip(missing, encoded))
             if self.cache:
                 self._latents.update({keys[i]: fresh[i] for i in missing})
         return torch.stack([fresh[i] if i in fresh else self._latents[key] for i, key in enumerate(keys)])
 
     @torch.no_grad()
-    def text(self, prompts: list[str]) -> torch.Tensor:
+    def text(self, prompts: list[str]) -> TextConditions:
+        """The prompts' conditions, without sizes (``TextConditions.sized`` adds SDXL's)."""
         missing = sorted({p for p in prompts if p not in self._texts}) if self.cache else sorted(set(prompts))
         encoded = {}
         if missing:
-            ids, _, truncated = tokenize(self.sd.tokenizer, missing)
+            conditions, truncated = encode_prompts(self.sd.tokenizers, self.sd.text_encoders, missing)
             self.truncated_prompts += truncated
-            encoded = dict(zip(missing, self.sd.text_encoder(ids.to(self.device))[0]))
+            encoded = {prompt: conditions[i] for i, prompt in enumerate(missing)}
             if self.cache:
                 self._texts.update(encoded)
-        return torch.stack([encoded.get(p, self._texts.get(p)) for p in prompts])
+        rows = [encoded.get(p, self._texts.get(p)) for p in prompts]
+        return TextConditions(torch.stack([r.hidden for r in rows]),
+                              None if rows[0].pooled is None else torch.stack([r.pooled for r in rows]))
 
-    def predictions(self, branch, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictions(self, branch, noisy, timesteps, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε_θ with gradients into ``branch``, ε_ref without); ``branch`` is any branch kind."""
         unet = self.sd.unet
         extra = branch(noisy, timesteps, text, features=features)
@@ -107,11 +125,12 @@ class FrozenSD:
                 reference = decode(unet, encoding)
             return decode(unet, encoding, *(extra[key] for key in RESIDUALS)), reference
         with torch.no_grad():
-            reference = unet(noisy, timesteps, text).sample
-        return unet(noisy, timesteps, text, **extra).sample, reference
+            reference = unet(noisy, timesteps, **text.unet_kwargs()).sample
+        return unet(noisy, timesteps, **text.unet_kwargs(), **extra).sample, reference
 
-    def full_unet_predictions(self, policy_unet, noisy, timesteps, text, features) -> tuple[torch.Tensor, torch.Tensor]:
+    def full_unet_predictions(self, policy_unet, noisy, timesteps, text: TextConditions,
+                              features) -> tuple[torch.Tensor, torch.Tensor]:
         """Diffusion-DPO as its authors train it: a trainable copy of the whole U-Net is the policy."""
         with torch.no_grad():
-            reference = self.sd.unet(noisy, timesteps, text).sample
-        return policy_unet(noisy, timesteps, text).sample, reference
+            reference = self.sd.unet(noisy, timesteps, **text.unet_kwargs()).sample
+        return policy_unet(noisy, timesteps, **text.unet_kwargs()).sample, reference

@@ -5,8 +5,9 @@ block's output (DESIGN §4). Everything before those additions — time embeddin
 blocks and the middle block — is therefore identical for the personalized pass ε_θ and the reference
 pass ε_ref on the same noisy latents, timestep and text. ``encode`` runs that once; ``decode`` runs
 the up blocks with or without residuals. ``decode(encode(x))`` equals ``unet(x)`` to float tolerance
-(a test holds us to it), for the SD 1.x/2.x family of configs (``supports_split``); anything else
-falls back to two full passes.
+(a test holds us to it), for the SD 1.x/2.x and SDXL families of configs (``supports_split``: SDXL's
+``text_time`` added embedding is part of the time embedding, so it is computed once too); anything
+else falls back to two full passes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import UNet2DConditionModel
+
+from perfusion_cli.models.text import TextConditions
 
 
 @dataclass
@@ -28,17 +31,24 @@ class UNetEncoding:
 
 def supports_split(unet: UNet2DConditionModel) -> bool:
     config = unet.config
-    return (unet.class_embedding is None and config.addition_embed_type is None and not config.center_input_sample
+    return (unet.class_embedding is None and config.addition_embed_type in (None, "text_time")
+            and not config.center_input_sample
             and unet.encoder_hid_proj is None and getattr(unet, "position_net", None) is None
             and unet.mid_block is not None)
 
 
 def encode(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor,
-           encoder_hidden_states: torch.Tensor) -> UNetEncoding:
-    """Steps 1-4 of ``UNet2DConditionModel.forward``: time embedding, conv_in, down blocks, mid block."""
+           text: TextConditions) -> UNetEncoding:
+    """Steps 1-4 of ``UNet2DConditionModel.forward``: time (and added) embedding, conv_in, down blocks, mid block."""
     factor = 2 ** unet.num_upsamplers
     forward_upsample_size = any(dim % factor != 0 for dim in sample.shape[-2:])
+    kwargs = text.unet_kwargs()
+    encoder_hidden_states = kwargs["encoder_hidden_states"]
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+    added = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
+                               added_cond_kwargs=kwargs.get("added_cond_kwargs", {}))
+    if added is not None:
+        emb = emb + added
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     hidden = unet.conv_in(sample)

@@ -11,9 +11,10 @@ from perfusion_cli.data.loader import GroupBatch
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.branch import PersonalizedBranch
 from perfusion_cli.models.frozen_sd import FrozenSD
-from perfusion_cli.models.tiny import build_tiny_unet
+from perfusion_cli.models.tiny import build_tiny_sdxl_unet, build_tiny_unet
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 from perfusion_cli.objective import GroupDPOObjective, diffusion_target
+from tests.helpers import text_conditions
 
 FEATURES = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"]), Feature("style", "categorical", ["x", "y"])])
 MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
@@ -28,29 +29,43 @@ def _sd_like_unet():
                                 attention_head_dim=4, norm_num_groups=16).eval()
 
 
-@pytest.mark.parametrize("build", [build_tiny_unet, _sd_like_unet])
+@pytest.mark.parametrize("build", [build_tiny_unet, _sd_like_unet, build_tiny_sdxl_unet])
 @pytest.mark.parametrize("size", [(16, 16), (12, 20)])
 @torch.no_grad()
 def test_split_forward_equals_the_unet_with_and_without_residuals(build, size):
     unet = build().eval()
     assert supports_split(unet)
-    dim = unet.config.cross_attention_dim
-    x, t, text = torch.randn(2, 4, *size), torch.tensor([3, 900]), torch.randn(2, 5, dim)
+    x, t, text = torch.randn(2, 4, *size), torch.tensor([3, 900]), text_conditions(unet, 2, tokens=5)
     encoding = encode(unet, x, t, text)
-    assert torch.allclose(decode(unet, encoding), unet(x, t, text).sample, atol=1e-5)
+    assert torch.allclose(decode(unet, encoding), unet(x, t, **text.unet_kwargs()).sample, atol=1e-5)
     residuals = [torch.randn_like(s) * 0.1 for s in encoding.skips]
     mid = torch.randn_like(encoding.mid) * 0.1
-    expected = unet(x, t, text, down_block_additional_residuals=residuals, mid_block_additional_residual=mid).sample
+    expected = unet(x, t, **text.unet_kwargs(), down_block_additional_residuals=residuals,
+                    mid_block_additional_residual=mid).sample
     assert torch.allclose(decode(unet, encoding, residuals, mid), expected, atol=1e-5)
+
+
+@torch.no_grad()
+def test_sdxl_added_conditions_reach_the_split_forward():
+    """The pooled text and the sizes change SDXL's prediction, and the split pass sees the same change."""
+    unet = build_tiny_sdxl_unet().eval()
+    for parameter in unet.add_embedding.parameters():  # a trained U-Net's added embedding is not near zero
+        parameter.mul_(50)
+    x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([3, 900]), text_conditions(unet, 2)
+    other = text.sized(128, 96)
+    assert (unet(x, t, **text.unet_kwargs()).sample - unet(x, t, **other.unet_kwargs()).sample).abs().max() > 1e-4
+    assert torch.allclose(decode(unet, encode(unet, x, t, other)), unet(x, t, **other.unet_kwargs()).sample,
+                          atol=1e-5)
 
 
 @torch.no_grad()
 def test_an_untrained_branch_leaves_the_noise_prediction_unchanged():
     unet = build_tiny_unet().eval()
     branch = PersonalizedBranch.from_unet(unet, FEATURES, MERCHANT, grid_size=4, grid_channels=8).eval()
-    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
-    personalized = unet(x, t, text, **branch(x, t, text, features=torch.tensor([[1, 2], [2, 1], [0, 0]]))).sample
-    assert torch.equal(personalized, unet(x, t, text).sample)
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), text_conditions(unet, 3)
+    extra = branch(x, t, text, features=torch.tensor([[1, 2], [2, 1], [0, 0]]))
+    personalized = unet(x, t, **text.unet_kwargs(), **extra).sample
+    assert torch.equal(personalized, unet(x, t, **text.unet_kwargs()).sample)
     # the ControlNet copies the U-Net's encoder weights
     assert torch.equal(branch.controlnet.down_blocks[0].resnets[0].conv1.weight,
                        unet.down_blocks[0].resnets[0].conv1.weight)

@@ -7,8 +7,9 @@ from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.adapter import MerchantAdapter
 from perfusion_cli.models.branch import PersonalizedBranch
-from perfusion_cli.models.tiny import build_tiny_unet
+from perfusion_cli.models.tiny import build_tiny_sdxl_unet, build_tiny_unet
 from perfusion_cli.pipeline import COMPUTE, OFF, REUSE, branch_schedule
+from tests.helpers import text_conditions
 
 VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"]), Feature("style", "categorical", ["x"])])
 MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
@@ -25,21 +26,22 @@ def _branch(kind, unet):
     return branch.eval()
 
 
+@pytest.mark.parametrize("build", [build_tiny_unet, build_tiny_sdxl_unet])
 @pytest.mark.parametrize("kind", ["controlnet", "xs", "adapter"])
 @torch.no_grad()
-def test_an_untrained_branch_of_either_kind_leaves_the_prediction_unchanged(kind):
-    unet = build_tiny_unet().eval()
+def test_an_untrained_branch_of_either_kind_leaves_the_prediction_unchanged(kind, build):
+    unet = build().eval()
     branch = _branch(kind, unet)
-    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
-    base = unet(x, t, text).sample
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), text_conditions(unet, 3)
+    base = unet(x, t, **text.unet_kwargs()).sample
     extra = branch(x, t, text, features=FEATURES)
-    assert torch.equal(unet(x, t, text, **extra).sample, base)
+    assert torch.equal(unet(x, t, **text.unet_kwargs(), **extra).sample, base)
     generator = torch.Generator().manual_seed(0)
     for parameter in branch.parameters():  # trained: the merchant now changes the prediction
         parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
     extra = branch(x, t, text, features=FEATURES)
-    assert (unet(x, t, text, **extra).sample - base).abs().max() > 1e-3
-    assert torch.equal(unet(x, t, text).sample, base), "without the branch's arguments the U-Net is the base"
+    assert (unet(x, t, **text.unet_kwargs(), **extra).sample - base).abs().max() > 1e-3
+    assert torch.equal(unet(x, t, **text.unet_kwargs()).sample, base), "without the branch's arguments: the base"
 
 
 def test_the_adapter_is_a_few_percent_of_the_unet_and_covers_every_cross_attention():
@@ -62,7 +64,7 @@ def test_the_thin_branch_is_a_fraction_of_a_controlnet_copy_and_widens_to_the_un
     groups = unet.config.norm_num_groups
     assert all(c % groups == 0 and c < u for c, u in zip(thin.controlnet.config.block_out_channels,
                                                         unet.config.block_out_channels))
-    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), torch.randn(3, 6, 64)
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([1, 500, 999]), text_conditions(unet, 3)
     wide, narrow = full(x, t, text, features=FEATURES), thin(x, t, text, features=FEATURES)
     assert [r.shape for r in narrow["down_block_additional_residuals"]] == [
         r.shape for r in wide["down_block_additional_residuals"]]

@@ -14,9 +14,11 @@ from perfusion_cli.accounting import count, parameters
 from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.text import TextConditions
 from perfusion_cli.plan import plan_recipe, planning_vocab, train_gen_step, train_rm_step
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 META = torch.device("meta")
 
 
@@ -34,6 +36,15 @@ def test_the_shipped_configs_are_the_real_architectures():
     # ours replaces only the image-hint encoder by a 1×1 conv on the merchant grid (16 → 320 channels)
     assert parameters(branch.controlnet) == parameters(stock) - parameters(stock.controlnet_cond_embedding) + 16 * 320 + 320
     assert parameters(clip_l) == 427_616_513 and parameters(clip_h) == 986_109_441
+
+
+def test_the_shipped_sdxl_configs_are_sdxl_base():
+    with META:
+        sd = build_sd(SDXL)
+    # the published parameter counts of stable-diffusion-xl-base-1.0's components
+    assert parameters(sd.unet) == 2_567_463_684 and parameters(sd.vae) == 83_653_863
+    assert parameters(sd.text_encoder) == 123_060_480 and parameters(sd.text_encoder_2) == 694_659_840
+    assert sd.unet.config.addition_embed_type == "text_time" and sd.vae.config.force_upcast
 
 
 def _hook_flops(modules, step) -> int:
@@ -74,24 +85,30 @@ def _hook_flops(modules, step) -> int:
     return total[0]
 
 
+@pytest.mark.parametrize("base, resolution, width, pooled", [(SD15, 512, 768, None), (SDXL, 1024, 2048, 1280)],
+                         ids=["sd15", "sdxl"])
 @pytest.mark.parametrize("personalized", [False, True])
-def test_flops_of_a_guided_sd15_step_agree_with_an_independent_count(personalized):
+def test_flops_of_a_guided_step_agree_with_an_independent_count(personalized, base, resolution, width, pooled):
+    latent = resolution // 8
     with META:
-        sd = build_sd(SD15, torch.float16)
+        sd = build_sd(base, torch.float16)
         branch = PersonalizedBranch.from_unet(sd.unet, planning_vocab(10), MerchantEncoderConfig()).half()
-        sample = torch.zeros(2, 4, 64, 64, dtype=torch.float16)
-        context = torch.zeros(2, 77, 768, dtype=torch.float16)
-        cond = torch.zeros(2, branch.config.grid_channels, 64, 64, dtype=torch.float16)
+        sample = torch.zeros(2, 4, latent, latent, dtype=torch.float16)
+        context = TextConditions(torch.zeros(2, 77, width, dtype=torch.float16),
+                                 None if pooled is None else torch.zeros(2, pooled, dtype=torch.float16))
+        context = context.sized(resolution, resolution)
+        cond = torch.zeros(2, branch.config.grid_channels, latent, latent, dtype=torch.float16)
         t = torch.zeros((), dtype=torch.long)
 
     def step():
-        sd.unet(sample, t, context, **(branch(sample, t, context, cond=cond) if personalized else {}))
+        extra = branch(sample, t, context, cond=cond) if personalized else {}
+        sd.unet(sample, t, **context.unet_kwargs(), **extra)
 
     with torch.no_grad():
         counted = count(step).flops
     independent = _hook_flops([sd.unet, branch], step)
     assert abs(counted - independent) / independent < 0.03, (counted / 1e9, independent / 1e9)
-    if not personalized:
+    if not personalized and base == SD15:
         assert counted / 1e9 == pytest.approx(1607, rel=0.005)  # one guided step of SD 1.5 at 512² (NOTES.md)
 
 
@@ -143,3 +160,14 @@ def test_per_image_flops_count_each_step_once_and_reuse_costs_a_base_step():
     adapter_base, adapter = generate("adapter")
     assert adapter_base["gflops"] == pytest.approx(base["gflops"])
     assert base["gflops"] < adapter["gflops"] < 1.1 * base["gflops"]
+
+
+def test_the_sdxl_recipe_plans_offline_and_backs_its_comments():
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "sdxl-industrial.toml"
+    jobs = {job["job"]: job for job in plan_recipe(recipe, merchants=100, jobs=("train-gen", "generate"))["jobs"]}
+    # the four frozen modules of SDXL base 1.0 (U-Net, VAE, both text encoders)
+    assert jobs["generate (base)"]["frozen_parameters"] == 3_468_837_867
+    assert jobs["train-gen"]["fits"] == {"24 GB": False, "40 GB": True, "80 GB": True}  # the recipe's comment
+    assert "1024²" in jobs["train-gen"]["shape"] and "1024²" in jobs["generate (base)"]["shape"]
+    ratio = jobs["generate (PerFusion)"]["gflops"] / jobs["generate (base)"]["gflops"]
+    assert 1.0 < ratio < 1.1, ratio  # personalization at close to the base's cost
