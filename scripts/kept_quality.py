@@ -43,6 +43,13 @@ VARIANTS = {  # flags on top of recipes/tiny-cpu.toml (adapter, batch 8, lr 1e-3
     "ControlNet, batch 16, KL κ 20": [*CONTROLNET_16, "--kl-weight", "20"],
     "ControlNet, batch 16, KL κ 30": [*CONTROLNET_16, "--kl-weight", "30"],
     "ControlNet, batch 16, KL κ 50": [*CONTROLNET_16, "--kl-weight", "50"],
+    # on the tiny SDXL base: the SD recipe as it is, and stronger KL anchors (recipes/tiny-sdxl-cpu.toml: κ 175)
+    "tiny SDXL: adapter, batch 8, KL κ 100": ["--base-model", "tiny-sdxl", "--kl-weight", "100"],
+    "tiny SDXL: adapter, batch 8, KL κ 150": ["--base-model", "tiny-sdxl", "--kl-weight", "150"],
+    "tiny SDXL recipe: adapter, batch 8, KL κ 175": ["--base-model", "tiny-sdxl", "--kl-weight", "175"],
+    "tiny SDXL: adapter, batch 8, KL κ 200": ["--base-model", "tiny-sdxl", "--kl-weight", "200"],
+    "tiny SDXL: adapter, batch 8, KL κ 300": ["--base-model", "tiny-sdxl", "--kl-weight", "300"],
+    "tiny SDXL: adapter, batch 8, KL κ 1000": ["--base-model", "tiny-sdxl", "--kl-weight", "1000"],
 }
 
 

@@ -15,7 +15,10 @@ from perfusion_cli.config import ASSETS
 @boundary
 def pretrain_command(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="Folder for tiny-clip/ and tiny-sd/.")] = ASSETS,
+    out: Annotated[Path, typer.Option("--out", help="Folder for tiny-clip/ and tiny-sd/ (--sdxl: tiny-sdxl/).")] = ASSETS,
+    sdxl: Annotated[bool, typer.Option("--sdxl", help="Make the tiny SDXL-architecture base from the tiny SD one "
+                                                      "in --source (its tiny-clip/ and tiny-sd/).")] = False,
+    source: Annotated[Path, typer.Option("--source", help="Where --sdxl finds tiny-clip/ and tiny-sd/.")] = ASSETS,
     unet_steps: Annotated[Optional[int], typer.Option("--unet-steps")] = None,
     vae_steps: Annotated[Optional[int], typer.Option("--vae-steps")] = None,
     clip_steps: Annotated[Optional[int], typer.Option("--clip-steps")] = None,
@@ -24,16 +27,17 @@ def pretrain_command(
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
-    """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about an hour)."""
-    from perfusion_cli.training.base import pretrain_base
+    """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about two hours);
+    with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads."""
+    from perfusion_cli.training.base import pretrain_base, pretrain_sdxl
 
     config = context.section(ctx, recipe, "pretrain-base", {
         "unet_steps": unet_steps, "vae_steps": vae_steps, "clip_steps": clip_steps, "images": images,
         "num_threads": threads, "seed": seed})
     progress = RichProgress()
     try:
-        timings = pretrain_base(out, config, progress)
+        timings = pretrain_sdxl(out, config, source, progress) if sdxl else pretrain_base(out, config, progress)
     finally:
         progress.stop()
     console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))
-    say(f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}")
+    say(f"wrote {out / 'tiny-sdxl'}" if sdxl else f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}")

@@ -52,17 +52,17 @@ def build_tokenizer(words: list[str] | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
 
 
-def build_tiny_clip(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPModel:
-    """A CLIPModel with two 64-wide layers per tower, 8×8 patches on 64×64 images."""
+def build_tiny_clip(tokenizer: CLIPTokenizer, seed: int = 0, text_width: int = TEXT_WIDTH) -> CLIPModel:
+    """A CLIPModel with two layers per tower (text ``text_width`` wide), 8×8 patches on 64×64 images."""
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": TEXT_WIDTH, "intermediate_size": 128,
+        text_config={"vocab_size": len(tokenizer), "hidden_size": text_width, "intermediate_size": 2 * text_width,
                      "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": MAX_TOKENS,
                      **ids},
         vision_config={"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": 64, "intermediate_size": 128,
                        "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=64,
+        projection_dim=text_width,
     )
     torch.manual_seed(seed)
     return CLIPModel(config)
@@ -92,6 +92,26 @@ def build_tiny_unet(cross_attention_dim: int = TEXT_WIDTH, seed: int = 0) -> UNe
         layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=3, norm_num_groups=16,
+    )
+
+
+SDXL_TEXT_WIDTH = 96  # the tiny SDXL's second text encoder (SDXL: 768 + 1280)
+SDXL_TIME_DIM = 16  # per micro-conditioning number (SDXL: 256)
+
+
+def build_tiny_sdxl_unet(cross_attention_dim: int = TEXT_WIDTH + SDXL_TEXT_WIDTH, pooled_dim: int = SDXL_TEXT_WIDTH,
+                         seed: int = 0) -> UNet2DConditionModel:
+    """The tiny U-Net's blocks with SDXL's conditioning keys: ``addition_embed_type="text_time"`` (pooled text
+    + six Fourier-embedded size numbers added to the time embedding), linear projections in its transformers,
+    two transformer layers in the deepest blocks (SDXL: 1, 2, 10), cross-attention to both encoders' width."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(48, 96, 96),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=(3, 3, 6), norm_num_groups=16,
+        transformer_layers_per_block=(1, 1, 2), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_DIM, projection_class_embeddings_input_dim=pooled_dim + 6 * SDXL_TIME_DIM,
     )
 
 

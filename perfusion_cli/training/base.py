@@ -20,20 +20,23 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from diffusers.training_utils import EMAModel
-from transformers import CLIPTextModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from perfusion_cli.config import BaseTrainConfig
 from perfusion_cli.data.drawing import ITEM_MATERIALS, ITEMS, draw, random_design
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import clip_pixels, tokenize
-from perfusion_cli.models.tiny import (IMAGE_SIZE, build_tiny_clip, build_tiny_unet, build_tiny_vae, build_tokenizer,
-                                       tiny_noise_scheduler)
+from perfusion_cli.models.text import TextConditions, encode_prompts
+from perfusion_cli.models.tiny import (IMAGE_SIZE, SDXL_TEXT_WIDTH, TEXT_WIDTH, build_tiny_clip, build_tiny_sdxl_unet,
+                                       build_tiny_unet, build_tiny_vae, build_tokenizer, tiny_noise_scheduler)
 from perfusion_cli.progress import NullProgress, Progress
 
 
@@ -80,8 +83,9 @@ def _optimize(loss: torch.Tensor, optimizer, schedule, progress: Progress, clip_
     progress.advance(1, loss=loss.item())
 
 
-def pretrain_clip(catalogue: Catalogue, tokenizer, config: BaseTrainConfig, progress: Progress):
-    clip = build_tiny_clip(tokenizer, seed=config.seed)
+def pretrain_clip(catalogue: Catalogue, tokenizer, config: BaseTrainConfig, progress: Progress,
+                  text_width: int = TEXT_WIDTH):
+    clip = build_tiny_clip(tokenizer, seed=config.seed, text_width=text_width)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=2e-3, weight_decay=0.1)
     schedule = _cosine(optimizer, config.clip_steps)
     rng = np.random.default_rng(config.seed + 1)
@@ -117,25 +121,20 @@ def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progre
     return vae
 
 
-@torch.no_grad()
-def _encode_texts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
-    ids, _, _ = tokenize(tokenizer, texts)
-    return torch.cat([text_encoder(ids[i:i + 256])[0] for i in range(0, len(texts), 256)])
-
-
-def pretrain_unet(catalogue: Catalogue, vae, text_encoder, tokenizer, config: BaseTrainConfig, progress: Progress):
+def pretrain_unet(catalogue: Catalogue, vae, unet, encode: Callable[[list[str]], TextConditions],
+                  config: BaseTrainConfig, progress: Progress):
+    """ε-prediction on the catalogue's cached latents; ``encode`` gives the text conditions of a list of texts."""
     scheduler = tiny_noise_scheduler()
     with torch.no_grad():
         latents = torch.cat([vae.encode(catalogue.tensor(np.arange(i, min(i + 256, len(catalogue.images)))) * 2 - 1)
                              .latent_dist.mean for i in range(0, len(catalogue.images), 256)])
         latents = latents * vae.config.scaling_factor
-    texts = sorted({"", *catalogue.prompts, *catalogue.captions})
+        texts = sorted({"", *catalogue.prompts, *catalogue.captions})
+        conditions = TextConditions.cat([encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
     row = {text: i for i, text in enumerate(texts)}
-    embeddings = _encode_texts(text_encoder, tokenizer, texts)
     prompt_rows = torch.tensor([row[p] for p in catalogue.prompts])
     caption_rows = torch.tensor([row[c] for c in catalogue.captions])
 
-    unet = build_tiny_unet(text_encoder.config.hidden_size, seed=config.seed)
     ema = EMAModel(unet.parameters(), decay=0.999)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-2)
     schedule = _cosine(optimizer, config.unet_steps, warmup=200)
@@ -149,7 +148,7 @@ def pretrain_unet(catalogue: Catalogue, vae, text_encoder, tokenizer, config: Ba
         noise = torch.randn(latents[index].shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
         noisy = scheduler.add_noise(latents[index], noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, embeddings[text]).sample, noise)
+        loss = F.mse_loss(unet(noisy, timesteps, **conditions[text].unet_kwargs()).sample, noise)
         _optimize(loss, optimizer, schedule, progress, clip_norm=1.0)
         ema.step(unet.parameters())
     progress.stop()
@@ -189,7 +188,9 @@ def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress |
     timings["vae_s"] = time.perf_counter() - clock
     text_encoder = text_encoder_from_clip(clip)
     clock = time.perf_counter()
-    unet, scheduler = pretrain_unet(catalogue, vae, text_encoder, tokenizer, config, progress)
+    unet = build_tiny_unet(text_encoder.config.hidden_size, seed=config.seed)
+    unet, scheduler = pretrain_unet(catalogue, vae, unet, lambda texts: encode_prompts([tokenizer], [text_encoder], texts)[0],
+                                    config, progress)
     timings["unet_s"] = time.perf_counter() - clock
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -197,6 +198,73 @@ def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress |
         requires_safety_checker=False,
     )
     with atomic_dir(out / "tiny-sd") as folder:
+        pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    timings["total_s"] = time.perf_counter() - started
+    return timings
+
+
+def text_encoder_with_projection(clip) -> CLIPTextModelWithProjection:
+    """The CLIP text tower and its projection (SDXL's second encoder, whose projection is the pooled embedding)."""
+    config = clip.text_model.config
+    config.projection_dim = clip.config.projection_dim
+    encoder = CLIPTextModelWithProjection(config)
+    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+    return encoder.eval()
+
+
+def warm_start(unet, source) -> int:
+    """Copy every weight of ``source`` whose name and size ``unet`` shares (reshaped: SDXL's linear projections
+    hold SD's 1×1 convolutions); returns how many tensors were copied."""
+    own, copied = unet.state_dict(), 0
+    for name, tensor in source.state_dict().items():
+        if name in own and own[name].numel() == tensor.numel() and own[name].dim() in (tensor.dim(), tensor.dim() - 2):
+            own[name].copy_(tensor.reshape(own[name].shape))
+            copied += 1
+    return copied
+
+
+def pretrain_sdxl(out: str | Path, config: BaseTrainConfig, source: str | Path, progress: Progress | None = None) -> dict:
+    """The tiny SDXL-architecture base, beside the tiny SD one in ``source`` (its ``tiny-clip`` and ``tiny-sd``).
+
+    SDXL's first encoder is the tiny CLIP's text tower (as SDXL's is SD 1.5's CLIP ViT-L text tower); its second
+    a wider tiny CLIP trained here contrastively (``clip_steps``), whose projection gives the pooled embedding; its
+    VAE the tiny one (SDXL's VAE has SD's architecture). The U-Net has SDXL's conditioning (``build_tiny_sdxl_unet``),
+    is warm-started from the tiny SD U-Net where their layouts agree, and trained as ``pretrain_unet`` does, with
+    the empty text as zeros (``force_zeros_for_empty_prompt``, as SDXL's pipeline does for guidance)."""
+    progress = progress or NullProgress()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    source, out = Path(source), Path(out)
+    timings, started = {}, time.perf_counter()
+    progress.start("drawing the catalogue", None)
+    catalogue = make_catalogue(config.images, config.seed)
+    progress.stop()
+    tokenizer = CLIPTokenizer.from_pretrained(source / "tiny-clip")
+    first = text_encoder_from_clip(CLIPModel.from_pretrained(source / "tiny-clip", dtype=torch.float32))
+    vae = AutoencoderKL.from_pretrained(source / "tiny-sd", subfolder="vae", torch_dtype=torch.float32).eval()
+    clock = time.perf_counter()
+    second = text_encoder_with_projection(pretrain_clip(catalogue, tokenizer, config, progress, SDXL_TEXT_WIDTH))
+    timings["clip_2_s"] = time.perf_counter() - clock
+    tokenizers, encoders = [tokenizer, tokenizer], [first, second]
+
+    def encode(texts: list[str]) -> TextConditions:
+        conditions = encode_prompts(tokenizers, encoders, texts)[0]
+        empty = torch.tensor([text == "" for text in texts])
+        conditions.hidden[empty], conditions.pooled[empty] = 0.0, 0.0
+        return conditions.sized(IMAGE_SIZE, IMAGE_SIZE)
+
+    unet = build_tiny_sdxl_unet(TEXT_WIDTH + SDXL_TEXT_WIDTH, SDXL_TEXT_WIDTH, seed=config.seed)
+    base = UNet2DConditionModel.from_pretrained(source / "tiny-sd", subfolder="unet", torch_dtype=torch.float32)
+    timings["warm_started_tensors"] = warm_start(unet, base)
+    clock = time.perf_counter()
+    unet, scheduler = pretrain_unet(catalogue, vae, unet, encode, config, progress)
+    timings["unet_s"] = time.perf_counter() - clock
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=first, text_encoder_2=second, tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(scheduler.config), force_zeros_for_empty_prompt=True)
+    with atomic_dir(out / "tiny-sdxl") as folder:
         pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     timings["total_s"] = time.perf_counter() - started
     return timings

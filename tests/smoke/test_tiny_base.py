@@ -1,9 +1,11 @@
-"""The bundled tiny Stable-Diffusion base draws recognizable products: a silhouette in a colour."""
+"""The bundled tiny bases draw recognizable products: a silhouette in a colour. Each is sampled by diffusers'
+own pipeline for its layout (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``), so the folders are what
+those pipelines load."""
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from perfusion_cli.data.drawing import BACKGROUND
 from perfusion_cli.data.oracle import measure, product_mask
@@ -12,9 +14,10 @@ from perfusion_cli.models.backbones import resolve
 PROMPTS = ["linen dress", "denim trousers", "leather handbag", "wool hoodie"]
 
 
-@pytest.fixture(scope="module")
-def samples():
-    pipeline = StableDiffusionPipeline.from_pretrained(resolve("tiny", "sd"), torch_dtype=torch.float32)
+@pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
+def samples(request):
+    kind = StableDiffusionXLPipeline if request.param == "tiny-sdxl" else StableDiffusionPipeline
+    pipeline = kind.from_pretrained(resolve(request.param, "sd"), torch_dtype=torch.float32)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     images = {}
