@@ -5,8 +5,9 @@ hub folder layouts from the real configs; each GPU recipe then runs with its own
 checkpointing, encoder sharing, its loss, β, learning rates, accumulation) and only size flags
 overridden: --base-model (ViT-L/14 stands in for the recipes' ViT-H/14, which with AdamW would not fit
 the CI machine's 24 GiB), --resolution 128, --batch-size 1, --max-steps 2, --mixed-precision no
-(bf16 is for GPUs), --attention sdpa (xFormers needs CUDA) and --num-workers 0 (2 cores).
-About 8 minutes on 2 CPU cores.
+(bf16 is for GPUs), --attention sdpa (xFormers needs CUDA) and --num-workers 0 (2 cores). SDXL base 1.0
+(U-Net 2.57 B) runs its recipe in bf16, which CPUs run too: its fp32 weights would not leave room in 24 GiB.
+About 10 minutes on 2 CPU cores.
 """
 
 import json
@@ -109,3 +110,25 @@ def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
     assert torch.isfinite(torch.tensor(gen["final"]["loss"]))
     branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())  # the paper's ControlNet
     assert branch["controlnet_config"]["block_out_channels"] == [320, 640, 1280, 1280]
+
+
+def test_sdxl_industrial_recipe_trains_and_generates_on_sdxl_base(market, tmp_path):
+    """SDXL base 1.0's layout (U-Net 2.57 B, both text encoders, added text_time conditions), random weights.
+    In bf16: its fp32 weights alone would take 14 GB of the CI machine's 24 GiB (bf16 autocast runs on CPUs)."""
+    sdxl = write_random_sd("stabilityai/stable-diffusion-xl-base-1.0", tmp_path / "stable-diffusion-xl-base-1.0")
+    index = json.loads((sdxl / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline" and index["force_zeros_for_empty_prompt"] is True
+    ws = _workspace(tmp_path / "ws", market)
+    _perfusion(ws, "train-gen", "--recipe", "sdxl-industrial", "--base-model", sdxl, "--resolution", "128",
+               "--batch-size", "1", "--grad-accum", "1", "--max-steps", "1", "--mixed-precision", "bf16",
+               "--num-workers", "0")
+    gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
+    assert gen["config"]["beta"] == 5000.0 and gen["config"]["gradient_checkpointing"] is True
+    assert torch.isfinite(torch.tensor(gen["final"]["loss"]))
+    branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())
+    # merchant tokens at SDXL's 2,048-wide text, K/V for each of its 70 cross-attention layers
+    assert branch["token_dim"] == 2048 and len(branch["cross_attention"]) == 70
+    _perfusion(ws, "generate", "--recipe", "sdxl-industrial", "--merchant", "m0001", "linen dress", "--n", "1",
+               "--steps", "2", "--resolution", "128")
+    assert len(list((ws / "outputs" / "m0001" / "linen-dress-seed0").glob("*.png"))) == 1
+    shutil.rmtree(sdxl)  # 6.5 GB
