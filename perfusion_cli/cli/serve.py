@@ -92,7 +92,8 @@ def serve_command(
         journal.close()
         raise fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     bound = listener.getsockname()[1]
-    info = {"versions": versions(), "model": str(run), "reward_model": generate.reward, "data": str(data),
+    info = {"versions": versions(), "model": str(run), "base_model": designer.pipeline.base_model,
+            "reward_model": generate.reward, "data": str(data),
             "logs": str(journal.root), "steps": generate.steps, "device": str(designer.pipeline.device)}
     gallery = Gallery(workspace.outputs / "serve", config.keep_shown_days)
     if gallery.pruned:
