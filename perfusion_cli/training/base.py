@@ -163,17 +163,23 @@ def text_encoder_from_clip(clip) -> CLIPTextModel:
     return encoder.eval()
 
 
-def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress | None = None) -> dict:
-    """Train and save the tiny bases; returns timings and final losses."""
-    progress = progress or NullProgress()
+def _begin(config: BaseTrainConfig, progress: Progress) -> Catalogue:
+    """What every pre-training run starts with: threads, the seed, the catalogue drawn."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    out = Path(out)
-    started = time.perf_counter()
     progress.start("drawing the catalogue", None)
     catalogue = make_catalogue(config.images, config.seed)
     progress.stop()
+    return catalogue
+
+
+def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress | None = None) -> dict:
+    """Train and save the tiny bases; returns timings and final losses."""
+    progress = progress or NullProgress()
+    out = Path(out)
+    started = time.perf_counter()
+    catalogue = _begin(config, progress)
     tokenizer = build_tokenizer()
     timings = {}
     clock = time.perf_counter()
@@ -233,14 +239,9 @@ def pretrain_sdxl(out: str | Path, config: BaseTrainConfig, source: str | Path, 
     is warm-started from the tiny SD U-Net where their layouts agree, and trained as ``pretrain_unet`` does, with
     the empty text as zeros (``force_zeros_for_empty_prompt``, as SDXL's pipeline does for guidance)."""
     progress = progress or NullProgress()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    torch.manual_seed(config.seed)
     source, out = Path(source), Path(out)
     timings, started = {}, time.perf_counter()
-    progress.start("drawing the catalogue", None)
-    catalogue = make_catalogue(config.images, config.seed)
-    progress.stop()
+    catalogue = _begin(config, progress)
     tokenizer = CLIPTokenizer.from_pretrained(source / "tiny-clip")
     first = text_encoder_from_clip(CLIPModel.from_pretrained(source / "tiny-clip", dtype=torch.float32))
     vae = AutoencoderKL.from_pretrained(source / "tiny-sd", subfolder="vae", torch_dtype=torch.float32).eval()
