@@ -10,7 +10,8 @@ next: the output is the same whatever N is.
 A verdict keeps the image's SHA-256, so pass two copies the bytes into the shards after comparing
 digests instead of decoding them again: each image is decoded once. Verdicts are kept per path
 (about 200 bytes an image) until pass two is done. A pool starts only once a block of image paths is
-full (``BLOCK``): small inputs never pay for it.
+full (``BLOCK``): small inputs never pay for it (a started pool takes the last, shorter block too). The pool outlives pass one: ``LogsSource.write_shards``
+writes pass two's shards in it, one shard a task.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class ImageChecks:
     def prefetch(self, relatives: Iterable[str]) -> None:
         """Start checking these paths in the pool (when there is one) while the caller works on others."""
         todo = list(dict.fromkeys(r for r in relatives if isinstance(r, str) and r not in self._asked))
-        if self.workers > 1 and len(todo) >= BLOCK:
+        if self.workers > 1 and todo and (len(todo) >= BLOCK or self._pool is not None):
             if self._pool is None:
                 self._pool = spawn_pool(self.workers)
             jobs = [(self.folder, relative, self.limits) for relative in todo]
@@ -117,9 +118,18 @@ class ImageChecks:
             raise ImageProblem(R.IMAGE_CORRUPT, f"image {relative!r} is not the file pass one checked")
         return rest[0], data
 
-    def stop_workers(self) -> None:
-        """End the pool (the verdicts stay for pass two)."""
+    def end_scan(self) -> None:
+        """Pass one is done: the pool (if one started) stays for pass two's shard writing, and the verdicts."""
         self._pending.clear()
         self._asked = set(self._verdicts)
+
+    @property
+    def pool(self):
+        """The worker processes pass one started, or None (one process, or too few images to start them)."""
+        return self._pool
+
+    def stop_workers(self) -> None:
+        """End the pool (the verdicts stay)."""
+        self.end_scan()
         stop_pool(self._pool)
         self._pool = None

@@ -19,6 +19,7 @@ from perfusion_cli.data import records as R
 from perfusion_cli.data.image_checks import BLOCK, ImageChecks
 from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
+from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
 from perfusion_cli.errors import DataError
 from perfusion_cli.data.storage import is_url, open_folder, sha256_of
 
@@ -223,8 +224,26 @@ class LogsSource:
                     self._images.prefetch(image for _, obj, _ in ahead for image in _image_paths(obj))
                 for number, obj, rejection in block:
                     yield rejection or first_of_session(self.validate_row(number, obj, known_merchants), obj, first_line)
-        finally:
+        except BaseException:
             self._images.stop_workers()
+            raise
+        self._images.end_scan()
+
+    def write_shards(self, jobs: list[ShardJob], directory: Path, shard_size: int) -> Iterator[tuple[ShardInfo, int]]:
+        """Pass two: each job's shard, in job order; in pass one's worker processes when it started them (a
+        shard a task, its images checked against pass one's digests there), else here."""
+        pool = self._images.pool
+        if pool is None or len(jobs) < 2:
+            yield from write_in_order(directory, shard_size, jobs, self.read_images)
+            return
+        tasks = ((self.root, self.limits, directory, shard_size, job,
+                  {image: self.image_verdict(image) for _, _, record in job.samples for image in record.images})
+                 for job in jobs)
+        yield from pool.imap(_write_shard_task, tasks)
+
+    def close(self) -> None:
+        """End the worker processes, if any (``prepare`` calls it when done, or failing)."""
+        self._images.stop_workers()
 
     def validate_row(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord | Rejection:
         """One parsed session line, images included, as a record or a rejection (a duplicate session id is
@@ -293,6 +312,26 @@ class LogsSource:
             "session_rows": self.session_stats.rows,
             "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,
         }
+
+
+_IN_THIS_PROCESS: dict[tuple, LogsSource] = {}
+
+
+def worker_source(root: Path | str, limits: ImageLimits) -> LogsSource:
+    """The one ``LogsSource`` of ``root`` in this process: pass two's workers (a pool's or Ray's) read through it."""
+    key = (str(root), limits)
+    if key not in _IN_THIS_PROCESS:
+        _IN_THIS_PROCESS[key] = LogsSource(root, limits)
+    return _IN_THIS_PROCESS[key]
+
+
+def _write_shard_task(task: tuple) -> tuple[ShardInfo, int]:
+    """A pool worker's part of ``LogsSource.write_shards``: one shard, with pass one's verdicts on its images."""
+    root, limits, directory, shard_size, job, verdicts = task
+    source = worker_source(root, limits)
+    for image, verdict in verdicts.items():
+        source.remember_verdict(image, verdict)
+    return write_shard(directory, shard_size, job, source.read_images)
 
 
 def first_of_session(item: GroupRecord | Rejection, obj: dict, first_line: dict[str, int]) -> GroupRecord | Rejection:

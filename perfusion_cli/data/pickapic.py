@@ -28,6 +28,7 @@ from perfusion_cli.data import records as R
 from perfusion_cli.data.image_checks import bytes_verdict, spawn_pool, stop_pool, unpack
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
+from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import sha256_file
 
@@ -103,8 +104,7 @@ class PickAPicSource:
             if previous is not None:
                 yield from self._rows(*previous)
         finally:
-            stop_pool(self._pool)
-            self._pool = None
+            self.close()
 
     def _row_groups(self) -> Iterator[tuple[str, str, int, list[dict]]]:
         """(file name, ref prefix, number of the row before the group, rows) for every row group."""
@@ -217,6 +217,14 @@ class PickAPicSource:
                 raise DataError(f"{record.images[0].rsplit(':', 1)[0]}: {column} changed while preparing")
             out.append((extension, data))
         return out
+
+    def write_shards(self, jobs: list[ShardJob], directory: Path, shard_size: int) -> Iterator[tuple[ShardInfo, int]]:
+        """Pass two, in this process: the images are read back from the parquet row group by row group."""
+        return write_in_order(directory, shard_size, jobs, self.read_images)
+
+    def close(self) -> None:
+        stop_pool(self._pool)
+        self._pool = None
 
     def describe(self) -> dict:
         return {"kind": self.kind, "files": {file.name: sha256_file(file) for file in self.files},

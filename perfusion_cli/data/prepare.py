@@ -1,8 +1,9 @@
 """``perfusion prepare``: raw logs (or Pick-a-Pic parquet) → validated, split, sharded data.
 
 Pass one validates every row (images decoded) and keeps only light references; splits and the
-vocabulary are planned from those; pass two reads the accepted rows again, in input order, and writes
-the shards. Output files:
+vocabulary are planned from those; pass two cuts each split's accepted rows, in input order, into
+shards and writes them, each image's bytes checked against pass one's digest (with ``--workers N``
+both passes run in the N worker processes; the bytes are the same). Output files:
 
     DATA_DIR/shards/<split>-NNNNNN.tar   one sample per group
     DATA_DIR/quarantine.jsonl            every rejected row with its line and reason
@@ -38,7 +39,7 @@ from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_man
 from perfusion_cli.data.merchants import MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
 from perfusion_cli.data.records import GroupRecord, HeldOut
-from perfusion_cli.data.shards import SplitWriter, sample_key, sample_meta
+from perfusion_cli.data.shards import ShardJob, SplitWriter, cut_shards
 from perfusion_cli.data.splits import SPLITS, plan_splits
 from perfusion_cli.data.synthetic import TRUTH, write_marketplace
 from perfusion_cli.data.storage import is_url, upload
@@ -88,14 +89,17 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         from perfusion_cli.data import ray_engine
 
         ray_engine.start(workers)
-    if is_url(out):
-        with tempfile.TemporaryDirectory(prefix="perfusion-prepare-") as local:
-            manifest = _prepare_locally(source, source_path, Path(local) / "data", config, progress, command, vocab,
-                                        engine)
-            upload(Path(local) / "data", str(out), progress)
-        return Manifest(out, manifest.raw)
-    return _prepare_locally(source, source_path, Path(str(out).removeprefix("file://")), config, progress, command,
-                            vocab, engine)
+    try:
+        if is_url(out):
+            with tempfile.TemporaryDirectory(prefix="perfusion-prepare-") as local:
+                manifest = _prepare_locally(source, source_path, Path(local) / "data", config, progress, command,
+                                            vocab, engine)
+                upload(Path(local) / "data", str(out), progress)
+            return Manifest(out, manifest.raw)
+        return _prepare_locally(source, source_path, Path(str(out).removeprefix("file://")), config, progress,
+                                command, vocab, engine)
+    finally:
+        source.close()  # the worker processes, kept from pass one for pass two
 
 
 def _prepare_locally(source, source_path, out: Path, config: PrepareConfig, progress: Progress, command: str,
@@ -106,7 +110,12 @@ def _prepare_locally(source, source_path, out: Path, config: PrepareConfig, prog
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         (staging / SHARD_DIR).mkdir(parents=True)
-        raw = _prepare_into(source, source_path, staging, out, config, progress, command, vocab, engine)
+        try:
+            raw = _prepare_into(source, source_path, staging, out, config, progress, command, vocab, engine)
+        except BaseException:
+            source.close()  # no worker process writes into the staging folder after this
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return _swap_in(staging, out, raw)
 
 
@@ -157,9 +166,9 @@ def _prepare_into(source, source_path, staging: Path, out: Path, config: Prepare
     if engine == "ray":
         from perfusion_cli.data import ray_engine
 
-        scan, write = ray_engine.scan, functools.partial(ray_engine.write_shards, splits=SPLITS)
+        scan, write = ray_engine.scan, ray_engine.write_shards
     else:
-        scan, write = _scan, _write_shards
+        scan, write = _scan, type(source).write_shards
     records, rejections, held = scan(source, set(profiles), progress)
     if not records:
         failed = out / FAILED
@@ -176,7 +185,9 @@ def _prepare_into(source, source_path, staging: Path, out: Path, config: Prepare
     training = [m for m, role in plan.roles.items() if role == "train"]
     if vocab is None:
         vocab = build_vocab(profiles, training, config.numeric_buckets)
-    splits = write(source, records, plan.assignment, vocab, profiles, staging, config, progress)
+    jobs = cut_shards(records, plan.assignment, lambda r: vocab.encode(r.merchant_id, profiles[r.merchant_id]),
+                      SPLITS, config.shard_size)
+    splits = _write_shards(functools.partial(write, source), jobs, staging, config, progress)
 
     _write_jsonl(staging / QUARANTINE, [r.to_json() for r in merchant_rejections + rejections])
     _write_jsonl(staging / HELD_OUT, [h.to_json() for h in held])
@@ -222,27 +233,19 @@ def _scan(source, merchants: set[str], progress: Progress):
     return records, rejections, held
 
 
-def _write_shards(source, records, assignment, vocab: FeatureVocab, profiles, staging: Path,
-                  config: PrepareConfig, progress: Progress) -> dict[str, SplitWriter]:
-    writers = {split: SplitWriter(staging / SHARD_DIR, split, config.shard_size) for split in SPLITS}
-    progress.start("writing shards", len(assignment))
+def _write_shards(write, jobs: list[ShardJob], staging: Path, config: PrepareConfig,
+                  progress: Progress) -> dict[str, SplitWriter]:
+    """Pass two: ``write(jobs, directory, shard_size)`` writes the shards (here, in the worker processes or on
+    Ray) and yields each one's info in job order; a writer per split counts them for the manifest."""
+    splits = {split: SplitWriter(staging / SHARD_DIR, split, config.shard_size) for split in SPLITS}
+    progress.start("writing shards", len(jobs))
     try:
-        for record in records:
-            split = assignment.get(record.row)
-            if split is None:
-                continue
-            meta = sample_meta(record, vocab.encode(record.merchant_id, profiles[record.merchant_id]))
-            writers[split].write(sample_key(record), meta, source.read_images(record))
+        for job, (shard, candidates) in zip(jobs, write(jobs, staging / SHARD_DIR, config.shard_size), strict=True):
+            splits[job.split].adopt(shard, candidates)
             progress.advance(1)
-        for writer in writers.values():
-            writer.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
     finally:
         progress.stop()
-    return writers
+    return splits
 
 
 def _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held,

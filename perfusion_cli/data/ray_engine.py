@@ -22,15 +22,15 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
-from perfusion_cli.data.logs import SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl
+from perfusion_cli.data.logs import SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl, worker_source
 from perfusion_cli.data.records import GroupRecord, Rejection
-from perfusion_cli.data.shards import ShardInfo, SplitWriter, sample_key, sample_meta
+from perfusion_cli.data.shards import ShardInfo, ShardJob, write_shard
 from perfusion_cli.errors import DataError
 from perfusion_cli.progress import Progress
 
 ROWS_PER_BLOCK = 256
-_SOURCES: dict[tuple, LogsSource] = {}  # one per worker process and logs folder
 
 
 def start(workers: int) -> None:
@@ -51,16 +51,9 @@ def start(workers: int) -> None:
     context.print_on_execution_start = False
 
 
-def _source(root, limits) -> LogsSource:
-    key = (str(root), limits)
-    if key not in _SOURCES:
-        _SOURCES[key] = LogsSource(root, limits)
-    return _SOURCES[key]
-
-
 def _validate_rows(batch: dict, root, limits, known: list[str]) -> dict:
     """A block of (line number, JSON) rows → each row's record or rejection, with its images' verdicts."""
-    source, merchants = _source(root, limits), set(known)
+    source, merchants = worker_source(root, limits), set(known)
     out = []
     for number, text in zip(batch["row"], batch["obj"]):
         item = source.validate_row(int(number), json.loads(text), merchants)
@@ -116,60 +109,41 @@ def _record(fields: dict) -> GroupRecord:
 
 def _write_shard(batch: dict, root, limits, directory: str, shard_size: int) -> dict:
     """One shard per row: its samples' images read back, checked against pass one's digests, written."""
-    source = _source(root, limits)
+    source = worker_source(root, limits)
     infos = []
     for text in batch["job"]:
         job = json.loads(text)
-        writer = SplitWriter(Path(directory), job["split"], shard_size, start=job["index"])
-        try:
-            for sample in job["samples"]:
-                record = _record(sample["record"])
-                for image, verdict in zip(record.images, sample["verdicts"]):
-                    source.remember_verdict(image, tuple(verdict))
-                writer.write(sample["key"], sample["meta"], source.read_images(record))
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        infos.append(json.dumps({**asdict(writer.shards[0]), "candidates": writer.candidates}))
+        samples = []
+        for key, meta, fields, verdicts in job["samples"]:
+            record = _record(fields)
+            for image, verdict in zip(record.images, verdicts):
+                source.remember_verdict(image, tuple(verdict))
+            samples.append((key, meta, record))
+        shard, candidates = write_shard(Path(directory), shard_size, ShardJob(job["split"], job["index"], samples),
+                                        source.read_images)
+        infos.append(json.dumps({"shard": asdict(shard), "candidates": candidates}))
     return {"info": infos}
 
 
-def write_shards(source: LogsSource, records, assignment, vocab, profiles, staging: Path, config,
-                 progress: Progress, splits: tuple[str, ...]) -> dict[str, SplitWriter]:
-    """Pass two on Ray: the local writer's shards (same cut, names and bytes), one Ray task each."""
+def write_shards(source: LogsSource, jobs: list[ShardJob], directory: Path,
+                 shard_size: int) -> Iterator[tuple[ShardInfo, int]]:
+    """Pass two on Ray: each job's shard (the local engine's cut, names and bytes) in a Ray task, in job order."""
     import ray.data
     from ray.exceptions import RayTaskError
 
-    chunks: dict[str, list[list[dict]]] = {split: [] for split in splits}
-    for record in records:
-        split = assignment.get(record.row)
-        if split is None:
-            continue
-        if not chunks[split] or len(chunks[split][-1]) == config.shard_size:
-            chunks[split].append([])
-        meta = sample_meta(record, vocab.encode(record.merchant_id, profiles[record.merchant_id]))
-        chunks[split][-1].append({"key": sample_key(record), "meta": meta, "record": asdict(record),
-                                  "verdicts": [list(source.image_verdict(i)) for i in record.images]})
-    jobs = [json.dumps({"split": split, "index": index, "samples": samples})
-            for split in splits for index, samples in enumerate(chunks[split])]
-    writers = {split: SplitWriter(staging / "shards", split, config.shard_size) for split in splits}
-    progress.start("writing shards (ray)", len(jobs))
-    if jobs:
-        dataset = ray.data.from_items([{"job": job} for job in jobs], override_num_blocks=len(jobs)).map_batches(
-            _write_shard, fn_kwargs={"root": source.root, "limits": source.limits,
-                                     "directory": str(staging / "shards"), "shard_size": config.shard_size},
-            batch_size=1, batch_format="numpy")
-        try:
-            for job, row in zip(jobs, dataset.iter_rows()):
-                info = json.loads(row["info"])
-                writer = writers[json.loads(job)["split"]]
-                writer.candidates += info.pop("candidates")
-                writer.shards.append(ShardInfo(**info))
-                writer.groups += info["groups"]
-                progress.advance(1)
-        except RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, DataError) else DataError(f"a Ray task failed: {exc}")) from None
-    progress.stop()
-    return writers
+    if not jobs:
+        return
+    rows = [{"job": json.dumps({"split": job.split, "index": job.index, "samples": [
+        (key, meta, asdict(record), [source.image_verdict(image) for image in record.images])
+        for key, meta, record in job.samples]})} for job in jobs]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _write_shard, fn_kwargs={"root": source.root, "limits": source.limits, "directory": str(directory),
+                                 "shard_size": shard_size},
+        batch_size=1, batch_format="numpy")
+    try:
+        for row in dataset.iter_rows():
+            info = json.loads(row["info"])
+            yield ShardInfo(**info["shard"]), info["candidates"]
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        raise (cause if isinstance(cause, DataError) else DataError(f"a Ray task failed: {exc}")) from None

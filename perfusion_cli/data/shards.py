@@ -4,16 +4,22 @@ A sample is ``<key>.json`` (session, merchant, prompt, time, labels, feature ids
 candidate, ``<key>.<k>.<ext>``. Shards are written under a temporary name and renamed when complete;
 the manifest is written last, so a reader that starts from the manifest never sees a torn shard.
 Tar headers carry fixed times and owners, which makes ``prepare`` byte-for-byte reproducible.
+
+The tar members are written with the standard library's ``tarfile``, exactly as webdataset's
+``TarWriter`` writes them (members in sorted order, one ustar header each; a test holds the bytes to
+``TarWriter``'s): importing webdataset imports torch, a second or more of start-up that ``prepare``
+and each of its worker processes would otherwise pay for nothing. Shards are read with webdataset.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import webdataset as wds
+from typing import Callable, Iterable, Iterator
 
 from perfusion_cli.io import sha256_file
 
@@ -61,7 +67,7 @@ class SplitWriter:
     candidates: int = 0
 
     def __post_init__(self) -> None:
-        self._writer: wds.TarWriter | None = None
+        self._writer: tarfile.TarFile | None = None
         self._handle = None
         self._in_shard = 0
 
@@ -70,17 +76,17 @@ class SplitWriter:
         self._final = self.directory / name
         self._tmp = self.directory / f"{name}.{os.getpid()}.tmp"
         self._handle = open(self._tmp, "wb")
-        self._writer = wds.TarWriter(self._handle, user="perfusion", group="perfusion", mode=0o644,
-                                     encoder=False, mtime=0.0)
+        self._writer = tarfile.open(fileobj=self._handle, mode="w|")
         self._in_shard = 0
 
     def write(self, key: str, meta: dict, images: list[tuple[str, bytes]], extra: dict[str, bytes] | None = None) -> None:
         if self._writer is None:
             self._open()
-        sample = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode("utf-8"), **(extra or {})}
+        members = {"json": json.dumps(meta, sort_keys=True).encode("utf-8"), **(extra or {})}
         for index, (extension, data) in enumerate(images):
-            sample[f"{index}.{extension}"] = data
-        self._writer.write(sample)
+            members[f"{index}.{extension}"] = data
+        for name in sorted(members):
+            self._writer.addfile(_member(f"{key}.{name}", len(members[name])), io.BytesIO(members[name]))
         self._in_shard += 1
         self.groups += 1
         self.candidates += len(images)
@@ -109,6 +115,65 @@ class SplitWriter:
             self._tmp.unlink(missing_ok=True)
             self._writer = None
 
+    def adopt(self, shard: ShardInfo, candidates: int) -> None:
+        """Count a shard of this split that another writer (another process) wrote."""
+        self.shards.append(shard)
+        self.groups += shard.groups
+        self.candidates += candidates
+
     def summary(self) -> dict:
         return {"groups": self.groups, "candidates": self.candidates,
                 "shards": [asdict(shard) for shard in self.shards]}
+
+
+@dataclass
+class ShardJob:
+    """One shard's samples, (key, meta, record) in input order: the same cut whichever process writes it."""
+
+    split: str
+    index: int
+    samples: list[tuple[str, dict, object]]
+
+
+def cut_shards(records: Iterable, assignment: dict[int, str], features: Callable[[object], list[int]],
+               splits: Iterable[str], shard_size: int) -> list[ShardJob]:
+    """Each split's records, in input order, cut into shards of ``shard_size`` groups (split by split)."""
+    cut: dict[str, list[ShardJob]] = {split: [] for split in splits}
+    for record in records:
+        split = assignment.get(record.row)
+        if split is None:
+            continue
+        jobs = cut[split]
+        if not jobs or len(jobs[-1].samples) == shard_size:
+            jobs.append(ShardJob(split, len(jobs), []))
+        jobs[-1].samples.append((sample_key(record), sample_meta(record, features(record)), record))
+    return [job for jobs in cut.values() for job in jobs]
+
+
+def write_shard(directory: Path, shard_size: int, job: ShardJob,
+                read_images: Callable[[object], list[tuple[str, bytes]]]) -> tuple[ShardInfo, int]:
+    """Write one job's shard (its images from ``read_images(record)``); (its info, its candidates)."""
+    writer = SplitWriter(Path(directory), job.split, shard_size, start=job.index)
+    try:
+        for key, meta, record in job.samples:
+            writer.write(key, meta, read_images(record))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.shards[0], writer.candidates
+
+
+def write_in_order(directory: Path, shard_size: int, jobs: list[ShardJob],
+                   read_images: Callable[[object], list[tuple[str, bytes]]]) -> Iterator[tuple[ShardInfo, int]]:
+    """``write_shard`` for each job, here, one after the other."""
+    for job in jobs:
+        yield write_shard(directory, shard_size, job, read_images)
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    """A member's header: fixed time, mode and owner (an integer time: a float one adds a pax header)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uname = info.gname = "perfusion"
+    return info

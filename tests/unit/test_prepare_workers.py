@@ -42,3 +42,31 @@ def test_an_image_changed_between_the_passes_is_refused_without_a_second_decode(
     (logs / records[0].images[0]).write_bytes((logs / records[0].images[1]).read_bytes())  # still a valid PNG
     with pytest.raises(DataError, match="an image changed while preparing"):
         source.read_images(records[0])
+
+
+def test_workers_write_the_shards_and_refuse_an_image_changed_after_pass_one(tmp_path, monkeypatch):
+    from perfusion_cli.data import prepare as prepare_module
+    from perfusion_cli.errors import DataError
+
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=24, sessions_per_merchant=24, seed=2))
+    before = prepare(logs, tmp_path / "data", PrepareConfig(shard_size=100), workers=2)
+    kept = folder_files(tmp_path / "data")
+    assert sum(len(split["shards"]) for split in before.raw["splits"].values()) > 2, "several shards to share out"
+    changed = json.loads((logs / "sessions.jsonl").read_text().splitlines()[-1])["candidates"][0]["image"]
+    plan_splits, started = prepare_module.plan_splits, []
+
+    def change_an_image_then_plan(records, *args):  # between the passes, with the pool started in pass one
+        started.append(any(source._images.pool is not None for source in sources))
+        (logs / changed).write_bytes((logs / records[0].images[0]).read_bytes())  # still a valid PNG
+        return plan_splits(records, *args)
+
+    sources = []
+    open_source = prepare_module.open_source
+    monkeypatch.setattr(prepare_module, "open_source", lambda *a: sources.append(open_source(*a)) or sources[-1])
+    monkeypatch.setattr(prepare_module, "plan_splits", change_an_image_then_plan)
+    with pytest.raises(DataError, match=f"an image changed while preparing: image '{changed}' is not the file"):
+        prepare(logs, tmp_path / "data", PrepareConfig(shard_size=100), workers=2)
+    assert started == [True], "pass two ran where the worker processes were"
+    assert sources[0]._images.pool is None, "and they are stopped"
+    assert folder_files(tmp_path / "data") == kept, "the earlier data is untouched"
+    assert not (tmp_path / "data" / ".staging").exists(), "nothing half-written is left"
