@@ -129,3 +129,16 @@ def text_conditions(unet, rows: int, tokens: int = 6, seed: int = 0, size: int =
         pooled = torch.randn(rows, width, generator=generator)
     hidden = torch.randn(rows, tokens, config.cross_attention_dim, generator=generator)
     return TextConditions(hidden, pooled).sized(size, size)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

@@ -3,28 +3,35 @@
 Decoding every image is what ``prepare`` spends its time on (under 1.7 ms a 58 KiB 512 px JPEG here, up to
 8 ms for larger ones); the rest of a row's validation is cheap and keeps state (duplicate sessions),
 so it stays in order in the parent. The parent reads a block of rows, hands their image paths to a
-pool (``multiprocessing``, spawned, ``map_async``), reads and hands over the next block, then
+pool (a spawned ``ProcessPoolExecutor``), reads and hands over the next block, then
 validates the first block's rows in input order with their verdicts while the pool works on the
 next: the output is the same whatever N is.
 
 A verdict keeps the image's SHA-256, so pass two copies the bytes into the shards after comparing
 digests instead of decoding them again: each image is decoded once. Verdicts are kept per path
 (about 200 bytes an image) until pass two is done. A pool starts only once a block of image paths is
-full (``BLOCK``): small inputs never pay for it (a started pool takes the last, shorter block too). The pool outlives pass one: ``LogsSource.write_shards``
-writes pass two's shards in it, one shard a task.
+full (``BLOCK``): small inputs never pay for it (a started pool takes the last, shorter block too).
+The pool outlives pass one: ``LogsSource.write_shards`` writes pass two's shards in it, a shard a task.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
-from typing import Iterable
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable, Iterator, TypeVar
 
 from perfusion_cli.data import records as R
 from perfusion_cli.data.images import ImageLimits, ImageProblem, check_image_bytes
 from perfusion_cli.data.storage import LocalFolder, RemoteFolder
+from perfusion_cli.errors import DataError
 
 BLOCK = 256
+T = TypeVar("T")
 
 
 def _verdict(job: tuple[LocalFolder | RemoteFolder, str, ImageLimits]) -> tuple:
@@ -51,15 +58,40 @@ def bytes_verdict(job: tuple[bytes, ImageLimits, str]) -> tuple:
     return ("ok", extension, hashlib.sha256(data).hexdigest())
 
 
-def spawn_pool(workers: int):
-    """The process pool both input formats decode in (spawned: no fork of a parent holding torch)."""
-    return multiprocessing.get_context("spawn").Pool(workers)
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """The worker processes both input formats decode in (spawned: no fork of a parent holding torch).
+
+    An executor, not ``multiprocessing.Pool``: when a worker dies (the system kills it for memory, say),
+    the Pool starts another and waits for ever on the work the dead one held; the executor fails that
+    work with ``BrokenProcessPool``, which ``in_order`` turns into a clear error."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with,
+                               initargs=(os.getpid(),))
 
 
-def stop_pool(pool) -> None:
+def _exit_with(parent: int) -> None:
+    """In a worker: end as soon as the parent is gone. A killed ``prepare`` (SIGKILL, out of memory) must not
+    leave workers behind, still writing shards into a staging folder the next run is using."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def stop_pool(pool: ProcessPoolExecutor | None) -> None:
+    """Stop the workers: work not started is cancelled, work under way (a block of images, a shard) ends."""
     if pool is not None:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_order(results: Iterable[T], doing: str) -> Iterator[T]:
+    """A pool's results (``pool.map``), with a dead worker reported as what it is."""
+    try:
+        yield from results
+    except BrokenProcessPool:
+        raise DataError(f"a --workers process died while {doing} (killed by the system, out of memory?): "
+                        f"nothing was written; run again, with fewer --workers if it happens again") from None
 
 
 def unpack(verdict: tuple) -> tuple[str, str]:
@@ -78,7 +110,7 @@ class ImageChecks:
     def __init__(self, folder: LocalFolder | RemoteFolder, limits: ImageLimits, workers: int = 1):
         self.folder, self.limits, self.workers = folder, limits, max(1, workers)
         self._verdicts: dict[str, tuple] = {}
-        self._pending: list[tuple[list[str], object]] = []  # (paths, AsyncResult) handed to the pool
+        self._pending: list[tuple[list[str], Iterator]] = []  # (paths, their verdicts to come) handed to the pool
         self._asked: set[str] = set()
         self._pool = None
 
@@ -90,14 +122,14 @@ class ImageChecks:
                 self._pool = spawn_pool(self.workers)
             jobs = [(self.folder, relative, self.limits) for relative in todo]
             chunk = max(1, len(jobs) // (4 * self.workers))
-            self._pending.append((todo, self._pool.map_async(_verdict, jobs, chunksize=chunk)))
+            self._pending.append((todo, self._pool.map(_verdict, jobs, chunksize=chunk)))
             self._asked.update(todo)
 
     def check(self, relative: str) -> str:
         """The image's extension; raises ImageProblem (or the OSError reading it met)."""
         while relative not in self._verdicts and relative in self._asked and self._pending:
             paths, result = self._pending.pop(0)
-            self._verdicts.update(zip(paths, result.get()))
+            self._verdicts.update(zip(paths, in_order(result, "checking images")))
         if relative not in self._verdicts:
             self._verdicts[relative] = _verdict((self.folder, relative, self.limits))
         return unpack(self._verdicts[relative])[0]

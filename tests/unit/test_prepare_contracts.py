@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from perfusion_cli.data.logs import LogsSource
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.vocab import OOV
 from perfusion_cli.errors import DataError
-from tests.helpers import many_sessions, prepare_logs, read_jsonl, write_logs
+from tests.helpers import children, many_sessions, prepare_logs, read_jsonl, write_logs
 
 
 def _checksums(manifest):
@@ -118,9 +119,15 @@ def test_sigkilled_prepare_leaves_no_readable_data(market, tmp_path):
         if staged.exists() and list(staged.glob("*.tmp")):
             break
         time.sleep(0.01)
+    workers = children(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert list(staged.glob("*.tmp")), "killed while a shard was being written"
+    assert workers, "the shards are written in --workers processes (2 by default here)"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers end with their prepare"
     with pytest.raises(DataError, match="no prepared data"):
         load_manifest(out)
     assert not (out / "shards").exists(), "nothing half-made is where a reader looks"

@@ -1,6 +1,12 @@
 """``prepare --workers N`` decodes images in N processes and writes the same bytes as one process."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +14,7 @@ from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.image_checks import BLOCK
 from perfusion_cli.data.prepare import prepare
 from perfusion_cli.data.synthetic import write_marketplace
-from tests.helpers import folder_files
+from tests.helpers import children, folder_files
 
 
 def test_two_workers_write_byte_identical_data_and_quarantine(tmp_path):
@@ -70,3 +76,33 @@ def test_workers_write_the_shards_and_refuse_an_image_changed_after_pass_one(tmp
     assert sources[0]._images.pool is None, "and they are stopped"
     assert folder_files(tmp_path / "data") == kept, "the earlier data is untouched"
     assert not (tmp_path / "data" / ".staging").exists(), "nothing half-written is left"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_the_prepare_clearly_instead_of_hanging(tmp_path):
+    """multiprocessing.Pool replaces a dead worker and waits for ever on the images it held; not us."""
+    logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=24, sessions_per_merchant=24, seed=2))
+    process = subprocess.Popen([sys.executable, "-m", "perfusion_cli", "prepare", str(logs), "--out",
+                                str(tmp_path / "data"), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    workers, deadline = [], time.time() + 60
+    while not workers and process.poll() is None and time.time() < deadline:
+        workers = [pid for pid in children(process.pid) if _is_worker(pid)]
+        time.sleep(0.005)
+    assert workers, "the worker processes started"
+    os.kill(workers[0], signal.SIGKILL)  # as the system's out-of-memory killer would
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, (out, err)
+    assert "a --workers process died while" in err and "nothing was written" in err
+    assert not (tmp_path / "data" / "manifest.json").exists() and not (tmp_path / "data" / ".staging").exists()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers[1:]):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers[1:]), "the other worker is stopped"
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
