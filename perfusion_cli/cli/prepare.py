@@ -19,7 +19,7 @@ def prepare_command(
     ctx: typer.Context,
     logs: Annotated[Optional[str], typer.Argument(
         help="Logs folder (merchants.jsonl, sessions.jsonl, images), or its fsspec URL (https://, s3://, gs://; "
-             "pip install 'perfusion[remote]'), or a Pick-a-Pic .parquet file/folder.",
+             "pip install 'perfusion\\[remote]'), or a Pick-a-Pic .parquet file/folder.",
         show_default=False)] = None,
     out: Annotated[Optional[str], typer.Option(
         "--out", help="Output folder (default: <workspace>/data), or an fsspec URL (memory://, s3://, …): prepared "
@@ -39,10 +39,10 @@ def prepare_command(
     noise: Annotated[Optional[float], typer.Option("--noise", help="Synthetic: noise of the merchants' picks.")] = None,
     engine: Annotated[str, typer.Option(
         "--engine", help="local (this machine, --workers processes) or ray (a Ray cluster, or a local Ray runtime "
-                         "with --workers CPUs; pip install 'perfusion[distributed]'); the same output.")] = "local",
+                         "with --workers CPUs; pip install 'perfusion\\[distributed]'); the same output.")] = "local",
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=1, help="Processes that decode the images (default: the cores available); the "
-                                 "output is the same for any number.")] = None,
+        "--workers", min=1, help="Processes that decode the images and write the shards (default: the cores "
+                                 "available); the output is the same for any number.")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
         "--vocab", help="Prepared data whose merchant feature vocabulary to keep (so the models trained on it read "
                         "these shards: new logs for continued training); values it lacks map to the unknown id.")] = None,

@@ -55,7 +55,7 @@ def serve_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Serve personalized candidates over HTTP (JSON API + a page at /) and record merchants' picks in LOGS,
-    in the raw-log format `perfusion prepare` reads. Needs the serve extra: pip install 'perfusion[serve]'."""
+    in the raw-log format `perfusion prepare` reads. Needs the serve extra: pip install 'perfusion\\[serve]'."""
     config = context.section(ctx, recipe, "serve", locals())
     generate = context.with_default_reward(ctx, context.section(ctx, recipe, "generate", {"steps": steps,
                                                                                         "device": device,

@@ -95,3 +95,21 @@ def test_tensorboard_receives_every_logged_curve(tmp_path, market):
         assert [step for step, _ in scalars[f"train/{curve}"]] == [1, 2, 3], curve
     logged = [__import__("json").loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     assert [value for _, value in scalars["train/loss"]] == pytest.approx([row["loss"] for row in logged], rel=1e-6)
+
+
+def test_help_texts_keep_the_extras_they_name():
+    """Rich reads ``[remote]`` in a help text as markup and drops it: "pip install 'perfusion'" helps nobody."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from perfusion_cli.cli.main import app
+
+    named = set()
+    for command in ("prepare", "serve", "train-rm", "train-gen", "eval", "generate", "bench"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        assert "'perfusion'" not in text, f"{command} --help lost an extra's name: {text}"
+        named |= set(re.findall(r"perfusion\[(\w+)\]", text))
+    assert {"remote", "distributed", "serve"} <= named
