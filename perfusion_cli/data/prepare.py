@@ -238,11 +238,11 @@ def _write_shards(write, jobs: list[ShardJob], staging: Path, config: PrepareCon
     """Pass two: ``write(jobs, directory, shard_size)`` writes the shards (here, in the worker processes or on
     Ray) and yields each one's info in job order; a writer per split counts them for the manifest."""
     splits = {split: SplitWriter(staging / SHARD_DIR, split, config.shard_size) for split in SPLITS}
-    progress.start("writing shards", len(jobs))
+    progress.start("writing shards", sum(len(job.samples) for job in jobs))  # groups, a shard at a time
     try:
         for job, (shard, candidates) in zip(jobs, write(jobs, staging / SHARD_DIR, config.shard_size), strict=True):
             splits[job.split].adopt(shard, candidates)
-            progress.advance(1)
+            progress.advance(shard.groups)
     finally:
         progress.stop()
     return splits
