@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from perfusion_cli.data import records as R
 from perfusion_cli.data.images import ImageLimits, ImageProblem, check_image_bytes
@@ -63,7 +63,7 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
 
     An executor, not ``multiprocessing.Pool``: when a worker dies (the system kills it for memory, say),
     the Pool starts another and waits for ever on the work the dead one held; the executor fails that
-    work with ``BrokenProcessPool``, which ``in_order`` turns into a clear error."""
+    work with ``BrokenProcessPool``, which ``pool_map`` turns into a clear error."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with,
                                initargs=(os.getpid(),))
 
@@ -80,18 +80,37 @@ def _exit_with(parent: int) -> None:
 
 
 def stop_pool(pool: ProcessPoolExecutor | None) -> None:
-    """Stop the workers: work not started is cancelled, work under way (a block of images, a shard) ends."""
+    """Stop the workers, killing them first: work under way (a block of images, a shard) is dropped, which
+    only ever happens when ``prepare`` fails. Killing is what makes the stop dependable: on Python 3.11 the
+    executor, broken by a dead worker, terminates the workers it knew of and then joins every worker,
+    including one started meanwhile for new work, which nobody stops (our suite hung so)."""
     if pool is not None:
+        for process in list((pool._processes or {}).values()):  # the executor's own table of its workers
+            process.kill()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def in_order(results: Iterable[T], doing: str) -> Iterator[T]:
-    """A pool's results (``pool.map``), with a dead worker reported as what it is."""
+def pool_map(pool: ProcessPoolExecutor, function: Callable[..., T], jobs: Iterable, doing: str,
+             chunksize: int = 1) -> Iterator[T]:
+    """``pool.map``: the jobs handed to the workers now, the results in order as they come, and a dead
+    worker (now or later) reported as what it is."""
+    try:
+        results = pool.map(function, jobs, chunksize=chunksize)
+    except BrokenProcessPool:
+        raise _died(doing) from None
+    return _reported(results, doing)
+
+
+def _reported(results: Iterator[T], doing: str) -> Iterator[T]:
     try:
         yield from results
     except BrokenProcessPool:
-        raise DataError(f"a --workers process died while {doing} (killed by the system, out of memory?): "
-                        f"nothing was written; run again, with fewer --workers if it happens again") from None
+        raise _died(doing) from None
+
+
+def _died(doing: str) -> DataError:
+    return DataError(f"a --workers process died while {doing} (killed by the system, out of memory?): nothing "
+                     f"was written; run again, with fewer --workers if it happens again")
 
 
 def unpack(verdict: tuple) -> tuple[str, str]:
@@ -122,14 +141,14 @@ class ImageChecks:
                 self._pool = spawn_pool(self.workers)
             jobs = [(self.folder, relative, self.limits) for relative in todo]
             chunk = max(1, len(jobs) // (4 * self.workers))
-            self._pending.append((todo, self._pool.map(_verdict, jobs, chunksize=chunk)))
+            self._pending.append((todo, pool_map(self._pool, _verdict, jobs, "checking images", chunk)))
             self._asked.update(todo)
 
     def check(self, relative: str) -> str:
         """The image's extension; raises ImageProblem (or the OSError reading it met)."""
         while relative not in self._verdicts and relative in self._asked and self._pending:
             paths, result = self._pending.pop(0)
-            self._verdicts.update(zip(paths, in_order(result, "checking images")))
+            self._verdicts.update(zip(paths, result))
         if relative not in self._verdicts:
             self._verdicts[relative] = _verdict((self.folder, relative, self.limits))
         return unpack(self._verdicts[relative])[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.image_checks import BLOCK, ImageChecks, in_order
+from perfusion_cli.data.image_checks import BLOCK, ImageChecks, pool_map
 from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
@@ -239,7 +239,7 @@ class LogsSource:
         tasks = ((self.root, self.limits, directory, shard_size, job,
                   {image: self.image_verdict(image) for _, _, record in job.samples for image in record.images})
                  for job in jobs)
-        yield from in_order(pool.map(_write_shard_task, tasks), "writing shards")
+        yield from pool_map(pool, _write_shard_task, tasks, "writing shards")
 
     def close(self) -> None:
         """End the worker processes, if any (``prepare`` calls it when done, or failing)."""

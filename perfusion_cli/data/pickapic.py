@@ -25,7 +25,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
-from perfusion_cli.data.image_checks import bytes_verdict, in_order, spawn_pool, stop_pool, unpack
+from perfusion_cli.data.image_checks import bytes_verdict, pool_map, spawn_pool, stop_pool, unpack
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order
@@ -138,11 +138,12 @@ class PickAPicSource:
         if self._pool is None:
             self._pool = spawn_pool(self.workers)
         jobs = [(bytes(values[column]), self.limits, column) for _, values in todo for column in IMAGE_COLUMNS]
-        pending = self._pool.map(bytes_verdict, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
+        pending = pool_map(self._pool, bytes_verdict, jobs, "checking images",
+                           max(1, len(jobs) // (4 * self.workers)))
         width = len(IMAGE_COLUMNS)
 
         def wait() -> dict[int, list[tuple]]:
-            verdicts = list(in_order(pending, "checking images"))
+            verdicts = list(pending)
             return {offset: verdicts[i * width:(i + 1) * width] for i, (offset, _) in enumerate(todo)}
 
         return wait
