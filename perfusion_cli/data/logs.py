@@ -236,10 +236,12 @@ class LogsSource:
         if pool is None or len(jobs) < 2:
             yield from write_in_order(directory, shard_size, jobs, self.read_images)
             return
-        tasks = ((self.root, self.limits, directory, shard_size, job,
-                  {image: self.image_verdict(image) for _, _, record in job.samples for image in record.images})
-                 for job in jobs)
+        tasks = ((self.root, self.limits, directory, shard_size, job, self.job_verdicts(job)) for job in jobs)
         yield from pool_map(pool, _write_shard_task, tasks, "writing shards")
+
+    def job_verdicts(self, job: ShardJob) -> dict[str, tuple]:
+        """Pass one's verdicts on a shard job's images: what the process writing the shard checks them against."""
+        return {image: self.image_verdict(image) for _, _, record in job.samples for image in record.images}
 
     def close(self) -> None:
         """End the worker processes, if any (``prepare`` calls it when done, or failing)."""
@@ -325,13 +327,18 @@ def worker_source(root: Path | str, limits: ImageLimits) -> LogsSource:
     return _IN_THIS_PROCESS[key]
 
 
-def _write_shard_task(task: tuple) -> tuple[ShardInfo, int]:
-    """A pool worker's part of ``LogsSource.write_shards``: one shard, with pass one's verdicts on its images."""
-    root, limits, directory, shard_size, job, verdicts = task
+def write_checked_shard(root: Path | str, limits: ImageLimits, directory: Path, shard_size: int, job: ShardJob,
+                        verdicts: dict[str, tuple]) -> tuple[ShardInfo, int]:
+    """In a worker (a pool's or Ray's): one shard, its images checked against pass one's ``verdicts``."""
     source = worker_source(root, limits)
     for image, verdict in verdicts.items():
         source.remember_verdict(image, verdict)
     return write_shard(directory, shard_size, job, source.read_images)
+
+
+def _write_shard_task(task: tuple) -> tuple[ShardInfo, int]:
+    """A pool worker's part of ``LogsSource.write_shards``."""
+    return write_checked_shard(*task)
 
 
 def first_of_session(item: GroupRecord | Rejection, obj: dict, first_line: dict[str, int]) -> GroupRecord | Rejection:

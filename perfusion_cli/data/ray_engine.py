@@ -24,9 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from perfusion_cli.data.logs import SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl, worker_source
+from perfusion_cli.data.logs import (SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl, worker_source,
+                                     write_checked_shard)
 from perfusion_cli.data.records import GroupRecord, Rejection
-from perfusion_cli.data.shards import ShardInfo, ShardJob, write_shard
+from perfusion_cli.data.shards import ShardInfo, ShardJob
 from perfusion_cli.errors import DataError
 from perfusion_cli.progress import Progress
 
@@ -109,18 +110,13 @@ def _record(fields: dict) -> GroupRecord:
 
 def _write_shard(batch: dict, root, limits, directory: str, shard_size: int) -> dict:
     """One shard per row: its samples' images read back, checked against pass one's digests, written."""
-    source = worker_source(root, limits)
     infos = []
     for text in batch["job"]:
         job = json.loads(text)
-        samples = []
-        for key, meta, fields, verdicts in job["samples"]:
-            record = _record(fields)
-            for image, verdict in zip(record.images, verdicts):
-                source.remember_verdict(image, tuple(verdict))
-            samples.append((key, meta, record))
-        shard, candidates = write_shard(Path(directory), shard_size, ShardJob(job["split"], job["index"], samples),
-                                        source.read_images)
+        samples = [(key, meta, _record(fields)) for key, meta, fields in job["samples"]]
+        verdicts = {image: tuple(verdict) for image, verdict in job["verdicts"].items()}
+        shard, candidates = write_checked_shard(root, limits, Path(directory), shard_size,
+                                                ShardJob(job["split"], job["index"], samples), verdicts)
         infos.append(json.dumps({"shard": asdict(shard), "candidates": candidates}))
     return {"info": infos}
 
@@ -133,9 +129,9 @@ def write_shards(source: LogsSource, jobs: list[ShardJob], directory: Path,
 
     if not jobs:
         return
-    rows = [{"job": json.dumps({"split": job.split, "index": job.index, "samples": [
-        (key, meta, asdict(record), [source.image_verdict(image) for image in record.images])
-        for key, meta, record in job.samples]})} for job in jobs]
+    rows = [{"job": json.dumps({"split": job.split, "index": job.index, "verdicts": source.job_verdicts(job),
+                                "samples": [(key, meta, asdict(record)) for key, meta, record in job.samples]})}
+            for job in jobs]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _write_shard, fn_kwargs={"root": source.root, "limits": source.limits, "directory": str(directory),
                                  "shard_size": shard_size},
