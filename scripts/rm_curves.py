@@ -8,7 +8,9 @@ For every draw (a taste mix and a number of sessions per merchant) it prepares a
 marketplace, trains PerFusionRM and the same CLIP without plug-ins (`--no-plugin`) with the recipe,
 and evaluates both on the test split (known merchants, later sessions) and the cold-start split
 (merchants never trained on), beside the oracle's own GAUC (the ceiling the pick noise allows), the
-profile taste's (the merchant's profile alone: the cold-start ceiling) and the population taste's.
+records ceiling's (the merchant's profile and training picks with everything else known: the best a
+model can do with its data), the profile taste's (the merchant's profile alone: the cold-start ceiling)
+and the population taste's.
 Prints two markdown tables: against sessions per merchant (taste "mixed"), and against the taste mix
 (at --taste-sessions sessions). Models an earlier call trained are only evaluated again (--fresh
 retrains them). Raw results stay as JSON in the workspace.
@@ -45,22 +47,24 @@ def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recip
         report = json.loads(report.read_text())
         rows = report["models"] + report["ceilings"]
         result[split] = {"perfusionrm": rows[0]["gauc"], "no_plugin": rows[1]["gauc"], "oracle": rows[2]["gauc"],
-                         "population": rows[3]["gauc"], "profile": rows[4]["gauc"], "groups": rows[0]["n_groups"]}
+                         "population": rows[3]["gauc"], "profile": rows[4]["gauc"], "records": rows[5]["gauc"],
+                         "groups": rows[0]["n_groups"]}
     return result
 
 
 def table(title: str, column: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}\n")
-    print(f"| {column} | PerFusionRM | no plug-in | oracle | profile taste | population taste | "
-          f"PerFusionRM / oracle | / profile | cold start: PerFusionRM | no plug-in | oracle | profile taste |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {column} | PerFusionRM | no plug-in | oracle | records ceiling | profile taste | population taste | "
+          f"PerFusionRM / oracle | / records ceiling | records ceiling / oracle | cold start: PerFusionRM | "
+          f"no plug-in | oracle | profile taste |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, result in rows:
         test, cold = result["test"], result["cold_start"]
         print(f"| {label} | {test['perfusionrm']:.3f} | {test['no_plugin']:.3f} | {test['oracle']:.3f} | "
-              f"{test['profile']:.3f} | {test['population']:.3f} | {test['perfusionrm'] / test['oracle']:.0%} | "
-              f"{test['perfusionrm'] / test['profile']:.0%} | {cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
+              f"{test['records']:.3f} | {test['profile']:.3f} | {test['population']:.3f} | "
+              f"{test['perfusionrm'] / test['oracle']:.0%} | {test['perfusionrm'] / test['records']:.0%} | "
+              f"{test['records'] / test['oracle']:.0%} | {cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
               f"{cold['oracle']:.3f} | {cold['profile']:.3f} |", flush=True)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -42,12 +42,19 @@ def eval_rm_command(
         progress.stop()
     from perfusion_cli.evaluation.ceilings import ceilings
 
-    bounds = ceilings(data, config)  # synthetic data: the oracle and the population taste
-    oracle = bounds[0]["gauc"] if bounds else None
-    rows = [[r["model"], r["map"], r["gauc"], "-" if oracle is None else f"{r['gauc'] / oracle:.0%}", r["n_groups"],
-             r["n_merchants"]] for r in results + bounds]
-    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle GAUC", "groups",
-                                                            "merchants"], rows))
+    bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes and the records ceiling
+
+    def shares(row: dict) -> list[str]:  # GAUC as a share of the oracle's and of the records ceiling's
+        return [f"{row['gauc'] / bound['gauc']:.0%}" for bound in (bounds[0], bounds[-1])] if bounds else ["-", "-"]
+
+    rows = [[r["model"], r["map"], r["gauc"], *shares(r), r["n_groups"], r["n_merchants"]] for r in results + bounds]
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle GAUC",
+                                                            "of records ceiling", "groups", "merchants"], rows))
+    if bounds:
+        from perfusion_cli.evaluation.ceilings import MEANING
+
+        for bound in bounds:
+            console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
     for result in results:
         if result["skipped_shards"] or result["skipped_samples"]:
             say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "

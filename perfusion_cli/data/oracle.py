@@ -21,8 +21,8 @@ whether an image is still a product photo: a clean, plain, light background and 
 from __future__ import annotations
 
 import colorsys
-from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -124,25 +124,36 @@ def measure(image: Image.Image | np.ndarray) -> ImageFeatures:
                          float(max(height, width) / size), float(width / height))
 
 
-def parts_of(taste: Taste, features: ImageFeatures) -> dict[str, float]:
-    """Each part of the utility in [-1, 1], before weighting."""
-    weight = min(1.0, features.saturation / 0.3)
+def parts_of(taste: Taste, features: ImageFeatures) -> dict[str, np.ndarray]:
+    """Each part of the utility in [-1, 1], before weighting. The fields may be arrays that broadcast
+    (many tastes against many images, as ``utilities`` uses it): one formula for both."""
+    weight = np.minimum(1.0, np.asarray(features.saturation) / 0.3)
     return {
-        "hue": weight * float(np.cos(2 * np.pi * (features.hue - taste.hue))),
-        "lightness": float(np.clip(1 - 4 * abs(features.lightness - taste.lightness), -1, 1)),
-        "pattern": taste.pattern * (2 * features.busyness - 1),
+        "hue": weight * np.cos(2 * np.pi * (features.hue - taste.hue)),
+        "lightness": np.clip(1 - 4 * np.abs(features.lightness - taste.lightness), -1, 1),
+        "pattern": taste.pattern * (2 * np.asarray(features.busyness) - 1),
         # Products are drawn filling 0.54-0.9 of the frame (scale 0.6-1.0 times 0.9).
-        "scale": taste.scale * float(np.clip((features.scale - 0.54) / 0.36 * 2 - 1, -1, 1)),
+        "scale": taste.scale * np.clip((np.asarray(features.scale) - 0.54) / 0.36 * 2 - 1, -1, 1),
         # Widths are drawn 0.75-1.3 times an item's own aspect: log(1.3) ≈ 0.26.
-        "width": taste.width * float(np.clip(np.log(features.aspect) / 0.5, -1, 1)),
-        "vivid": taste.vivid * float(np.clip((features.saturation - 0.45) / 0.45 * 2 - 1, -1, 1)),
+        "width": taste.width * np.clip(np.log(features.aspect) / 0.5, -1, 1),
+        "vivid": taste.vivid * np.clip((np.asarray(features.saturation) - 0.45) / 0.45 * 2 - 1, -1, 1),
     }
 
 
+def utilities(taste: Taste, features: ImageFeatures) -> np.ndarray:
+    """The utility of every image in ``features`` (fields [C], from ``stack``) for every taste in ``taste``
+    (fields [S, 1], or floats): [S, C], or [C]. An image with no product scores ``NO_PRODUCT``."""
+    total = sum(taste.weights.get(part, 0.0) * value for part, value in parts_of(taste, features).items())
+    return np.where(features.present, total, NO_PRODUCT)
+
+
 def utility_of(taste: Taste, features: ImageFeatures) -> float:
-    if not features.present:
-        return NO_PRODUCT
-    return sum(taste.weights.get(part, 0.0) * value for part, value in parts_of(taste, features).items())
+    return float(utilities(taste, features))
+
+
+def stack(measured: Sequence[ImageFeatures]) -> ImageFeatures:
+    """Many images' features as one ``ImageFeatures`` of [C] arrays (absent products keep neutral values)."""
+    return ImageFeatures(*(np.array([getattr(f, name.name) for f in measured]) for name in fields(ImageFeatures)))
 
 
 def oracle_utility(merchant: Taste | Mapping, image: Image.Image | np.ndarray) -> float:

@@ -70,22 +70,35 @@ class Merchant:
                 "shop_age_years": self.shop_age_years}
 
 
+# How far a merchant's taste strays from its profile's: the spread of each personal offset (normal, mean 0).
+# width and vivid are drawn only for the richer mixes. Draw order matters: it is the marketplace's random stream.
+PERSONAL_SPREAD = {"hue": 0.08, "lightness": 0.06, "pattern": 0.25, "scale": 0.35, "width": 0.5, "vivid": 0.4}
+COLOUR_PARTS = ("hue", "lightness", "pattern", "scale")
+
+
+def personal_parts(mix: str) -> tuple[str, ...]:
+    """The taste parts a merchant of this mix has a personal offset on."""
+    return COLOUR_PARTS if mix == "colour" else tuple(PERSONAL_SPREAD)
+
+
 def profile_taste(category: str, style: str, region: str, price_level: float, mix: str = "colour",
                   personal: dict | None = None) -> Taste:
     """A merchant's taste: what its profile says plus its ``personal`` offsets (none: the profile alone,
-    the best any model that knows the merchant only by its profile can do)."""
+    the best any model that knows the merchant only by its profile can do). Offsets may be arrays (many
+    candidate tastes of one merchant at once); the taste's fields then are arrays too."""
     offset = personal or {}
     price_z = (np.log(price_level) - 3.5) / 0.6
+    scalar = lambda value: float(value) if np.ndim(value) == 0 else value  # noqa: E731
     taste = Taste(
-        hue=float((STYLE_HUE[style] + offset.get("hue", 0.0)) % 1.0),
-        lightness=float(np.clip(REGION_LIGHTNESS[region] + offset.get("lightness", 0.0), 0.25, 0.8)),
-        pattern=float(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + offset.get("pattern", 0.0), -1, 1)),
-        scale=float(np.clip(CATEGORY_SCALE[category] + offset.get("scale", 0.0), -1, 1)),
+        hue=scalar((STYLE_HUE[style] + offset.get("hue", 0.0)) % 1.0),
+        lightness=scalar(np.clip(REGION_LIGHTNESS[region] + offset.get("lightness", 0.0), 0.25, 0.8)),
+        pattern=scalar(np.clip(STYLE_PATTERN[style] - 0.3 * price_z + offset.get("pattern", 0.0), -1, 1)),
+        scale=scalar(np.clip(CATEGORY_SCALE[category] + offset.get("scale", 0.0), -1, 1)),
         weights=dict(TASTE_MIXES[mix]),
     )
     if mix != "colour":  # drawn only for the richer mixes, so the default marketplace stays as it was
-        taste = replace(taste, width=float(np.clip(CATEGORY_WIDTH[category] + offset.get("width", 0.0), -1, 1)),
-                        vivid=float(np.clip(REGION_VIVID[region] + offset.get("vivid", 0.0), -1, 1)))
+        taste = replace(taste, width=scalar(np.clip(CATEGORY_WIDTH[category] + offset.get("width", 0.0), -1, 1)),
+                        vivid=scalar(np.clip(REGION_VIVID[region] + offset.get("vivid", 0.0), -1, 1)))
     return taste
 
 
@@ -94,10 +107,7 @@ def make_merchant(rng: np.random.Generator, index: int, mix: str = "colour") -> 
     style = str(rng.choice(list(STYLE_HUE)))
     region = str(rng.choice(list(REGION_LIGHTNESS)))
     price_level = float(np.round(np.exp(rng.normal(3.5, 0.6)), 2))
-    personal = {"hue": rng.normal(0, 0.08), "lightness": rng.normal(0, 0.06), "pattern": rng.normal(0, 0.25),
-                "scale": rng.normal(0, 0.35)}
-    if mix != "colour":
-        personal |= {"width": rng.normal(0, 0.5), "vivid": rng.normal(0, 0.4)}
+    personal = {part: rng.normal(0, PERSONAL_SPREAD[part]) for part in personal_parts(mix)}
     return Merchant(
         merchant_id=f"m{index:04d}", category=category, style=style, region=region,
         price_level=price_level, followers=int(rng.integers(10, 100_000)),

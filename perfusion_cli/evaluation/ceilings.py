@@ -1,47 +1,69 @@
 """What a reward model could reach on synthetic data (DESIGN §6-§7): the ceilings of every RM number.
 
 - ``oracle``: each merchant's hidden taste scores its own candidates. The picks are the taste plus
-  noise, so this is the best any model can do on these groups.
+  noise, so this is the best any model could do on these groups if it knew the taste exactly (a
+  merchant with unlimited records).
 - ``population taste``: every candidate scored by the average utility over all merchants' tastes, the
   best a model that ignores who the merchant is can do.
 - ``profile taste``: each merchant's taste as its profile alone says it (its personal offsets zeroed),
   the best a model that knows a merchant only by its profile can do: the cold-start ceiling, and the
-  floor a known merchant's few records have to lift.
+  floor a known merchant's few records have to lift. (Strictly, the profile's *expected* taste is the
+  cold-start optimum; the records ceiling gives it for merchants with no training records.)
+- ``records ceiling``: each merchant's taste as its profile and its training picks say it, everything
+  else about the marketplace known (``taste_posterior``): the best a model can do with what it is
+  given. At a few records a merchant the oracle is out of any model's reach; this is the achievable.
 
-All three read the candidates' pixels at the marketplace's own resolution, through the same stream and
+All four read the candidates' pixels at the marketplace's own resolution, through the same stream and
 metrics as the reward model, so an RM's GAUC reads as a share of the achievable; each candidate is
-measured once for the three.
+measured once for all.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from perfusion_cli.config import EvalRMConfig
-from perfusion_cli.data.loader import GroupBatch
+from perfusion_cli.data.loader import EvalStream, GroupBatch, StreamSpec
+from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
-from perfusion_cli.data.oracle import Taste, measure, utility_of
+from perfusion_cli.data.oracle import ImageFeatures, Taste, measure, stack, utilities
 from perfusion_cli.data.synthetic import load_truth, profile_taste, read_truth
+from perfusion_cli.evaluation.taste_posterior import TastePosterior
 from perfusion_cli.ranking import ranking_metrics, score_groups
 
 
-def _taste_scores(measured: dict, tastes: dict[str, Taste] | None, population: list[Taste] = ()):
-    """Each candidate scored by its merchant's taste in ``tastes``, or by the mean over ``population``;
-    ``measured`` holds what ``oracle.measure`` read off each candidate, shared by the scorers."""
+MEANING = {
+    "oracle": "each merchant's hidden taste, known exactly: the best possible given the pick noise, at any "
+              "number of records",
+    "population taste": "one taste for every merchant: what no personalization can beat",
+    "profile taste": "the taste the merchant's profile alone says: the cold-start ceiling",
+    "records ceiling": "the taste the profile and the merchant's training picks say: the best a model can do "
+                       "with what it is given",
+}
+
+
+def _measure(measured: dict, batch: GroupBatch, g: int) -> ImageFeatures:
+    """Group ``g``'s candidates as ``oracle.measure`` reads them ([K] arrays), each measured once."""
+    features = []
+    for k in torch.nonzero(batch.valid[g].cpu()).flatten().tolist():
+        key = (batch.session_ids[g], k)
+        if key not in measured:
+            measured[key] = measure(batch.images[g, k].cpu().numpy())
+        features.append(measured[key])
+    return stack(features)
+
+
+def _scorer(score_group: Callable[[str, ImageFeatures], np.ndarray], measured: dict):
+    """A ``score_groups`` scorer from a function of (merchant id, the group's features) → [K] scores."""
     def score(batch: GroupBatch) -> torch.Tensor:
         scores = torch.zeros(batch.valid.shape)
-        for g, k in zip(*torch.nonzero(batch.valid.cpu(), as_tuple=True)):
-            key = (batch.session_ids[g], int(k))
-            if key not in measured:
-                measured[key] = measure(batch.images[g, k].cpu().numpy())
-            features = measured[key]
-            if tastes is None:
-                scores[g, k] = float(np.mean([utility_of(taste, features) for taste in population]))
-            else:
-                scores[g, k] = utility_of(tastes[batch.merchant_ids[g]], features)
+        for g in range(len(batch)):
+            values = score_group(batch.merchant_ids[g], _measure(measured, batch, g))
+            scores[g, batch.valid[g].cpu()] = torch.as_tensor(values, dtype=torch.float32)
         return scores
 
     return score
@@ -57,21 +79,45 @@ def _profile_tastes(data_dir: Path, mix: str) -> dict[str, Taste]:
     return tastes
 
 
+def _posteriors(data_dir: Path, drawn: dict, resolution: int, batch_size: int,
+                measured: dict) -> dict[str, TastePosterior]:
+    """Every prepared merchant's ``TastePosterior`` after its training sessions (none: the prior)."""
+    mix, noise = drawn.get("taste", "colour"), max(float(drawn.get("noise", 0.3)), 1e-3)  # noise 0: near-exact picks
+    posteriors = {merchant_id: TastePosterior(merchant_id, row["features"], mix, noise)
+                  for merchant_id, row in read_merchants(data_dir).items()}
+    manifest = load_manifest(data_dir)
+    if not manifest.splits.get("train", {}).get("groups"):
+        return posteriors
+    spec = StreamSpec(Path(data_dir), "train", batch_size, manifest.max_candidates, resolution)
+    for batch in EvalStream(spec):
+        for g in range(len(batch)):
+            selected = batch.selected[g][batch.valid[g]].cpu().numpy()
+            posteriors[batch.merchant_ids[g]].observe(_measure(measured, batch, g), selected)
+    return posteriors
+
+
 def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
-    """The oracle's, the population taste's and the profile taste's MAP and GAUC on ``config.split``;
-    [] for real data."""
+    """The oracle's, the population taste's, the profile taste's and the records ceiling's MAP and GAUC on
+    ``config.split``; [] for real data."""
     truth = load_truth(data_dir)
     if truth is None:
         return []
     drawn = read_truth(data_dir).get("config", {})
     resolution = int(drawn.get("resolution", 64))
     measured: dict = {}
-    scorers = (("oracle (ceiling)", _taste_scores(measured, truth)),
-               ("population taste (no personalization)", _taste_scores(measured, None, list(truth.values()))),
-               ("profile taste (the profile alone, no personal part)",
-                _taste_scores(measured, _profile_tastes(data_dir, drawn.get("taste", "colour")))))
+    population = list(truth.values())
+    profiles = _profile_tastes(data_dir, drawn.get("taste", "colour"))
+    posteriors = _posteriors(data_dir, drawn, resolution, config.batch_size, measured)
+    scorers = {
+        "oracle": lambda merchant, features: utilities(truth[merchant], features),
+        "population taste": lambda merchant, features: np.mean([utilities(taste, features) for taste in population],
+                                                               axis=0),
+        "profile taste": lambda merchant, features: utilities(profiles[merchant], features),
+        "records ceiling": lambda merchant, features: posteriors[merchant].expected_utility(features),
+    }
     rows = []
-    for name, scorer in scorers:
-        scores = score_groups(scorer, data_dir, config.split, resolution, batch_size=config.batch_size)
+    for name, score_group in scorers.items():
+        scores = score_groups(_scorer(score_group, measured), data_dir, config.split, resolution,
+                              batch_size=config.batch_size)
         rows.append({"model": name, "split": config.split, **ranking_metrics(scores)})
     return rows

@@ -33,8 +33,7 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     assert "GAUC" in result.output
     report = json.loads((ws / "e.json").read_text())
     assert report["split"] == "val" and [row["model"] for row in report["ceilings"]] == [
-        "oracle (ceiling)", "population taste (no personalization)",
-        "profile taste (the profile alone, no personal part)"], "synthetic data: the ceilings beside the model"
+        "oracle", "population taste", "profile taste", "records ceiling"], "synthetic data: the ceilings beside the model"
     (model,) = report["models"]
     assert set(model) >= {"map", "gauc", "n_groups", "n_merchants"} and model["split"] == "val"
     val_groups = json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]

@@ -1,8 +1,9 @@
 """PerFusionRM where tastes are subtle and records few (issue 17): on a harder draw of the marketplace
 than the one the tiny recipe was chosen on (taste "mixed": colour, pattern, cut and vividness; 12
 sessions per merchant; another seed), the shipped recipe's reward model reaches most of what the pick
-noise allows (the oracle's own GAUC on the same groups) and of what the merchants' profiles tell, and
-leaves the un-personalized CLIP far behind."""
+noise allows (the oracle's own GAUC on the same groups), of what the merchants' profiles and training
+picks tell (the records ceiling) and of what the profiles alone tell, and leaves the un-personalized
+CLIP far behind."""
 
 import pytest
 
@@ -24,10 +25,12 @@ def test_the_reward_model_reaches_the_oracle_on_a_harder_draw(tmp_path):
         config = build(RMTrainConfig, recipe, {"plugin": plugin, "eval_every": None, "checkpoint_every": None})
         train_reward_model(config, data, tmp_path / name)
         gauc[name] = evaluate_reward_model(str(tmp_path / name), data, evaluation)["gauc"]
-    oracle, _, profile = ceilings(data, evaluation)
-    assert oracle["model"].startswith("oracle") and profile["model"].startswith("profile taste")
-    # ~75 test groups here; on 160 merchants (docs/benchmarks.md) 88 % of the oracle, 94 % of the profile
-    # taste (what the merchant's profile alone says, known exactly), +0.23 over no plug-in
+    oracle, _, profile, records = ceilings(data, evaluation)
+    assert [row["model"] for row in (oracle, profile, records)] == ["oracle", "profile taste", "records ceiling"]
+    # ~75 test groups here (measured: 0.755, oracle 0.829, records ceiling 0.830, no plug-in 0.507); on 160
+    # merchants (docs/benchmarks.md) 88 % of the oracle, 93 % of the records ceiling (the merchant's profile
+    # and training picks, everything else known), +0.23 over no plug-in
     assert gauc["perfusionrm"] >= 0.85 * oracle["gauc"], (gauc, oracle)
+    assert gauc["perfusionrm"] >= 0.87 * records["gauc"], (gauc, records)
     assert gauc["perfusionrm"] >= 0.9 * profile["gauc"], (gauc, profile)
     assert gauc["perfusionrm"] >= gauc["no_plugin"] + 0.15, gauc
