@@ -59,7 +59,7 @@ class TastePosterior:
     ROUNDS = 6
 
     def __init__(self, merchant_id: str, profile: dict, mix: str, noise: float, samples: int = SAMPLES):
-        self.rng = np.random.default_rng(zlib.crc32(merchant_id.encode()))  # the same draws on every run
+        self.seed = zlib.crc32(merchant_id.encode())  # the same draws on every run, whatever the call order
         self.profile, self.mix, self.noise, self.samples = profile, mix, noise, samples
         self.parts = personal_parts(mix)
         self.spread = np.array([PERSONAL_SPREAD[part] for part in self.parts])
@@ -90,7 +90,8 @@ class TastePosterior:
         """(tastes, normalized weights) of the posterior."""
         if self._drawn is not None:
             return self._drawn
-        offsets = self.rng.normal(0.0, self.spread, (self.samples, len(self.parts)))
+        rng = np.random.default_rng(self.seed)
+        offsets = rng.normal(0.0, self.spread, (self.samples, len(self.parts)))
         tastes = self._tastes(offsets)
         log_weights = self._log_likelihood(tastes)  # prior draws: the weight is the likelihood
         for _ in range(self.ROUNDS):
@@ -100,7 +101,7 @@ class TastePosterior:
             mean = weights @ offsets
             covariance = ((offsets - mean).T * weights) @ (offsets - mean)
             covariance = 2.0 * covariance + np.diag((0.05 * self.spread) ** 2)  # widened, never degenerate
-            offsets = self.rng.multivariate_normal(mean, covariance, self.samples)
+            offsets = rng.multivariate_normal(mean, covariance, self.samples)
             tastes = self._tastes(offsets)
             log_prior = -0.5 * np.square(offsets / self.spread).sum(axis=1)
             log_weights = self._log_likelihood(tastes) + log_prior - _normal_log_density(offsets, mean, covariance)

@@ -93,6 +93,12 @@ def test_without_records_the_posterior_is_the_prior_and_the_same_on_every_run():
     one = TastePosterior("m0007", PROFILE, "mixed", noise=0.3).expected_utility(fresh)
     two = TastePosterior("m0007", PROFILE, "mixed", noise=0.3)
     assert np.array_equal(one, two.expected_utility(fresh))
+    # asked before and after its sessions, a posterior gives what one asked only after them gives
+    hidden = profile_taste(**PROFILE, mix="mixed", personal=PERSONAL)
+    early = TastePosterior("m0007", PROFILE, "mixed", noise=0.3)
+    early.expected_utility(fresh)
+    late = _observed(TastePosterior("m0007", PROFILE, "mixed", noise=0.3), hidden, 40, seed=5)
+    assert np.array_equal(_observed(early, hidden, 40, seed=5).expected_utility(fresh), late.expected_utility(fresh))
     assert two.effective_samples() == pytest.approx(len(two.weights())), "no picks: every prior draw counts alike"
     # the prior's mean taste is near the profile's own (offsets have mean 0; clipping and hue's cosine bend it)
     profile = utilities(profile_taste(**PROFILE, mix="mixed"), fresh)
