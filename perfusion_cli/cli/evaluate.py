@@ -40,7 +40,7 @@ def eval_rm_command(
         results = [evaluate_reward_model(source, data, config, progress) for source in sources]
     finally:
         progress.stop()
-    from perfusion_cli.evaluation.ceilings import ceilings
+    from perfusion_cli.evaluation.ceilings import MEANING, ceilings
 
     bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes and the records ceiling
 
@@ -50,11 +50,8 @@ def eval_rm_command(
     rows = [[r["model"], r["map"], r["gauc"], *shares(r), r["n_groups"], r["n_merchants"]] for r in results + bounds]
     console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle GAUC",
                                                             "of records ceiling", "groups", "merchants"], rows))
-    if bounds:
-        from perfusion_cli.evaluation.ceilings import MEANING
-
-        for bound in bounds:
-            console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
+    for bound in bounds:
+        console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
     for result in results:
         if result["skipped_shards"] or result["skipped_samples"]:
             say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "

@@ -69,22 +69,19 @@ def _scorer(score_group: Callable[[str, ImageFeatures], np.ndarray], measured: d
     return score
 
 
-def _profile_tastes(data_dir: Path, mix: str) -> dict[str, Taste]:
+def _profile_tastes(profiles: dict[str, dict], mix: str) -> dict[str, Taste]:
     """Every prepared merchant's taste as its profile alone says it (``synthetic.profile_taste``)."""
-    tastes = {}
-    for merchant_id, row in read_merchants(data_dir).items():
-        profile = row["features"]
-        tastes[merchant_id] = profile_taste(profile["category"], profile["style"], profile["region"],
-                                            float(profile["price_level"]), mix)
-    return tastes
+    return {merchant_id: profile_taste(profile["category"], profile["style"], profile["region"],
+                                       float(profile["price_level"]), mix)
+            for merchant_id, profile in profiles.items()}
 
 
-def _posteriors(data_dir: Path, drawn: dict, resolution: int, batch_size: int,
+def _posteriors(data_dir: Path, profiles: dict[str, dict], drawn: dict, resolution: int, batch_size: int,
                 measured: dict) -> dict[str, TastePosterior]:
     """Every prepared merchant's ``TastePosterior`` after its training sessions (none: the prior)."""
     mix, noise = drawn.get("taste", "colour"), max(float(drawn.get("noise", 0.3)), 1e-3)  # noise 0: near-exact picks
-    posteriors = {merchant_id: TastePosterior(merchant_id, row["features"], mix, noise)
-                  for merchant_id, row in read_merchants(data_dir).items()}
+    posteriors = {merchant_id: TastePosterior(merchant_id, profile, mix, noise)
+                  for merchant_id, profile in profiles.items()}
     manifest = load_manifest(data_dir)
     if not manifest.splits.get("train", {}).get("groups"):
         return posteriors
@@ -106,13 +103,14 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     resolution = int(drawn.get("resolution", 64))
     measured: dict = {}
     population = list(truth.values())
-    profiles = _profile_tastes(data_dir, drawn.get("taste", "colour"))
-    posteriors = _posteriors(data_dir, drawn, resolution, config.batch_size, measured)
+    profiles = {merchant_id: row["features"] for merchant_id, row in read_merchants(data_dir).items()}
+    profile_tastes = _profile_tastes(profiles, drawn.get("taste", "colour"))
+    posteriors = _posteriors(data_dir, profiles, drawn, resolution, config.batch_size, measured)
     scorers = {
         "oracle": lambda merchant, features: utilities(truth[merchant], features),
         "population taste": lambda merchant, features: np.mean([utilities(taste, features) for taste in population],
                                                                axis=0),
-        "profile taste": lambda merchant, features: utilities(profiles[merchant], features),
+        "profile taste": lambda merchant, features: utilities(profile_tastes[merchant], features),
         "records ceiling": lambda merchant, features: posteriors[merchant].expected_utility(features),
     }
     rows = []

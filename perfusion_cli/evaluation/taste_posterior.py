@@ -93,19 +93,19 @@ class TastePosterior:
         rng = np.random.default_rng(self.seed)
         offsets = rng.normal(0.0, self.spread, (self.samples, len(self.parts)))
         tastes = self._tastes(offsets)
-        log_weights = self._log_likelihood(tastes)  # prior draws: the weight is the likelihood
+        weights = _normalized(self._log_likelihood(tastes))  # prior draws: the weight is the likelihood
         for _ in range(self.ROUNDS):
-            if _effective(log_weights) >= self.ENOUGH_SAMPLES:
+            if _effective_size(weights) >= self.ENOUGH_SAMPLES:
                 break
-            weights = _normalized(log_weights)
             mean = weights @ offsets
             covariance = ((offsets - mean).T * weights) @ (offsets - mean)
             covariance = 2.0 * covariance + np.diag((0.05 * self.spread) ** 2)  # widened, never degenerate
             offsets = rng.multivariate_normal(mean, covariance, self.samples)
             tastes = self._tastes(offsets)
             log_prior = -0.5 * np.square(offsets / self.spread).sum(axis=1)
-            log_weights = self._log_likelihood(tastes) + log_prior - _normal_log_density(offsets, mean, covariance)
-        self._drawn = (tastes, _normalized(log_weights))
+            weights = _normalized(self._log_likelihood(tastes) + log_prior
+                                  - _normal_log_density(offsets, mean, covariance))
+        self._drawn = (tastes, weights)
         return self._drawn
 
     def weights(self) -> np.ndarray:
@@ -118,7 +118,7 @@ class TastePosterior:
 
     def effective_samples(self) -> float:
         """How many draws carry the posterior (1/Σw²); low means a coarse estimate."""
-        return float(1.0 / np.square(self.weights()).sum())
+        return _effective_size(self.weights())
 
     def expected_utility(self, features: ImageFeatures) -> np.ndarray:
         """Each candidate's utility averaged over the posterior: [C]."""
@@ -131,8 +131,8 @@ def _normalized(log_weights: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _effective(log_weights: np.ndarray) -> float:
-    return float(1.0 / np.square(_normalized(log_weights)).sum())
+def _effective_size(weights: np.ndarray) -> float:
+    return float(1.0 / np.square(weights).sum())
 
 
 def _normal_log_density(points: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
