@@ -60,12 +60,19 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def gauc(scores, labels, merchant_ids) -> float:
+def merchant_aucs(scores, labels, merchant_ids) -> dict:
+    """{merchant: (AUC over its candidates, its number of candidates)} for every merchant with both classes."""
     scores, labels = _array(scores).astype(np.float64), _array(labels).astype(bool)
-    total, weight = 0.0, 0
-    for index in map(np.array, _groups(merchant_ids).values()):
-        if labels[index].all() or not labels[index].any():
-            continue
-        total += auc(scores[index], labels[index]) * len(index)
-        weight += len(index)
-    return total / weight if weight else float("nan")
+    return {merchant: (auc(scores[index], labels[index]), len(index))
+            for merchant, index in ((m, np.array(i)) for m, i in _groups(merchant_ids).items())
+            if labels[index].any() and not labels[index].all()}
+
+
+def weighted_gauc(per_merchant: dict) -> float:
+    """GAUC from ``merchant_aucs``: the AUCs averaged, weighted by each merchant's candidates."""
+    weight = sum(n for _, n in per_merchant.values())
+    return sum(value * n for value, n in per_merchant.values()) / weight if weight else float("nan")
+
+
+def gauc(scores, labels, merchant_ids) -> float:
+    return weighted_gauc(merchant_aucs(scores, labels, merchant_ids))

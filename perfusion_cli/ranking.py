@@ -14,7 +14,7 @@ import torch
 
 from perfusion_cli.data.loader import EvalStream, GroupBatch, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
-from perfusion_cli.metrics import gauc, mean_average_precision
+from perfusion_cli.metrics import mean_average_precision, merchant_aucs, weighted_gauc
 from perfusion_cli.models.reward import RewardModel
 
 
@@ -79,9 +79,13 @@ def score_groups(score: Callable[[GroupBatch], torch.Tensor], data_dir: Path, sp
                          parts["merchants"], stream.skipped_shards, stream.skipped_samples)
 
 
-def ranking_metrics(scores: RankingScores) -> dict:
-    return {"map": mean_average_precision(scores.scores, scores.labels, scores.groups),
-            "gauc": gauc(scores.scores, scores.labels, scores.merchants),
-            "n_groups": len(set(scores.groups)), "n_merchants": len(set(scores.merchants)),
-            "n_candidates": int(len(scores.scores)), "skipped_shards": scores.skipped_shards,
-            "skipped_samples": scores.skipped_samples}
+def ranking_metrics(scores: RankingScores, per_merchant: bool = False) -> dict:
+    """MAP, GAUC and counts; ``per_merchant`` adds ``merchant_auc`` ({merchant: (AUC, candidates)}) for
+    ``evaluation.intervals``."""
+    aucs = merchant_aucs(scores.scores, scores.labels, scores.merchants)
+    metrics = {"map": mean_average_precision(scores.scores, scores.labels, scores.groups),
+               "gauc": weighted_gauc(aucs),
+               "n_groups": len(set(scores.groups)), "n_merchants": len(set(scores.merchants)),
+               "n_candidates": int(len(scores.scores)), "skipped_shards": scores.skipped_shards,
+               "skipped_samples": scores.skipped_samples}
+    return {**metrics, "merchant_auc": aucs} if per_merchant else metrics

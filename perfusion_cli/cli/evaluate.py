@@ -41,15 +41,28 @@ def eval_rm_command(
     finally:
         progress.stop()
     from perfusion_cli.evaluation.ceilings import MEANING, ceilings
+    from perfusion_cli.evaluation.intervals import attach_intervals
 
     bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes and the records ceiling
+    shares_of = ("oracle", "records ceiling")
+    attach_intervals(results, bounds, shares_of)  # merchant bootstrap, paired across the rows
+
+    def span(values: list[float] | None, scale: float = 1.0, form: str = "{:.3f}") -> str:
+        return "-" if not values else "–".join(form.format(v * scale) for v in values)
 
     def shares(row: dict) -> list[str]:  # GAUC as a share of the oracle's and of the records ceiling's
-        return [f"{row['gauc'] / bound['gauc']:.0%}" for bound in (bounds[0], bounds[-1])] if bounds else ["-", "-"]
+        cells = []
+        for name in shares_of:
+            share = row.get("shares", {}).get(name)
+            cells.append(f"{share['share']:.0%} ({span(share['interval'], 100, '{:.0f}')})" if share else "-")
+        return cells
 
-    rows = [[r["model"], r["map"], r["gauc"], *shares(r), r["n_groups"], r["n_merchants"]] for r in results + bounds]
-    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle GAUC",
+    rows = [[r["model"], r["map"], r["gauc"], span(r.get("gauc_interval")), *shares(r), r["n_groups"],
+             r["n_merchants"]] for r in results + bounds]
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "GAUC 95%", "of oracle",
                                                             "of records ceiling", "groups", "merchants"], rows))
+    if results and "gauc_interval" in results[0]:
+        console.print("  95 % intervals in brackets and GAUC 95%: merchants resampled, alike for every row")
     for bound in bounds:
         console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
     for result in results:

@@ -95,7 +95,7 @@ def _posteriors(data_dir: Path, profiles: dict[str, dict], drawn: dict, resoluti
 
 def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     """The oracle's, the population taste's, the profile taste's and the records ceiling's MAP and GAUC on
-    ``config.split``; [] for real data."""
+    ``config.split`` (with ``merchant_auc``, as ``ranking_metrics(per_merchant=True)`` gives); [] for real data."""
     truth = load_truth(data_dir)
     if truth is None:
         return []
@@ -117,5 +117,5 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     for name, score_group in scorers.items():
         scores = score_groups(_scorer(score_group, measured), data_dir, config.split, resolution,
                               batch_size=config.batch_size)
-        rows.append({"model": name, "split": config.split, **ranking_metrics(scores)})
+        rows.append({"model": name, "split": config.split, **ranking_metrics(scores, per_merchant=True)})
     return rows

@@ -24,7 +24,7 @@ def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, pro
     scores = score_split(model, data_dir, config.split, batch_size=config.batch_size, device=device,
                          skip_bad_shards=config.skip_bad_shards, progress=progress)
     progress.stop()
-    metrics = ranking_metrics(scores)
+    metrics = ranking_metrics(scores, per_merchant=True)
     if not metrics["n_groups"]:
         skipped = f" ({len(scores.skipped_shards)} unreadable shard(s) skipped)" if scores.skipped_shards else ""
         raise DataError(f"no group of split {config.split!r} in {data_dir} could be scored{skipped} — re-run "

@@ -38,6 +38,16 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     assert set(model) >= {"map", "gauc", "n_groups", "n_merchants"} and model["split"] == "val"
     val_groups = json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]
     assert model["n_groups"] == report["ceilings"][0]["n_groups"] == val_groups
+    # every row carries its merchant-bootstrap interval and its shares of the oracle and the records ceiling
+    for row in report["models"] + report["ceilings"]:
+        low, high = row["gauc_interval"]
+        assert low <= row["gauc"] <= high and "merchant_auc" not in row
+        assert set(row["shares"]) == {"oracle", "records ceiling"}
+        share = row["shares"]["oracle"]
+        assert share["share"] == row["gauc"] / report["ceilings"][0]["gauc"]
+        assert share["interval"][0] <= share["share"] <= share["interval"][1]
+    assert report["ceilings"][0]["shares"]["oracle"] == {"share": 1.0, "interval": [1.0, 1.0]}
+    assert "GAUC 95%" in result.output and "merchants resampled" in result.output
 
 
 def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, market):
