@@ -10,7 +10,7 @@ and evaluates both on the test split (known merchants, later sessions) and the c
 (merchants never trained on), beside the oracle's own GAUC (the ceiling the pick noise allows), the
 records ceiling's (the merchant's profile and training picks with everything else known: the best a
 model can do with its data), the profile taste's (the merchant's profile alone: the cold-start ceiling)
-and the population taste's.
+and the population taste's; each share with its 95 % interval (merchants resampled, paired).
 Prints two markdown tables: against sessions per merchant (taste "mixed"), and against the taste mix
 (at --taste-sessions sessions). Models an earlier call trained are only evaluated again (--fresh
 retrains them). Raw results stay as JSON in the workspace.
@@ -48,8 +48,18 @@ def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recip
         rows = report["models"] + report["ceilings"]
         result[split] = {"perfusionrm": rows[0]["gauc"], "no_plugin": rows[1]["gauc"], "oracle": rows[2]["gauc"],
                          "population": rows[3]["gauc"], "profile": rows[4]["gauc"], "records": rows[5]["gauc"],
-                         "groups": rows[0]["n_groups"]}
+                         "groups": rows[0]["n_groups"],
+                         # shares with their paired 95 % intervals (eval rm resamples merchants alike for every row)
+                         "rm_of_oracle": rows[0]["shares"]["oracle"],
+                         "rm_of_records": rows[0]["shares"]["records ceiling"],
+                         "records_of_oracle": rows[5]["shares"]["oracle"]}
     return result
+
+
+def share(value: dict) -> str:
+    """'88% (82–94)': a share and its 95 % interval, from eval rm's JSON."""
+    low, high = value["interval"]
+    return f"{value['share']:.0%} ({low:.0%}–{high:.0%})".replace("%–", "–")
 
 
 def table(title: str, column: str, rows: list[tuple[str, dict]]) -> None:
@@ -62,8 +72,8 @@ def table(title: str, column: str, rows: list[tuple[str, dict]]) -> None:
         test, cold = result["test"], result["cold_start"]
         print(f"| {label} | {test['perfusionrm']:.3f} | {test['no_plugin']:.3f} | {test['oracle']:.3f} | "
               f"{test['records']:.3f} | {test['profile']:.3f} | {test['population']:.3f} | "
-              f"{test['perfusionrm'] / test['oracle']:.0%} | {test['perfusionrm'] / test['records']:.0%} | "
-              f"{test['records'] / test['oracle']:.0%} | {cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
+              f"{share(test['rm_of_oracle'])} | {share(test['rm_of_records'])} | {share(test['records_of_oracle'])} | "
+              f"{cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
               f"{cold['oracle']:.3f} | {cold['profile']:.3f} |", flush=True)
 
 def main() -> None:
