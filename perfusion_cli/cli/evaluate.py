@@ -47,8 +47,8 @@ def eval_rm_command(
     shares_of = ("oracle", "records ceiling")
     attach_intervals(results, bounds, shares_of)  # merchant bootstrap, paired across the rows
 
-    def span(values: list[float] | None, scale: float = 1.0, form: str = "{:.3f}") -> str:
-        return "-" if not values else "–".join(form.format(v * scale) for v in values)
+    def span(values: list[float] | None, scale: float = 1.0, form: str = "{:.3f}", dash: str = "–") -> str:
+        return "-" if not values else dash.join(form.format(v * scale) for v in values)
 
     def shares(row: dict) -> list[str]:  # GAUC as a share of the oracle's and of the records ceiling's
         cells = []
@@ -57,12 +57,15 @@ def eval_rm_command(
             cells.append(f"{share['share']:.0%} ({span(share['interval'], 100, '{:.0f}')})" if share else "-")
         return cells
 
-    rows = [[r["model"], r["map"], r["gauc"], span(r.get("gauc_interval")), *shares(r), r["n_groups"],
-             r["n_merchants"]] for r in results + bounds]
-    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "GAUC 95%", "of oracle",
+    def with_interval(row: dict) -> str:  # spaces let a narrow terminal wrap the cell rather than cut it
+        return f"{row['gauc']:.4f}" + (f" ({span(row['gauc_interval'], dash=' – ')})" if "gauc_interval" in row else "")
+
+    rows = [[r["model"], r["map"], with_interval(r), *shares(r), r["n_groups"], r["n_merchants"]]
+            for r in results + bounds]
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle",
                                                             "of records ceiling", "groups", "merchants"], rows))
     if results and "gauc_interval" in results[0]:
-        console.print("  95 % intervals in brackets and GAUC 95%: merchants resampled, alike for every row")
+        console.print("  (brackets: 95 % intervals, merchants resampled alike for every row)")
     for bound in bounds:
         console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
     for result in results:

@@ -47,7 +47,9 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
         assert share["share"] == row["gauc"] / report["ceilings"][0]["gauc"]
         assert share["interval"][0] <= share["share"] <= share["interval"][1]
     assert report["ceilings"][0]["shares"]["oracle"] == {"share": 1.0, "interval": [1.0, 1.0]}
-    assert "GAUC 95%" in result.output and "merchants resampled" in result.output
+    assert "95 % intervals, merchants resampled" in result.output
+    low, high = model["gauc_interval"]
+    assert f"({low:.3f} –" in result.output and f"{high:.3f})" in result.output  # beside the GAUC, as printed
 
 
 def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(tmp_path, market):
