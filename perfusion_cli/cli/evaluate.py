@@ -127,6 +127,14 @@ def print_generation_summary(summary: dict) -> None:
     rows.append(["win rate", *[v if v is not None else "n/a" for v in summary["win_rate"].values()]])
     console.print(table(f"generation on {summary['split']}: {summary['pairs']} pairs, {summary['merchants']} "
                         f"merchants, {summary['images_per_pair']} image(s) each", ["", *metrics], rows))
+    spans = summary.get("intervals", {})
+    if spans:
+        say("PerFusion − base per pair, with 95 % intervals (merchants resampled):")
+        for metric, span in spans.items():
+            wins = (f", wins {summary['win_rate'][metric]:.2f} ({span['win_rate_interval'][0]:.2f} – "
+                    f"{span['win_rate_interval'][1]:.2f})" if "win_rate_interval" in span else "")
+            console.print(f"  {metric} {span['gain']:+.3f} ({span['gain_interval'][0]:+.3f} – "
+                          f"{span['gain_interval'][1]:+.3f}){wins}")
     fid = summary["fid"]
     if "base" in fid:
         say(f"FID ({fid['features']}; {fid['generated_images']} generated vs {fid['reference_images']} "

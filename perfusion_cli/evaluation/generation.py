@@ -26,6 +26,7 @@ from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import PerfusionError
 from perfusion_cli.evaluation.fid import compute_fid
+from perfusion_cli.evaluation.intervals import interval, merchant_means, resampled_means
 from perfusion_cli.evaluation.quality import INTEGRITY, denoising_errors, integrity_scores, kept_quality
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
@@ -196,7 +197,8 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
 
 def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: EvalGenConfig) -> dict:
     models = {model: {} for model in MODELS}
-    win_rate = {}
+    win_rate, intervals = {}, {}
+    merchants = [pair.merchant_id for pair in pairs]
     for metric in METRICS:
         if metric not in result.scores:
             for model in MODELS:
@@ -209,9 +211,17 @@ def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: 
         comparable = ~np.isnan(per_pair["base"]) & ~np.isnan(per_pair["perfusion"])
         wins = per_pair["perfusion"][comparable] > per_pair["base"][comparable]
         win_rate[metric] = float(wins.mean()) if comparable.any() and metric not in INTEGRITY else None
-    return {"split": config.split, "pairs": len(pairs), "merchants": len({p.merchant_id for p in pairs}),
+        if comparable.any():  # the gain and the win rate, merchants resampled alike for both
+            gain = per_pair["perfusion"] - per_pair["base"]  # NaN where either is missing
+            won = np.where(comparable, (gain > 0).astype(float), np.nan)
+            draws = resampled_means([merchant_means(gain, merchants), merchant_means(won, merchants)])
+            intervals[metric] = {"gain": float(np.nanmean(gain)), "gain_interval": interval(draws[0])}
+            if win_rate[metric] is not None:
+                intervals[metric]["win_rate_interval"] = interval(draws[1])
+    return {"split": config.split, "pairs": len(pairs), "merchants": len(set(merchants)),
             "images_per_pair": config.n_per_prompt, "steps": config.steps, "guidance": config.guidance,
-            "seed": config.seed, "models": models, "win_rate": win_rate, "unavailable": reasons}
+            "seed": config.seed, "models": models, "win_rate": win_rate, "intervals": intervals,
+            "unavailable": reasons}
 
 
 def _fid(result: Generated, pairs: list[EvalPair], generated: Path, scratch: Path, device, clip, inception) -> dict:

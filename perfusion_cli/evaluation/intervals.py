@@ -1,9 +1,11 @@
-"""How sure an ``eval rm`` number is: merchant-bootstrap intervals for GAUC and for one GAUC's share of another.
+"""How sure an evaluation number is: merchant-bootstrap intervals for GAUC, for one GAUC's share of
+another, and for eval gen's gains and win rates.
 
-GAUC averages per-merchant AUCs, so the merchant is what gets resampled: each of ``DRAWS`` resamples
-draws the split's merchants with replacement (multinomial counts, the same for every row) and
-recomputes every row's GAUC. The 2.5th and 97.5th percentiles are the 95 % interval. On a synthetic
-test split of 126 merchants with one session each, a GAUC near 0.73 spans about ±0.05.
+GAUC averages per-merchant AUCs, and eval gen's numbers average per-pair values whose pairs belong to
+merchants, so the merchant is what gets resampled: each of ``DRAWS`` resamples draws the merchants with
+replacement (multinomial counts, the same for every row) and recomputes every row's weighted mean. The
+2.5th and 97.5th percentiles are the 95 % interval. On a synthetic test split of 126 merchants with
+one session each, a GAUC near 0.73 spans about ±0.05.
 
 Every model and ceiling on a split is scored on the same candidates, so the resamples are paired: a
 share (PerFusionRM / oracle) is computed within each resample and gets its own interval, narrower than
@@ -19,8 +21,9 @@ CHUNK = 100  # resamples built at once: CHUNK × merchants counts in memory
 SEED = 0
 
 
-def resampled_gaucs(rows: list[dict], draws: int = DRAWS, seed: int = SEED) -> np.ndarray:
-    """[len(rows), draws] GAUCs, each row a ``metrics.merchant_aucs`` dict, all resampled alike."""
+def resampled_means(rows: list[dict], draws: int = DRAWS, seed: int = SEED) -> np.ndarray:
+    """[len(rows), draws] weighted means, each row a {merchant: (value, weight)} dict (GAUC: a
+    ``metrics.merchant_aucs`` dict), all rows resampled alike."""
     merchants = sorted(set().union(*rows))
     auc = np.array([[row.get(m, (0.0, 0))[0] for row in rows] for m in merchants], dtype=np.float64)  # [M, R]
     weight = np.array([[row.get(m, (0.0, 0))[1] for row in rows] for m in merchants], dtype=np.float64)
@@ -48,10 +51,19 @@ def attach_intervals(models: list[dict], bounds: list[dict], shares_of: tuple[st
     per_merchant = [row.pop("merchant_auc") for row in rows]
     if not any(per_merchant):  # no merchant with both a pick and a non-pick: nothing to resample
         return
-    draws = resampled_gaucs(per_merchant)
+    draws = resampled_means(per_merchant)
     named = {row["model"]: len(models) + j for j, row in enumerate(bounds)}
     for i, row in enumerate(rows):
         row["gauc_interval"] = interval(draws[i])
         row["shares"] = {name: {"share": row["gauc"] / rows[named[name]]["gauc"],
                                 "interval": interval(draws[i] / draws[named[name]])}
                          for name in shares_of if name in named}
+
+
+def merchant_means(values: np.ndarray, merchants: list[str]) -> dict:
+    """Per-item ``values`` (NaN: not counted) → {merchant: (mean of its items, how many)} for ``resampled_means``."""
+    grouped: dict[str, list[float]] = {}
+    for value, merchant in zip(values.tolist(), merchants):
+        if not np.isnan(value):
+            grouped.setdefault(merchant, []).append(value)
+    return {merchant: (float(np.mean(items)), len(items)) for merchant, items in grouped.items()}

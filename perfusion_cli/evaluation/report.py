@@ -79,6 +79,12 @@ def _metrics_table(summary: dict) -> str:
             for model, values in summary["models"].items()]
     rows.append("<tr><td>win rate (PerFusion &gt; base)</td>" +
                 "".join(f"<td>{_cell(summary['win_rate'][m])}</td>" for m in metrics) + "</tr>")
+    spans = summary.get("intervals", {})
+    for label, key, form in (("gain, 95 % interval", "gain_interval", "{:+.3f}"),
+                             ("win rate, 95 % interval", "win_rate_interval", "{:.2f}")):
+        cells = ["–" if key not in spans.get(m, {}) else " – ".join(form.format(v) for v in spans[m][key])
+                 for m in metrics]
+        rows.append(f"<tr><td>{label} (merchants resampled)</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     reasons = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary["unavailable"].items())
     fid = summary.get("fid", {})
     fid_text = (f"FID ({html.escape(fid.get('features', ''))}; reference: {html.escape(fid.get('reference', ''))}): "

@@ -47,6 +47,12 @@ def test_every_metric_is_reported_for_both_models(evaluation):
         assert all(isinstance(v, float) for v in summary["models"][model].values()), summary["models"][model]
         assert 0.0 <= summary["models"][model]["clean_background"] <= 1.0
     assert all(0.0 <= v <= 1.0 for m, v in summary["win_rate"].items() if m not in ("clean_background", "intact"))
+    # every metric's per-pair gain and win rate with a merchant-bootstrap interval
+    assert set(summary["intervals"]) == set(summary["models"]["base"])
+    for metric, span in summary["intervals"].items():
+        low, high = span["gain_interval"]
+        assert low <= span["gain"] <= high
+        assert ("win_rate_interval" in span) == (summary["win_rate"][metric] is not None)
     denoising = summary["denoising"]
     assert denoising["ratio"] == pytest.approx(denoising["model_err"] / denoising["ref_err"]) and denoising["groups"] > 0
     kept = summary["kept_quality"]
@@ -67,7 +73,7 @@ def test_report_references_images_and_plots_that_exist(evaluation):
     for source in sources:
         assert (report / source).is_file(), source
     assert "http://" not in page and "https://" not in page, "no network at view time"
-    assert "win rate" in page and "PerFusion" in page
+    assert "win rate" in page and "PerFusion" in page and "win rate, 95 % interval" in page
 
 
 @pytest.mark.browser

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from perfusion_cli.evaluation.intervals import SEED, attach_intervals, interval, resampled_gaucs
+from perfusion_cli.evaluation.intervals import SEED, attach_intervals, interval, resampled_means
 from perfusion_cli.metrics import gauc, merchant_aucs
 
 
@@ -37,7 +37,7 @@ def test_one_resample_is_the_gauc_of_the_merchants_it_drew():
             drawn_labels.append(labels[mine])
             drawn_ids += [f"{merchant}#{copy}"] * int(mine.sum())
     expected = gauc(np.concatenate(drawn_scores), np.concatenate(drawn_labels), drawn_ids)
-    assert resampled_gaucs([per_merchant], draws=1)[0, 0] == pytest.approx(expected, abs=1e-12)
+    assert resampled_means([per_merchant], draws=1)[0, 0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_the_interval_covers_the_true_gauc_about_95_times_in_100():
@@ -49,7 +49,7 @@ def test_the_interval_covers_the_true_gauc_about_95_times_in_100():
     trials = 200
     for trial in range(trials):
         per_merchant = {f"m{i}": (float(v), 5) for i, v in enumerate(rng.choice(values, size=126, p=odds))}
-        low, high = interval(resampled_gaucs([per_merchant], draws=400, seed=trial)[0])
+        low, high = interval(resampled_means([per_merchant], draws=400, seed=trial)[0])
         covered += low <= truth <= high
     assert 0.90 <= covered / trials <= 0.99
 
@@ -75,7 +75,7 @@ def test_a_share_of_a_row_that_moves_with_it_is_surer_than_either_row():
     width = lambda span, centre: (span[1] - span[0]) / centre  # noqa: E731
     assert width(share["interval"], share["share"]) < width(rows[0]["gauc_interval"], rows[0]["gauc"])
     # and the model against its near copy, resampled alike, moves far less than either
-    draws = resampled_gaucs([model, close])
+    draws = resampled_means([model, close])
     spread = interval(draws[0] - draws[1])
     assert spread[1] - spread[0] < 0.5 * (rows[0]["gauc_interval"][1] - rows[0]["gauc_interval"][0])
 

@@ -70,6 +70,15 @@ def test_win_rate_is_the_share_of_pairs_where_personalized_scores_higher():
     assert summary["win_rate"]["oracle"] == pytest.approx(0.5)
     assert summary["models"]["perfusion"]["oracle"] == pytest.approx(3.25 / 4)
     assert summary["models"]["base"]["clip"] is None and summary["unavailable"] == {"clip": "why not"}
+    # gains 0.25, 1, -1, 0 (mean 0.0625): merchants resampled, the interval brackets the gain and the win rate
+    oracle = summary["intervals"]["oracle"]
+    (low, high), (win_low, win_high) = oracle["gain_interval"], oracle["win_rate_interval"]
+    assert oracle["gain"] == pytest.approx(0.0625) and -1 <= low < 0.0625 < high <= 1 and 0 <= win_low < 0.5 < win_high <= 1
+    assert set(summary["intervals"]) == {"oracle"}, "no interval for a metric that was not measured"
+    # the same four pairs from one merchant: resampling merchants cannot move them
+    one = _summarize(result, {}, [EvalPair("a", "p", [0], torch.zeros(0)) for _ in range(4)], EvalGenConfig(n_per_prompt=2))
+    assert one["intervals"]["oracle"] == {"gain": 0.0625, "gain_interval": [0.0625, 0.0625],
+                                          "win_rate_interval": [0.5, 0.5]}
 
 
 def test_frechet_distance_equals_clean_fids_formula_and_survives_rank_deficiency():
