@@ -25,7 +25,7 @@ def resampled_means(rows: list[dict], draws: int = DRAWS, seed: int = SEED) -> n
     """[len(rows), draws] weighted means, each row a {merchant: (value, weight)} dict (GAUC: a
     ``metrics.merchant_aucs`` dict), all rows resampled alike."""
     merchants = sorted(set().union(*rows))
-    auc = np.array([[row.get(m, (0.0, 0))[0] for row in rows] for m in merchants], dtype=np.float64)  # [M, R]
+    value = np.array([[row.get(m, (0.0, 0))[0] for row in rows] for m in merchants], dtype=np.float64)  # [M, R]
     weight = np.array([[row.get(m, (0.0, 0))[1] for row in rows] for m in merchants], dtype=np.float64)
     rng = np.random.default_rng(seed)
     out = []
@@ -33,7 +33,7 @@ def resampled_means(rows: list[dict], draws: int = DRAWS, seed: int = SEED) -> n
         counts = rng.multinomial(len(merchants), np.full(len(merchants), 1.0 / len(merchants)),
                                  size=min(CHUNK, draws - start)).astype(np.float64)  # [c, M]
         with np.errstate(invalid="ignore", divide="ignore"):
-            out.append((counts @ (auc * weight)) / (counts @ weight))  # [c, R]
+            out.append((counts @ (value * weight)) / (counts @ weight))  # [c, R]
     return np.concatenate(out).T
 
 
