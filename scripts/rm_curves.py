@@ -57,7 +57,7 @@ def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recip
 
 
 def share(value: dict) -> str:
-    """'88% (82–94)': a share and its 95 % interval, from eval rm's JSON."""
+    """'88% (82–94%)': a share and its 95 % interval, from eval rm's JSON."""
     low, high = value["interval"]
     return f"{value['share']:.0%} ({low:.0%}–{high:.0%})".replace("%–", "–")
 

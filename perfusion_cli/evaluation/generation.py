@@ -208,12 +208,11 @@ def _summarize(result: Generated, reasons: dict, pairs: list[EvalPair], config: 
         per_pair = {model: np.nanmean(result.scores[metric][model], axis=1) for model in MODELS}
         for model in MODELS:
             models[model][metric] = float(np.nanmean(per_pair[model]))
-        comparable = ~np.isnan(per_pair["base"]) & ~np.isnan(per_pair["perfusion"])
-        wins = per_pair["perfusion"][comparable] > per_pair["base"][comparable]
-        win_rate[metric] = float(wins.mean()) if comparable.any() and metric not in INTEGRITY else None
+        gain = per_pair["perfusion"] - per_pair["base"]  # NaN where either is missing
+        comparable = ~np.isnan(gain)
+        won = np.where(comparable, (gain > 0).astype(float), np.nan)  # per pair: PerFusion scored higher
+        win_rate[metric] = float(np.nanmean(won)) if comparable.any() and metric not in INTEGRITY else None
         if comparable.any():  # the gain and the win rate, merchants resampled alike for both
-            gain = per_pair["perfusion"] - per_pair["base"]  # NaN where either is missing
-            won = np.where(comparable, (gain > 0).astype(float), np.nan)
             draws = resampled_means([merchant_means(gain, merchants), merchant_means(won, merchants)])
             intervals[metric] = {"gain": float(np.nanmean(gain)), "gain_interval": interval(draws[0])}
             if win_rate[metric] is not None:
