@@ -40,6 +40,7 @@ from perfusion_cli.config import EvalRMConfig
 from perfusion_cli.data.loader import EvalStream, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.oracle import ImageFeatures, measure
+from perfusion_cli.data.synthetic import read_truth
 from perfusion_cli.evaluation.ceilings import ceilings
 from perfusion_cli.losses import plackett_luce_loss
 from perfusion_cli.metrics import gauc
@@ -66,12 +67,13 @@ def attributes(features: ImageFeatures) -> np.ndarray:
 
 
 @torch.no_grad()
-def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int) -> dict:
+def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int, resolution: int) -> dict:
     """Every group of ``split``: the model's scores [G, K], its embedding [G, K, P], the oracle's attributes
-    [G, K, A], the profile ids [G, F], valid and picked [G, K], merchant ids [G]."""
+    [G, K, A] (measured at the draw's ``resolution``), the profile ids [G, F], valid and picked [G, K],
+    merchant ids [G]."""
     parts: dict[str, list] = {name: [] for name in ("scores", "embedding", "attributes", "features", "valid",
                                                     "picked", "merchants")}
-    for batch in EvalStream(StreamSpec(data_dir, split, 32, group_size, 64)):
+    for batch in EvalStream(StreamSpec(data_dir, split, 32, group_size, resolution)):
         flat = batch.valid.flatten()
         pixels = clip_pixels(batch.images.flatten(0, 1)[flat], model.module.image_size)
         unknown = torch.zeros(int(flat.sum()), batch.features.shape[1], dtype=torch.long)  # out-of-vocabulary ids
@@ -138,7 +140,11 @@ def ladder(workspace: Path, run: Path, l2_profile: float, l2_personal: float) ->
     data_dir = workspace / "data"
     model = load_reward_model(run)
     group_size = load_manifest(data_dir).max_candidates
-    splits = {name: read_split(model, data_dir, name, group_size) for name in SPLITS}
+    truth = read_truth(data_dir)
+    if truth is None:
+        raise SystemExit(f"{data_dir} holds real data: the ladder needs a synthetic draw's oracle")
+    resolution = int(truth.get("config", {}).get("resolution", 64))
+    splits = {name: read_split(model, data_dir, name, group_size, resolution) for name in SPLITS}
     train = splits["train"]
     embedded = train["embedding"][train["valid"]]
     mean, std = embedded.mean(0), embedded.std(0) + 1e-6
