@@ -43,27 +43,28 @@ def eval_rm_command(
     from perfusion_cli.evaluation.ceilings import MEANING, ceilings
     from perfusion_cli.evaluation.intervals import attach_intervals
 
-    bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes and the records ceiling
-    shares_of = ("oracle", "records ceiling")
+    bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes, the records ceiling, perfect eyes
+    shares_of = ("oracle", "records ceiling", "perfect eyes")
     attach_intervals(results, bounds, shares_of)  # merchant bootstrap, paired across the rows
 
     def span(values: list[float] | None, scale: float = 1.0, form: str = "{:.3f}", dash: str = "–") -> str:
         return "-" if not values else dash.join(form.format(v * scale) for v in values)
 
-    def shares(row: dict) -> list[str]:  # GAUC as a share of the oracle's and of the records ceiling's
+    def shares(row: dict) -> list[str]:  # GAUC as a share of the oracle's, the records ceiling's, perfect eyes'
         cells = []
         for name in shares_of:
             share = row.get("shares", {}).get(name)
-            cells.append(f"{share['share']:.0%} ({span(share['interval'], 100, '{:.0f}')})" if share else "-")
+            cells.append(f"{share['share']:.0%} ({span(share['interval'], 100, '{:.0f}', ' – ')})" if share else "-")
         return cells
 
     def with_interval(row: dict) -> str:  # spaces let a narrow terminal wrap the cell rather than cut it
         return f"{row['gauc']:.4f}" + (f" ({span(row['gauc_interval'], dash=' – ')})" if "gauc_interval" in row else "")
 
-    rows = [[r["model"], r["map"], with_interval(r), *shares(r), r["n_groups"], r["n_merchants"]]
-            for r in results + bounds]
-    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "of oracle",
-                                                            "of records ceiling", "groups", "merchants"], rows))
+    rows = [[r["model"], r["map"], with_interval(r), r["n_groups"], r["n_merchants"]] for r in results + bounds]
+    console.print(table(f"reward model on {config.split}", ["model", "MAP", "GAUC", "groups", "merchants"], rows))
+    if bounds:  # a second table, so that an 80-column terminal keeps every interval whole
+        console.print(table("GAUC as a share of the ceilings", ["model", *(f"of {name}" for name in shares_of)],
+                            [[r["model"], *shares(r)] for r in results + bounds]))
     if results and "gauc_interval" in results[0]:
         console.print("  (brackets: 95 % intervals, merchants resampled alike for every row)")
     for bound in bounds:

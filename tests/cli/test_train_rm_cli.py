@@ -33,20 +33,24 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     assert "GAUC" in result.output
     report = json.loads((ws / "e.json").read_text())
     assert report["split"] == "val" and [row["model"] for row in report["ceilings"]] == [
-        "oracle", "population taste", "profile taste", "records ceiling"], "synthetic data: the ceilings beside the model"
+        "oracle", "population taste", "profile taste", "records ceiling", "perfect eyes"], \
+        "synthetic data: the ceilings beside the model"
     (model,) = report["models"]
     assert set(model) >= {"map", "gauc", "n_groups", "n_merchants"} and model["split"] == "val"
     val_groups = json.loads((ws / "data" / "manifest.json").read_text())["splits"]["val"]["groups"]
     assert model["n_groups"] == report["ceilings"][0]["n_groups"] == val_groups
-    # every row carries its merchant-bootstrap interval and its shares of the oracle and the records ceiling
+    # every row carries its merchant-bootstrap interval and its shares of the oracle, the records ceiling and
+    # perfect eyes
     for row in report["models"] + report["ceilings"]:
         low, high = row["gauc_interval"]
         assert low <= row["gauc"] <= high and "merchant_auc" not in row
-        assert set(row["shares"]) == {"oracle", "records ceiling"}
+        assert set(row["shares"]) == {"oracle", "records ceiling", "perfect eyes"}
         share = row["shares"]["oracle"]
         assert share["share"] == row["gauc"] / report["ceilings"][0]["gauc"]
         assert share["interval"][0] <= share["share"] <= share["interval"][1]
     assert report["ceilings"][0]["shares"]["oracle"] == {"share": 1.0, "interval": [1.0, 1.0]}
+    assert report["ceilings"][4]["shares"]["perfect eyes"] == {"share": 1.0, "interval": [1.0, 1.0]}
+    assert "perfect eyes: a taste learned from the training picks" in " ".join(result.output.split())
     assert "95 % intervals, merchants resampled" in result.output
     low, high = model["gauc_interval"]
     assert f"({low:.3f} –" in result.output and f"{high:.3f})" in result.output  # beside the GAUC, as printed

@@ -25,12 +25,16 @@ def test_the_reward_model_reaches_the_oracle_on_a_harder_draw(tmp_path):
         config = build(RMTrainConfig, recipe, {"plugin": plugin, "eval_every": None, "checkpoint_every": None})
         train_reward_model(config, data, tmp_path / name)
         gauc[name] = evaluate_reward_model(str(tmp_path / name), data, evaluation)["gauc"]
-    oracle, _, profile, records = ceilings(data, evaluation)
-    assert [row["model"] for row in (oracle, profile, records)] == ["oracle", "profile taste", "records ceiling"]
-    # ~75 test groups here (measured: 0.755, oracle 0.829, records ceiling 0.830, no plug-in 0.507); on 160
-    # merchants (docs/benchmarks.md) 88 % of the oracle, 93 % of the records ceiling (the merchant's profile
-    # and training picks, everything else known), +0.23 over no plug-in
+    oracle, _, profile, records, eyes = ceilings(data, evaluation)
+    assert [row["model"] for row in (oracle, profile, records, eyes)] == ["oracle", "profile taste", "records ceiling",
+                                                                          "perfect eyes"]
+    # ~75 test groups here (measured: 0.755, oracle 0.829, records ceiling 0.830, perfect eyes 0.771, no
+    # plug-in 0.507); on 160 merchants (docs/benchmarks.md) 88 % of the oracle, 93 % of the records ceiling
+    # (the merchant's profile and training picks, everything else known), 94 % of perfect eyes (a taste
+    # learned from the same picks over the oracle's own attributes), +0.23 over no plug-in
+    assert eyes["gauc"] >= 0.9 * oracle["gauc"], (eyes, oracle)  # the learner with the oracle's eyes learns
     assert gauc["perfusionrm"] >= 0.85 * oracle["gauc"], (gauc, oracle)
     assert gauc["perfusionrm"] >= 0.87 * records["gauc"], (gauc, records)
+    assert gauc["perfusionrm"] >= 0.92 * eyes["gauc"], (gauc, eyes)
     assert gauc["perfusionrm"] >= 0.9 * profile["gauc"], (gauc, profile)
     assert gauc["perfusionrm"] >= gauc["no_plugin"] + 0.15, gauc

@@ -1,18 +1,14 @@
-"""scripts/rm_ladder.py's top rung claims the oracle's attributes in the utility's own basis: every part
-of ``oracle.parts_of`` but lightness is exactly linear in them, and lightness's tent nearly so."""
+"""The perfect-eyes ceiling claims the oracle's attributes in the utility's own basis: every part of
+``oracle.parts_of`` but lightness is exactly linear in them, and lightness's tent nearly so."""
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from perfusion_cli.data.oracle import ImageFeatures, stack, utilities
 from perfusion_cli.data.synthetic import PERSONAL_SPREAD, profile_taste
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from rm_ladder import ATTRIBUTES, attributes  # noqa: E402
+from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 
 
 def images(rng: np.random.Generator, n: int) -> list[ImageFeatures]:
@@ -25,7 +21,7 @@ def images(rng: np.random.Generator, n: int) -> list[ImageFeatures]:
 def explained(taste, measured: list[ImageFeatures], columns: slice | list[int] = slice(None)) -> float:
     """R² of the best linear fit of the taste's utilities on the attributes' ``columns``."""
     target = utilities(taste, stack(measured))
-    design = np.stack([attributes(f) for f in measured])[:, columns]
+    design = attributes(stack(measured))[:, columns]
     design = np.column_stack([design, np.ones(len(design))])
     residual = target - design @ np.linalg.lstsq(design, target, rcond=None)[0]
     return 1 - residual.var() / target.var()
@@ -45,4 +41,5 @@ def test_the_oracles_attributes_span_every_part_of_a_mixed_taste(seed):
 
 
 def test_an_image_without_a_product_is_its_own_attribute():
-    assert attributes(ImageFeatures(False)).tolist() == [0.0] * (len(ATTRIBUTES) - 1) + [1.0]
+    rows = attributes(stack([ImageFeatures(False), *images(np.random.default_rng(0), 1)]))
+    assert rows[0].tolist() == [0.0] * (len(ATTRIBUTES) - 1) + [1.0] and rows[1, -1] == 0.0
