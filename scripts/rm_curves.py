@@ -9,7 +9,8 @@ marketplace, trains PerFusionRM and the same CLIP without plug-ins (`--no-plugin
 and evaluates both on the test split (known merchants, later sessions) and the cold-start split
 (merchants never trained on), beside the oracle's own GAUC (the ceiling the pick noise allows), the
 records ceiling's (the merchant's profile and training picks with everything else known: the best a
-model can do with its data), the profile taste's (the merchant's profile alone: the cold-start ceiling)
+model can do with its data), perfect eyes' (a taste learned from the same picks over the oracle's own
+image attributes), the profile taste's (the merchant's profile alone: the cold-start ceiling)
 and the population taste's; each share with its 95 % interval (merchants resampled, paired).
 Prints two markdown tables: against sessions per merchant (taste "mixed"), and against the taste mix
 (at --taste-sessions sessions). Models an earlier call trained are only evaluated again (--fresh
@@ -48,10 +49,11 @@ def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recip
         rows = report["models"] + report["ceilings"]
         result[split] = {"perfusionrm": rows[0]["gauc"], "no_plugin": rows[1]["gauc"], "oracle": rows[2]["gauc"],
                          "population": rows[3]["gauc"], "profile": rows[4]["gauc"], "records": rows[5]["gauc"],
-                         "groups": rows[0]["n_groups"],
+                         "eyes": rows[6]["gauc"], "groups": rows[0]["n_groups"],
                          # shares with their paired 95 % intervals (eval rm resamples merchants alike for every row)
                          "rm_of_oracle": rows[0]["shares"]["oracle"],
                          "rm_of_records": rows[0]["shares"]["records ceiling"],
+                         "rm_of_eyes": rows[0]["shares"]["perfect eyes"],
                          "records_of_oracle": rows[5]["shares"]["oracle"]}
     return result
 
@@ -64,17 +66,18 @@ def share(value: dict) -> str:
 
 def table(title: str, column: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}\n")
-    print(f"| {column} | PerFusionRM | no plug-in | oracle | records ceiling | profile taste | population taste | "
-          f"PerFusionRM / oracle | / records ceiling | records ceiling / oracle | cold start: PerFusionRM | "
-          f"no plug-in | oracle | profile taste |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {column} | PerFusionRM | no plug-in | oracle | records ceiling | perfect eyes | profile taste | "
+          f"population taste | PerFusionRM / oracle | / records ceiling | / perfect eyes | records ceiling / oracle | "
+          f"cold start: PerFusionRM | no plug-in | oracle | perfect eyes | profile taste |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, result in rows:
         test, cold = result["test"], result["cold_start"]
         print(f"| {label} | {test['perfusionrm']:.3f} | {test['no_plugin']:.3f} | {test['oracle']:.3f} | "
-              f"{test['records']:.3f} | {test['profile']:.3f} | {test['population']:.3f} | "
-              f"{share(test['rm_of_oracle'])} | {share(test['rm_of_records'])} | {share(test['records_of_oracle'])} | "
-              f"{cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
-              f"{cold['oracle']:.3f} | {cold['profile']:.3f} |", flush=True)
+              f"{test['records']:.3f} | {test['eyes']:.3f} | {test['profile']:.3f} | {test['population']:.3f} | "
+              f"{share(test['rm_of_oracle'])} | {share(test['rm_of_records'])} | {share(test['rm_of_eyes'])} | "
+              f"{share(test['records_of_oracle'])} | {cold['perfusionrm']:.3f} | {cold['no_plugin']:.3f} | "
+              f"{cold['oracle']:.3f} | {cold['eyes']:.3f} | {cold['profile']:.3f} |", flush=True)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

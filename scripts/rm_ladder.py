@@ -4,7 +4,8 @@
     .venv/bin/python scripts/rm_ladder.py WORKSPACE RUN [--l2-profile 0.01] [--l2-personal 3]
 
 WORKSPACE is a prepared synthetic workspace (its ``data/``), RUN a reward-model run trained on it.
-Every rung below the model itself learns the same taste from the same training picks, to convergence:
+Every rung below the model itself learns the same taste from the same training picks, to convergence
+(``evaluation.taste_learner``):
 
     s(candidate of merchant m) = ⟨B ψ(m) + D_m, φ(candidate)⟩
 
@@ -15,17 +16,14 @@ minimized by L-BFGS. The rungs differ only in the image features φ:
 
 - ``taste on the RM's embedding``: the RM's image embedding (modulated as for an unknown merchant),
   standardized over the training candidates: what a converged linear taste gets from the model's eyes.
-- ``taste on attributes read from it``: a ridge readout of the oracle's attributes (below) from that
-  embedding, fitted on the training candidates' *true* attributes: the same eyes, with the directions
-  that matter found from clean labels that the picks do not carry.
-- ``taste on the oracle's attributes``: the attributes the oracle measures from the pixels, in the
-  utility's own basis (hue as its saturation-weighted cosine and sine, busyness, framing, log aspect and
-  vividness clipped as the utility clips them, lightness as nine bumps): perfect eyes and the taste's
-  form given; only its weights are learned from the picks, as every rung's are.
+- ``taste on attributes read from it``: a ridge readout of the oracle's attributes
+  (``evaluation.attributes``) from that embedding, fitted on the training candidates' *true* attributes:
+  the same eyes, with the directions that matter found from clean labels that the picks do not carry.
+- ``perfect eyes``: the oracle's attributes themselves, in the utility's own basis: perfect eyes and the
+  taste's form given, only its weights learned from the picks. ``eval rm`` prints it among its ceilings.
 
-Beside them the model itself and the oracle's and records ceiling's GAUC (``evaluation.ceilings``) on
-the test split (known merchants' later sessions) and the cold-start split. Prints a markdown table and
-the readout's R² per attribute.
+Then the records ceiling and the oracle (``evaluation.ceilings``), on the test split (known merchants'
+later sessions) and the cold-start split. Prints a markdown table and the readout's R² per attribute.
 """
 
 from __future__ import annotations
@@ -39,31 +37,16 @@ import torch
 from perfusion_cli.config import EvalRMConfig
 from perfusion_cli.data.loader import EvalStream, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
-from perfusion_cli.data.oracle import ImageFeatures, measure
+from perfusion_cli.data.oracle import measure, stack
 from perfusion_cli.data.synthetic import read_truth
+from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 from perfusion_cli.evaluation.ceilings import ceilings
-from perfusion_cli.losses import plackett_luce_loss
+from perfusion_cli.evaluation.taste_learner import fit_taste, profile_onehot
 from perfusion_cli.metrics import gauc
 from perfusion_cli.models.backbones import clip_pixels
 from perfusion_cli.models.reward import RewardModel, load_reward_model
 
 SPLITS = ("train", "test", "cold_start")
-LIGHTNESS_BUMPS = np.linspace(0.1, 0.9, 9)
-ATTRIBUTES = ["hue cos", "hue sin", "busyness", "framing", "log aspect", "vividness",
-              *[f"lightness {c:.1f}" for c in LIGHTNESS_BUMPS], "no product"]
-
-
-def attributes(features: ImageFeatures) -> np.ndarray:
-    """The oracle's attributes of one image in the utility's basis (``oracle.parts_of``): [16]."""
-    if not features.present:
-        return np.eye(len(ATTRIBUTES), dtype=np.float32)[-1]
-    weight = min(1.0, features.saturation / 0.3)
-    return np.array([weight * np.cos(2 * np.pi * features.hue), weight * np.sin(2 * np.pi * features.hue),
-                     2 * features.busyness - 1, np.clip((features.scale - 0.54) / 0.36 * 2 - 1, -1, 1),
-                     np.clip(np.log(features.aspect) / 0.5, -1, 1),
-                     np.clip((features.saturation - 0.45) / 0.45 * 2 - 1, -1, 1),
-                     *np.exp(-0.5 * np.square((features.lightness - LIGHTNESS_BUMPS) / 0.08)), 0.0],
-                    dtype=np.float32)
 
 
 @torch.no_grad()
@@ -80,8 +63,9 @@ def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int, 
         embedding = torch.zeros(flat.numel(), model.module.config.clip_config["projection_dim"])
         embedding[flat] = model.module.image_embeddings(pixels, unknown)
         seen = np.zeros((len(batch), group_size, len(ATTRIBUTES)), dtype=np.float32)
-        for g, k in torch.nonzero(batch.valid).tolist():
-            seen[g, k] = attributes(measure(batch.images[g, k].numpy()))
+        for g in range(len(batch)):
+            candidates = torch.nonzero(batch.valid[g]).flatten().tolist()
+            seen[g, candidates] = attributes(stack([measure(batch.images[g, k].numpy()) for k in candidates]))
         parts["scores"].append(model.score(batch.prompts, batch.images, batch.features, batch.valid))
         parts["embedding"].append(embedding.view(len(batch), group_size, -1))
         parts["attributes"].append(torch.from_numpy(seen))
@@ -90,44 +74,6 @@ def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int, 
         parts["picked"].append(batch.selected.bool())
         parts["merchants"] += list(batch.merchant_ids)
     return {name: (np.array(values) if name == "merchants" else torch.cat(values)) for name, values in parts.items()}
-
-
-def profile_onehot(features: torch.Tensor, cardinalities: list[int]) -> torch.Tensor:
-    """[G, F] vocabulary ids → [G, 1 + Σ cardinalities of features 1..F-1]: a constant and each profile
-    feature's one-hot (feature 0, the merchant id, is the personal offset's business)."""
-    columns = [torch.ones(len(features), 1)]
-    for index, size in enumerate(cardinalities[1:], start=1):
-        columns.append(torch.nn.functional.one_hot(features[:, index], size).float())
-    return torch.cat(columns, dim=1)
-
-
-def fit_taste(train: dict, image: torch.Tensor, profile: torch.Tensor, l2_profile: float,
-              l2_personal: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """B [Ψ, A] and {merchant: D_m [A]} minimizing the Plackett-Luce loss of the training picks + L2."""
-    merchants = sorted(set(train["merchants"]))
-    row = torch.tensor([merchants.index(m) for m in train["merchants"]])
-    weights = torch.zeros(profile.shape[1], image.shape[-1], requires_grad=True)
-    offsets = torch.zeros(len(merchants), image.shape[-1], requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights, offsets], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        taste = profile @ weights + offsets[row]  # [G, A]
-        scores = (image * taste[:, None, :]).sum(-1)
-        loss = (plackett_luce_loss(scores, train["picked"], train["valid"]) + l2_profile * weights.square().sum()
-                + l2_personal * offsets.square().sum() / len(merchants))
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weights.detach(), {m: offsets[i].detach() for i, m in enumerate(merchants)}
-
-
-def taste_gauc(split: dict, image: torch.Tensor, profile: torch.Tensor, weights: torch.Tensor,
-               offsets: dict[str, torch.Tensor]) -> float:
-    zero = torch.zeros(image.shape[-1])
-    taste = profile @ weights + torch.stack([offsets.get(m, zero) for m in split["merchants"]])
-    return split_gauc(split, (image * taste[:, None, :]).sum(-1))
 
 
 def split_gauc(split: dict, scores: torch.Tensor) -> float:
@@ -163,14 +109,15 @@ def ladder(workspace: Path, run: Path, l2_profile: float, l2_personal: float) ->
     rows = [("PerFusionRM", *(split_gauc(splits[name], splits[name]["scores"]) for name in SPLITS[1:]))]
     cardinalities = model.vocab.cardinalities
     profiles = {name: profile_onehot(split["features"], cardinalities) for name, split in splits.items()}
-    for label, features in (("taste on the RM's embedding", embedding), ("taste on attributes read from it", read),
-                            ("taste on the oracle's attributes", lambda split: split["attributes"])):
-        weights, offsets = fit_taste(train, features(train), profiles["train"], l2_profile, l2_personal)
-        rows.append((label, *(taste_gauc(splits[name], features(splits[name]), profiles[name], weights, offsets)
+    for label, features in (("taste on the RM's embedding", embedding), ("taste on attributes read from it", read)):
+        taste = fit_taste(features(train), profiles["train"], list(train["merchants"]), train["picked"],
+                          train["valid"], l2_profile, l2_personal)
+        rows.append((label, *(split_gauc(splits[name], taste.scores(features(splits[name]), profiles[name],
+                                                                    list(splits[name]["merchants"])))
                               for name in SPLITS[1:])))
     bounds = {name: {row["model"]: row["gauc"] for row in ceilings(data_dir, EvalRMConfig(split=name))}
               for name in SPLITS[1:]}
-    for name in ("records ceiling", "oracle"):
+    for name in ("perfect eyes", "records ceiling", "oracle"):
         rows.append((name, *(bounds[split][name] for split in SPLITS[1:])))
     return rows, explained.tolist()
 
