@@ -1,7 +1,7 @@
 """Where PerFusionRM's last points go on a synthetic draw: a ladder from its pixels to the oracle's eyes
 (docs/benchmarks.md, "Subtle tastes and few records").
 
-    .venv/bin/python scripts/rm_ladder.py WORKSPACE RUN [--l2-profile 0.01] [--l2-personal 3]
+    .venv/bin/python scripts/rm_ladder.py WORKSPACE RUN [--l2-profile 0.01] [--l2-personal 0.3]
 
 WORKSPACE is a prepared synthetic workspace (its ``data/``), RUN a reward-model run trained on it.
 Every rung below the model itself learns the same taste from the same training picks, to convergence
@@ -41,7 +41,7 @@ from perfusion_cli.data.oracle import measure, stack
 from perfusion_cli.data.synthetic import read_truth
 from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 from perfusion_cli.evaluation.ceilings import ceilings
-from perfusion_cli.evaluation.taste_learner import fit_taste, profile_onehot
+from perfusion_cli.evaluation.taste_learner import L2_PERSONAL, L2_PROFILE, fit_taste, profile_onehot
 from perfusion_cli.metrics import gauc
 from perfusion_cli.models.backbones import clip_pixels
 from perfusion_cli.models.reward import RewardModel, load_reward_model
@@ -126,8 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("run", type=Path)
-    parser.add_argument("--l2-profile", type=float, default=0.01)
-    parser.add_argument("--l2-personal", type=float, default=3.0)
+    # rungs 1 and 2 only: perfect eyes is eval rm's ceiling, with the library's settings
+    parser.add_argument("--l2-profile", type=float, default=L2_PROFILE, help="L2 on the profile part (rungs 1-2)")
+    parser.add_argument("--l2-personal", type=float, default=L2_PERSONAL, help="L2 on the personal part (rungs 1-2)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows, explained = ladder(args.workspace, args.run, args.l2_profile, args.l2_personal)
