@@ -84,9 +84,8 @@ def _profile_tastes(profiles: dict[str, dict], mix: str) -> dict[str, Taste]:
             for merchant_id, profile in profiles.items()}
 
 
-def _train_groups(data_dir: Path, resolution: int, batch_size: int, measured: dict) -> list[tuple]:
+def _train_groups(data_dir: Path, manifest, resolution: int, batch_size: int, measured: dict) -> list[tuple]:
     """Every training group as (merchant id, its candidates' ``ImageFeatures``, which were picked)."""
-    manifest = load_manifest(data_dir)
     if not manifest.splits.get("train", {}).get("groups"):
         return []
     groups = []
@@ -138,10 +137,11 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     merchants = read_merchants(data_dir)
     profiles = {merchant_id: row["features"] for merchant_id, row in merchants.items()}
     profile_tastes = _profile_tastes(profiles, drawn.get("taste", "colour"))
-    groups = _train_groups(data_dir, resolution, config.batch_size, measured)
+    manifest = load_manifest(data_dir)
+    groups = _train_groups(data_dir, manifest, resolution, config.batch_size, measured)
     posteriors = _posteriors(profiles, drawn, groups)
     ids = torch.tensor([row["feature_ids"] for row in merchants.values()])
-    psi = dict(zip(merchants, profile_onehot(ids, load_manifest(data_dir).vocab.cardinalities)))
+    psi = dict(zip(merchants, profile_onehot(ids, manifest.vocab.cardinalities)))
     eyes = _perfect_eyes(groups, psi)
     scorers = {
         "oracle": lambda merchant, features: utilities(truth[merchant], features),
