@@ -50,25 +50,27 @@ SPLITS = ("train", "test", "cold_start")
 
 
 @torch.no_grad()
-def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int, resolution: int) -> dict:
-    """Every group of ``split``: the model's scores [G, K], its embedding [G, K, P], the oracle's attributes
-    [G, K, A] (measured at the draw's ``resolution``), the profile ids [G, F], valid and picked [G, K],
-    merchant ids [G]."""
-    parts: dict[str, list] = {name: [] for name in ("scores", "embedding", "attributes", "features", "valid",
-                                                    "picked", "merchants")}
+def read_split(model: RewardModel, data_dir: Path, split: str, group_size: int, resolution: int,
+               with_attributes: bool = False) -> dict:
+    """Every group of ``split``: the model's scores [G, K], its embedding [G, K, P], the profile ids [G, F],
+    valid and picked [G, K], merchant ids [G]; ``with_attributes``, also the oracle's attributes [G, K, A]
+    (measured at the draw's ``resolution``: only the readout's training split needs them)."""
+    parts: dict[str, list] = {name: [] for name in ("scores", "embedding", "features", "valid", "picked",
+                                                    "merchants", *(["attributes"] if with_attributes else []))}
     for batch in EvalStream(StreamSpec(data_dir, split, 32, group_size, resolution)):
         flat = batch.valid.flatten()
         pixels = clip_pixels(batch.images.flatten(0, 1)[flat], model.module.image_size)
         unknown = torch.zeros(int(flat.sum()), batch.features.shape[1], dtype=torch.long)  # out-of-vocabulary ids
         embedding = torch.zeros(flat.numel(), model.module.config.clip_config["projection_dim"])
         embedding[flat] = model.module.image_embeddings(pixels, unknown)
-        seen = np.zeros((len(batch), group_size, len(ATTRIBUTES)), dtype=np.float32)
-        for g in range(len(batch)):
-            candidates = torch.nonzero(batch.valid[g]).flatten().tolist()
-            seen[g, candidates] = attributes(stack([measure(batch.images[g, k].numpy()) for k in candidates]))
+        if with_attributes:
+            seen = np.zeros((len(batch), group_size, len(ATTRIBUTES)), dtype=np.float32)
+            for g in range(len(batch)):
+                candidates = torch.nonzero(batch.valid[g]).flatten().tolist()
+                seen[g, candidates] = attributes(stack([measure(batch.images[g, k].numpy()) for k in candidates]))
+            parts["attributes"].append(torch.from_numpy(seen))
         parts["scores"].append(model.score(batch.prompts, batch.images, batch.features, batch.valid))
         parts["embedding"].append(embedding.view(len(batch), group_size, -1))
-        parts["attributes"].append(torch.from_numpy(seen))
         parts["features"].append(batch.features)
         parts["valid"].append(batch.valid)
         parts["picked"].append(batch.selected.bool())
@@ -86,18 +88,19 @@ def ladder(workspace: Path, run: Path, l2_profile: float, l2_personal: float) ->
     data_dir = workspace / "data"
     model = load_reward_model(run)
     group_size = load_manifest(data_dir).max_candidates
-    truth = read_truth(data_dir)
-    if truth is None:
+    drawn = read_truth(data_dir)
+    if drawn is None:
         raise SystemExit(f"{data_dir} holds real data: the ladder needs a synthetic draw's oracle")
-    resolution = int(truth.get("config", {}).get("resolution", 64))
-    splits = {name: read_split(model, data_dir, name, group_size, resolution) for name in SPLITS}
+    resolution = int(drawn.get("config", {}).get("resolution", 64))
+    splits = {name: read_split(model, data_dir, name, group_size, resolution, with_attributes=name == "train")
+              for name in SPLITS}
     train = splits["train"]
     embedded = train["embedding"][train["valid"]]
     mean, std = embedded.mean(0), embedded.std(0) + 1e-6
-    truth = train["attributes"][train["valid"]]
+    true = train["attributes"][train["valid"]]
     design = torch.cat([(embedded - mean) / std, torch.ones(len(embedded), 1)], dim=1)
-    readout = torch.linalg.solve(design.T @ design + torch.eye(design.shape[1]), design.T @ truth)  # ridge, λ 1
-    explained = 1 - ((design @ readout - truth).square().mean(0) / truth.var(0).clamp(min=1e-9))
+    readout = torch.linalg.solve(design.T @ design + torch.eye(design.shape[1]), design.T @ true)  # ridge, λ 1
+    explained = 1 - ((design @ readout - true).square().mean(0) / true.var(0).clamp(min=1e-9))
 
     def embedding(split: dict) -> torch.Tensor:
         return (split["embedding"] - mean) / std * split["valid"][..., None]
@@ -130,7 +133,6 @@ def main() -> None:
     parser.add_argument("--l2-profile", type=float, default=L2_PROFILE, help="L2 on the profile part (rungs 1-2)")
     parser.add_argument("--l2-personal", type=float, default=L2_PERSONAL, help="L2 on the personal part (rungs 1-2)")
     args = parser.parse_args()
-    torch.manual_seed(0)
     rows, explained = ladder(args.workspace, args.run, args.l2_profile, args.l2_personal)
     oracle = rows[-1][1:]
     print("| rung | test GAUC | / oracle | cold-start GAUC | / oracle |\n|---|---|---|---|---|")
