@@ -17,13 +17,14 @@
   learns from these records. It has to learn the profile's part from the merchants, which the records
   ceiling is given; so it is the bar for a model that reads pixels.
 
-All four read the candidates' pixels at the marketplace's own resolution, through the same stream and
-metrics as the reward model, so an RM's GAUC reads as a share of the achievable; each candidate is
-measured once for all.
+All five read the candidates' pixels at the marketplace's own resolution, through the same stream and
+metrics as the reward model, so an RM's GAUC reads as a share of the achievable. Each split they need
+(the training split, the evaluated one) is streamed once and each candidate measured once, for all five.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from perfusion_cli.config import EvalRMConfig
-from perfusion_cli.data.loader import EvalStream, GroupBatch, StreamSpec
+from perfusion_cli.data.loader import EvalStream, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
 from perfusion_cli.data.oracle import ImageFeatures, Taste, measure, stack, utilities
@@ -39,7 +40,7 @@ from perfusion_cli.data.synthetic import load_truth, profile_taste, read_truth
 from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 from perfusion_cli.evaluation.taste_learner import LearnedTaste, fit_taste, profile_onehot
 from perfusion_cli.evaluation.taste_posterior import TastePosterior
-from perfusion_cli.ranking import ranking_metrics, score_groups
+from perfusion_cli.ranking import RankingScores, ranking_metrics
 
 
 MEANING = {
@@ -54,27 +55,40 @@ MEANING = {
 }
 
 
-def _measure(measured: dict, batch: GroupBatch, g: int) -> ImageFeatures:
-    """Group ``g``'s candidates as ``oracle.measure`` reads them ([K] arrays), each measured once."""
-    features = []
-    for k in torch.nonzero(batch.valid[g].cpu()).flatten().tolist():
-        key = (batch.session_ids[g], k)
-        if key not in measured:
-            measured[key] = measure(batch.images[g, k].cpu().numpy())
-        features.append(measured[key])
-    return stack(features)
+@dataclass
+class MeasuredGroup:
+    """One group of a split as the oracle reads it: its candidates' ``ImageFeatures`` ([K] arrays, valid
+    candidates only) and which of them were picked."""
+
+    session_id: str
+    merchant_id: str
+    features: ImageFeatures
+    selected: np.ndarray  # [K] bool
 
 
-def _scorer(score_group: Callable[[str, ImageFeatures], np.ndarray], measured: dict):
-    """A ``score_groups`` scorer from a function of (merchant id, the group's features) → [K] scores."""
-    def score(batch: GroupBatch) -> torch.Tensor:
-        scores = torch.zeros(batch.valid.shape)
+def _measured_groups(data_dir: Path, manifest, split: str, resolution: int, batch_size: int) -> list[MeasuredGroup]:
+    """Every group of ``split``, each candidate decoded and measured once (one pass over the shards)."""
+    if not manifest.splits.get(split, {}).get("groups"):
+        return []
+    groups = []
+    for batch in EvalStream(StreamSpec(Path(data_dir), split, batch_size, manifest.max_candidates, resolution)):
         for g in range(len(batch)):
-            values = score_group(batch.merchant_ids[g], _measure(measured, batch, g))
-            scores[g, batch.valid[g].cpu()] = torch.as_tensor(values, dtype=torch.float32)
-        return scores
+            candidates = torch.nonzero(batch.valid[g]).flatten().tolist()
+            features = stack([measure(batch.images[g, k].numpy()) for k in candidates])
+            groups.append(MeasuredGroup(batch.session_ids[g], batch.merchant_ids[g], features,
+                                        batch.selected[g][batch.valid[g]].numpy().astype(bool)))
+    return groups
 
-    return score
+
+def _ranking(groups: list[MeasuredGroup], score_group: Callable[[str, ImageFeatures], np.ndarray]) -> RankingScores:
+    """A scorer of (merchant id, a group's features) → [K] scores over every group, as ``score_groups``
+    collects a reward model's."""
+    sizes = [len(group.selected) for group in groups]
+    scores = [np.asarray(score_group(group.merchant_id, group.features), dtype=np.float32) for group in groups]
+    return RankingScores(np.concatenate(scores) if scores else np.zeros(0),
+                         np.concatenate([group.selected for group in groups]) if groups else np.zeros(0, bool),
+                         [group.session_id for group, n in zip(groups, sizes) for _ in range(n)],
+                         [group.merchant_id for group, n in zip(groups, sizes) for _ in range(n)])
 
 
 def _profile_tastes(profiles: dict[str, dict], mix: str) -> dict[str, Taste]:
@@ -84,42 +98,30 @@ def _profile_tastes(profiles: dict[str, dict], mix: str) -> dict[str, Taste]:
             for merchant_id, profile in profiles.items()}
 
 
-def _train_groups(data_dir: Path, manifest, resolution: int, batch_size: int, measured: dict) -> list[tuple]:
-    """Every training group as (merchant id, its candidates' ``ImageFeatures``, which were picked)."""
-    if not manifest.splits.get("train", {}).get("groups"):
-        return []
-    groups = []
-    spec = StreamSpec(Path(data_dir), "train", batch_size, manifest.max_candidates, resolution)
-    for batch in EvalStream(spec):
-        for g in range(len(batch)):
-            selected = batch.selected[g][batch.valid[g]].cpu().numpy()
-            groups.append((batch.merchant_ids[g], _measure(measured, batch, g), selected))
-    return groups
-
-
-def _posteriors(profiles: dict[str, dict], drawn: dict, groups: list[tuple]) -> dict[str, TastePosterior]:
+def _posteriors(profiles: dict[str, dict], drawn: dict, groups: list[MeasuredGroup]) -> dict[str, TastePosterior]:
     """Every prepared merchant's ``TastePosterior`` after its training sessions (none: the prior)."""
     mix, noise = drawn.get("taste", "colour"), max(float(drawn.get("noise", 0.3)), 1e-3)  # noise 0: near-exact picks
     posteriors = {merchant_id: TastePosterior(merchant_id, profile, mix, noise)
                   for merchant_id, profile in profiles.items()}
-    for merchant_id, features, selected in groups:
-        posteriors[merchant_id].observe(features, selected)
+    for group in groups:
+        posteriors[group.merchant_id].observe(group.features, group.selected)
     return posteriors
 
 
-def _perfect_eyes(groups: list[tuple], profile_ids: dict[str, torch.Tensor]) -> LearnedTaste | None:
+def _perfect_eyes(groups: list[MeasuredGroup], profile_ids: dict[str, torch.Tensor]) -> LearnedTaste | None:
     """The taste learned from the training groups over the oracle's attributes; None without training."""
     if not groups:
         return None
-    size = max(len(selected) for _, _, selected in groups)
+    size = max(len(group.selected) for group in groups)
     image = torch.zeros(len(groups), size, len(ATTRIBUTES))
     picked = torch.zeros(len(groups), size, dtype=torch.bool)
     valid = torch.zeros(len(groups), size, dtype=torch.bool)
-    for g, (_, features, selected) in enumerate(groups):
-        image[g, :len(selected)] = torch.from_numpy(attributes(features))
-        picked[g, :len(selected)] = torch.from_numpy(selected)
-        valid[g, :len(selected)] = True
-    merchants = [merchant_id for merchant_id, _, _ in groups]
+    for g, group in enumerate(groups):
+        size = len(group.selected)
+        image[g, :size] = torch.from_numpy(attributes(group.features))
+        picked[g, :size] = torch.from_numpy(group.selected)
+        valid[g, :size] = True
+    merchants = [group.merchant_id for group in groups]
     return fit_taste(image, torch.stack([profile_ids[m] for m in merchants]), merchants, picked, valid)
 
 
@@ -132,13 +134,14 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
         return []
     drawn = read_truth(data_dir).get("config", {})
     resolution = int(drawn.get("resolution", 64))
-    measured: dict = {}
     population = list(truth.values())
     merchants = read_merchants(data_dir)
     profiles = {merchant_id: row["features"] for merchant_id, row in merchants.items()}
     profile_tastes = _profile_tastes(profiles, drawn.get("taste", "colour"))
     manifest = load_manifest(data_dir)
-    groups = _train_groups(data_dir, manifest, resolution, config.batch_size, measured)
+    groups = _measured_groups(data_dir, manifest, "train", resolution, config.batch_size)
+    evaluated = groups if config.split == "train" else _measured_groups(data_dir, manifest, config.split, resolution,
+                                                                         config.batch_size)
     posteriors = _posteriors(profiles, drawn, groups)
     ids = torch.tensor([row["feature_ids"] for row in merchants.values()])
     psi = dict(zip(merchants, profile_onehot(ids, manifest.vocab.cardinalities)))
@@ -153,9 +156,5 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     if eyes is not None:
         scorers["perfect eyes"] = lambda merchant, features: eyes.scores(
             torch.from_numpy(attributes(features))[None], psi[merchant][None], [merchant])[0].numpy()
-    rows = []
-    for name, score_group in scorers.items():
-        scores = score_groups(_scorer(score_group, measured), data_dir, config.split, resolution,
-                              batch_size=config.batch_size)
-        rows.append({"model": name, "split": config.split, **ranking_metrics(scores, per_merchant=True)})
-    return rows
+    return [{"model": name, "split": config.split, **ranking_metrics(_ranking(evaluated, score_group), per_merchant=True)}
+            for name, score_group in scorers.items()]
