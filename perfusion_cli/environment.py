@@ -1,7 +1,8 @@
 """The machine: library versions and hardware (for bug reports and benchmark records), device choice.
 
-``describe()`` reads versions from package metadata and GPUs from ``nvidia-smi``, so ``perfusion env``
-answers without importing torch; ``describe(torch_runtime=True)`` adds what torch itself sees.
+``describe()`` reads versions from package metadata, GPUs from ``nvidia-smi`` and the code's own git
+commit (``code_revision``), so ``perfusion env`` answers without importing torch;
+``describe(torch_runtime=True)`` adds what torch itself sees. Every run's ``run.json`` keeps it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 from perfusion_cli import __version__
 from perfusion_cli.errors import ConfigError
@@ -45,8 +47,27 @@ def gpus() -> str:
     return "; ".join(listed.splitlines()) or "none"
 
 
+def code_revision() -> str:
+    """The commit of the git checkout this package runs from, ``+dirty`` when tracked files differ from it
+    (untracked ones are not looked at); ``not a git checkout`` for an installed wheel. Two runs with the same
+    clean revision ran the same code."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # a folder, or a file in a worktree
+        return "not a git checkout"
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git failed)"
+    if head.returncode or changed.returncode:
+        return "unknown (git failed)"
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
 def describe(torch_runtime: bool = False) -> dict[str, str]:
-    info = {"perfusion": __version__, "python": platform.python_version(), "platform": platform.platform(),
+    info = {"perfusion": __version__, "perfusion code": code_revision(), "python": platform.python_version(), "platform": platform.platform(),
             "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "gpus": gpus()}
     for package in PACKAGES:
         try:

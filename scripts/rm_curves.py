@@ -14,7 +14,8 @@ image attributes), the profile taste's (the merchant's profile alone: the cold-s
 and the population taste's; each share with its 95 % interval (merchants resampled, paired).
 Prints two markdown tables: against sessions per merchant (taste "mixed"), and against the taste mix
 (at --taste-sessions sessions). Models an earlier call trained are only evaluated again (--fresh
-retrains them). Raw results stay as JSON in the workspace.
+retrains them), and only when they were trained by the code running now (the same clean git commit,
+from their run.json; any other is retrained). Raw results stay as JSON in the workspace.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tables import run
+from tables import run, trained_by_this_code
 
 
 def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recipe: str,
@@ -38,8 +39,8 @@ def draw(root: Path, taste: str, sessions: int, merchants: int, seed: str, recip
             "--merchants", str(merchants), "--seed", seed, "--recipe", recipe, *floor)
     result = {}
     for name, flags in (("perfusionrm", []), ("no_plugin", ["--no-plugin"])):
-        if (workdir / "runs" / name / "model").is_dir() and not fresh:
-            continue  # trained by an earlier call: only evaluate again
+        if trained_by_this_code(workdir / "runs" / name) and not fresh:
+            continue  # trained by an earlier call of this code: only evaluate again
         run(workdir, "train-rm", "--recipe", recipe, "--out", f"runs/{name}", "--overwrite", *flags, *train_flags)
     for split in ("test", "cold_start"):
         report = workdir / f"eval-{split}.json"

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from perfusion_cli.environment import code_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 PERFUSION = [sys.executable, "-m", "perfusion_cli"]
 
@@ -23,6 +25,16 @@ def run(workdir: Path, *args: str, quiet: bool = True) -> float:
 
 def read(workdir: Path, name: str) -> dict:
     return json.loads((workdir / name).read_text())
+
+
+def trained_by_this_code(run_dir: Path) -> bool:
+    """Was the run in ``run_dir`` trained by the code running now (the same clean git commit, from its
+    run.json)? A table that reuses a run from another commit would print numbers today's code does not give."""
+    summary = run_dir / "run.json"
+    if not summary.is_file():
+        return False
+    revision = json.loads(summary.read_text()).get("machine", {}).get("perfusion code", "")
+    return revision == code_revision() and len(revision) == 40  # a bare commit: not dirty, not unknown
 
 
 def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:

@@ -33,6 +33,7 @@ from torch import nn
 
 from perfusion_cli import __version__
 from perfusion_cli.config import TrainLoopConfig
+from perfusion_cli.environment import describe
 from perfusion_cli.data.loader import GroupBatch, StreamSpec, train_batches
 from perfusion_cli.data.manifest import Manifest
 from perfusion_cli.errors import CheckpointError, ConfigError, PerfusionError, TrainingError
@@ -269,7 +270,8 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
     summary = {**meta, "version": __version__, "steps": config.max_steps, "resumed_from": start or None,
                "seconds": round(time.perf_counter() - started, 2), "final": {**row, **evaluation},
                "batches_per_process": counts, "processes": accelerator.num_processes,
-               "warnings": watch.total, "data": {**meta.get("data", {}), **data_identity(manifest)}}
+               "warnings": watch.total, "data": {**meta.get("data", {}), **data_identity(manifest)},
+               "machine": describe()}  # the code's commit and the libraries' versions: what made these weights
     if main:
         task.save_final(folder.current.model)
         atomic_write_json(folder.current.run_file, summary)

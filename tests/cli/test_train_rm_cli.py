@@ -1,11 +1,13 @@
 """``perfusion train-rm`` and ``perfusion eval rm`` through the CLI, in a workspace."""
 
+import importlib.metadata
 import json
 import shutil
 
 from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
+from perfusion_cli.environment import code_revision
 from tests.helpers import tiny_recipe, write_recipe
 
 runner = CliRunner()
@@ -23,7 +25,11 @@ def test_train_rm_then_eval_rm_with_workspace_defaults(tmp_path, market):
     result = runner.invoke(app, ["--workdir", str(ws), "train-rm"])
     assert result.exit_code == 0, result.output
     assert json.loads((ws / "runs" / "rm" / "model" / "config.json").read_text())["_class_name"] == "PerFusionRM"
-    assert json.loads((ws / "runs" / "rm" / "run.json").read_text())["steps"] == 2
+    summary = json.loads((ws / "runs" / "rm" / "run.json").read_text())
+    assert summary["steps"] == 2
+    # what made the weights: the code's commit and the libraries' versions
+    assert summary["machine"]["perfusion code"] == code_revision()
+    assert summary["machine"]["torch"] == importlib.metadata.version("torch")
     rows = [json.loads(line) for line in (ws / "runs" / "rm" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in rows if "loss" in row]
     assert [row["step"] for row in train_rows] == [1, 2], "every step is logged"
