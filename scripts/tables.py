@@ -4,6 +4,7 @@ generator table in docs/benchmarks.md shows (read from `eval gen --json`)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def trained_by_this_code(run_dir: Path) -> bool:
     if not summary.is_file():
         return False
     revision = json.loads(summary.read_text()).get("machine", {}).get("perfusion code", "")
-    return revision == code_revision() and len(revision) == 40  # a bare commit: not dirty, not unknown
+    return revision == code_revision() and re.fullmatch("[0-9a-f]{40}|[0-9a-f]{64}", revision) is not None  # clean
 
 
 def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
