@@ -67,8 +67,8 @@ def code_revision() -> str:
 
 
 def describe(torch_runtime: bool = False) -> dict[str, str]:
-    info = {"perfusion": __version__, "perfusion code": code_revision(), "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "gpus": gpus()}
+    info = {"perfusion": __version__, "perfusion code": code_revision(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpu": cpu_model(), "cpu cores": str(os.cpu_count()), "gpus": gpus()}
     for package in PACKAGES:
         try:
             info[package] = importlib.metadata.version(package)

@@ -117,10 +117,10 @@ def _perfect_eyes(groups: list[MeasuredGroup], profile_ids: dict[str, torch.Tens
     picked = torch.zeros(len(groups), size, dtype=torch.bool)
     valid = torch.zeros(len(groups), size, dtype=torch.bool)
     for g, group in enumerate(groups):
-        size = len(group.selected)
-        image[g, :size] = torch.from_numpy(attributes(group.features))
-        picked[g, :size] = torch.from_numpy(group.selected)
-        valid[g, :size] = True
+        candidates = len(group.selected)
+        image[g, :candidates] = torch.from_numpy(attributes(group.features))
+        picked[g, :candidates] = torch.from_numpy(group.selected)
+        valid[g, :candidates] = True
     merchants = [group.merchant_id for group in groups]
     return fit_taste(image, torch.stack([profile_ids[m] for m in merchants]), merchants, picked, valid)
 
@@ -156,5 +156,6 @@ def ceilings(data_dir: Path, config: EvalRMConfig) -> list[dict]:
     if eyes is not None:
         scorers["perfect eyes"] = lambda merchant, features: eyes.scores(
             torch.from_numpy(attributes(features))[None], psi[merchant][None], [merchant])[0].numpy()
-    return [{"model": name, "split": config.split, **ranking_metrics(_ranking(evaluated, score_group), per_merchant=True)}
+    return [{"model": name, "split": config.split,
+             **ranking_metrics(_ranking(evaluated, score_group), per_merchant=True)}
             for name, score_group in scorers.items()]
