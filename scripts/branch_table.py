@@ -10,8 +10,10 @@ same seeds), `bench` (CPU seconds per image, base and personalized in one run, a
 setting) and `bench --plan --recipe sd15-industrial --branch KIND` (GFLOPs per image and peak memory at
 SD 1.5 512²). Reuse settings are evaluated on the residual kinds (controlnet, xs): the adapter's tokens
 act inside every U-Net call, so reusing them saves nothing. Prints one markdown table; every raw
-result stays as JSON in the workspace; a kind whose bench JSON is already there (or a reuse setting
-whose eval JSON is) is not re-run, so an interrupted table resumes (`--fresh` re-measures).
+result stays as JSON in the workspace. A run trained by the code running now (the same clean commit,
+from its run.json) is not trained again, nor a result measured on it re-measured, so an interrupted table
+resumes; anything from other code is measured again (`--fresh` re-measures everything). The plans are
+counted every time (17 s each).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tables import HEADER, quality_cells, read, run, workspace
+from tables import HEADER, measured_by_this_code, quality_cells, read, run, trained_by_this_code, workspace
 
 KINDS = ("controlnet", "xs", "adapter")
 # bench's names for the reuse settings (perfusion_cli.bench.CHEAP) → (--branch-every, --branch-until)
@@ -29,9 +31,8 @@ REUSED_KINDS = ("controlnet", "xs")
 
 def plan(workdir: Path, kind: str, every: int, until: float) -> dict:
     name = f"plan-{kind}-{every}-{until}.json"
-    if not (workdir / name).is_file():
-        run(workdir, "bench", "--plan", "--recipe", "sd15-industrial", "--branch", kind, "--branch-every", str(every),
-            "--branch-until", str(until), "--json", name)
+    run(workdir, "bench", "--plan", "--recipe", "sd15-industrial", "--branch", kind, "--branch-every", str(every),
+        "--branch-until", str(until), "--json", name)
     jobs = {job["job"]: job for job in read(workdir, name)["jobs"]}
     return {"base": jobs["generate (base)"], "perfusion": jobs["generate (PerFusion)"], "train": jobs["train-gen"]}
 
@@ -53,16 +54,19 @@ def main() -> None:
     recipe = ["--recipe", args.recipe]
     if not (workdir / "data" / "manifest.json").is_file():
         run(workdir, "prepare", "--synthetic", *recipe)
-    if not (workdir / "runs" / "rm" / "run.json").is_file():
+    reward = workdir / "runs" / "rm"
+    if not trained_by_this_code(reward):
         run(workdir, "train-rm", *recipe, "--overwrite")
     print(f"\n| branch (reuse) | {HEADER} | CPU s/image, tiny (× base) | trainable at SD 1.5 | "
           "SD 1.5 TFLOPs/image (× base) | SD 1.5 peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in KINDS:
         out = f"runs/gen-{kind}"
-        if not (workdir / f"bench-{kind}.json").is_file():
+        if not trained_by_this_code(workdir / out):
             run(workdir, "train-gen", *recipe, "--group-size", "5", "--branch", kind, "--out", out, "--overwrite")
+        if not measured_by_this_code(workdir / f"eval-{kind}.json", workdir / out, reward):
             run(workdir, "eval", "gen", *recipe, "--model", out, "--json", f"eval-{kind}.json")
+        if not measured_by_this_code(workdir / f"bench-{kind}.json", workdir / out):
             run(workdir, "bench", *recipe, "--model", out, "--json", f"bench-{kind}.json")
         seconds = read(workdir / out, "run.json")["seconds"]
         bench = read(workdir, f"bench-{kind}.json")
@@ -73,7 +77,7 @@ def main() -> None:
             continue
         for name, (every, until) in REUSE.items():
             report = f"eval-{kind}-{every}-{until}.json"
-            if not (workdir / report).is_file():
+            if not measured_by_this_code(workdir / report, workdir / out, reward):
                 run(workdir, "eval", "gen", *recipe, "--model", out, "--branch-every", str(every), "--branch-until",
                     str(until), "--json", report)
             cheap = bench["branch_reuse"]

@@ -9,9 +9,9 @@ marketplace). By default this prepares another draw (the studio renderer, seed 5
 textures and canvas, candidates the tiny base does not draw), trains a reward model for the
 PerFusionRM column, then for every variant runs `train-gen` with the tiny recipe plus the variant's
 flags and `eval gen` on 48 held-out pairs (with a montage report), and prints one markdown row per
-variant. Every raw result stays as JSON in the workspace; a variant whose `eval-<name>.json` is
-already there is not re-run (its train time is read from its run.json), so an interrupted table
-resumes; `--fresh` re-measures everything.
+variant. Every raw result stays as JSON in the workspace. A run trained by the code running now (the
+same clean commit, from its run.json) is not trained again, nor its `eval-<name>.json` re-measured, so an
+interrupted table resumes; anything from other code is measured again (`--fresh` re-measures everything).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import argparse
 import re
 from pathlib import Path
 
-from tables import HEADER, quality_cells, read, run, workspace
+from tables import HEADER, measured_by_this_code, quality_cells, read, run, trained_by_this_code, workspace
 
 # the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
 CONTROLNET_4 = ["--branch", "controlnet", "--batch-size", "4", "--kl-weight", "0"]
@@ -73,7 +73,8 @@ def main() -> None:
     workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
     if not (workdir / "data" / "manifest.json").is_file():
         run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
-    if not (workdir / "runs" / "rm" / "run.json").is_file():
+    reward = workdir / "runs" / "rm"
+    if not trained_by_this_code(reward):
         run(workdir, "train-rm", "--overwrite")
     print(f"\nmarketplace: style {args.style}, taste {args.taste}, seed {args.seed}\n")
     print(f"| variant | {HEADER} | train |")
@@ -82,8 +83,9 @@ def main() -> None:
         if args.variant and name not in args.variant and slug(name) not in args.variant:
             continue
         out, report = f"runs/gen-{slug(name)}", f"eval-{slug(name)}.json"
-        if not (workdir / report).is_file():
+        if not trained_by_this_code(workdir / out):
             run(workdir, "train-gen", "--group-size", "5", "--out", out, "--overwrite", *flags)
+        if not measured_by_this_code(workdir / report, workdir / out, reward):
             run(workdir, "eval", "gen", "--model", out, "--json", report, "--report", f"outputs/report-{slug(name)}")
         print(row(name, read(workdir / out, "run.json")["seconds"], read(workdir, report)), flush=True)
 

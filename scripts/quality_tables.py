@@ -14,7 +14,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from tables import HEADER, quality_cells, read, workspace
+from tables import HEADER, quality_cells, read, trained_by_this_code, workspace
 from tables import run as run_quietly
 
 run = partial(run_quietly, quiet=False)  # each command's tables are part of this script's output
@@ -77,7 +77,7 @@ def main() -> None:
     if args.part in ("rm", "all"):
         reward_part(workdir)
     if args.part in ("gen", "all"):
-        if not (workdir / "runs" / "rm" / "run.json").is_file():
+        if not trained_by_this_code(workdir / "runs" / "rm"):  # --part gen alone: the RM wins column's model
             run(workdir, "train-rm", "--overwrite")
         generator_part(workdir)
 

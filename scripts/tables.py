@@ -38,6 +38,13 @@ def trained_by_this_code(run_dir: Path) -> bool:
     return revision == code_revision() and re.fullmatch("[0-9a-f]{40}|[0-9a-f]{64}", revision) is not None  # clean
 
 
+def measured_by_this_code(result: Path, *run_dirs: Path) -> bool:
+    """May a table reuse the result JSON ``result`` of the runs in ``run_dirs``: every run trained by the code
+    running now, and the result written after each of them? Anything else is measured again."""
+    return (result.is_file() and all(trained_by_this_code(run_dir) for run_dir in run_dirs)
+            and all(result.stat().st_mtime >= (run_dir / "run.json").stat().st_mtime for run_dir in run_dirs))
+
+
 def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
     """The resolved workspace, emptied first when ``fresh``; with ``tiny_recipe``, the shipped tiny recipe
     as its defaults (perfusion.toml)."""
