@@ -3,17 +3,16 @@ on one marketplace with one training budget and the same seeds (docs/benchmarks.
 
     .venv/bin/python scripts/branch_table.py [--workdir /tmp/branches] [--fresh] [--recipe tiny-cpu]
 
-In one workspace (the recipe's synthetic marketplace; the draw the recipes are tuned on): prepare,
-train-rm (for the PerFusionRM column), then for every branch kind `train-gen --branch KIND` with the
-recipe's budget, `eval gen` (oracle, PerFusionRM, CLIP score, FID, integrity against the base from the
-same seeds), `bench` (CPU seconds per image, base and personalized in one run, and every reuse
-setting) and `bench --plan --recipe sd15-industrial --branch KIND` (GFLOPs per image and peak memory at
-SD 1.5 512²). Reuse settings are evaluated on the residual kinds (controlnet, xs): the adapter's tokens
-act inside every U-Net call, so reusing them saves nothing. Prints one markdown table; every raw
-result stays as JSON in the workspace. A run trained by the code running now (the same clean commit,
-from its run.json) is not trained again, nor a result measured on it re-measured, so an interrupted table
-resumes; anything from other code is measured again (`--fresh` re-measures everything). The plans are
-counted every time (17 s each).
+In one workspace (the recipe's synthetic marketplace; the draw the recipes are tuned on): prepare, train-rm
+(for the PerFusionRM column), then for every branch kind `train-gen --branch KIND` with the recipe's budget,
+`eval gen` (oracle, PerFusionRM, CLIP score, FID, integrity against the base from the same seeds), `bench`
+(CPU seconds per image, base and personalized in one run, and every reuse setting) and `bench --plan --recipe
+sd15-industrial --branch KIND` (GFLOPs per image and peak memory at SD 1.5 512²). Reuse settings are evaluated
+on the residual kinds (controlnet, xs): the adapter's tokens act inside every U-Net call, so reusing them
+saves nothing. Prints one markdown table; every raw result stays as JSON in the workspace. A run trained by
+the code running now (its run.json's clean commit holds this working tree's perfusion_cli/ and recipes/) is
+not trained again, nor a result measured on it re-measured, so an interrupted table resumes; anything from
+other code is measured again (`--fresh` re-measures everything). The plans are counted every time (17 s each).
 """
 
 from __future__ import annotations

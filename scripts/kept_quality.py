@@ -4,14 +4,14 @@ on a marketplace drawn differently from the one the tiny recipe was tuned on (do
     .venv/bin/python scripts/kept_quality.py [--workdir /tmp/kept] [--style studio] [--seed 5] [--fresh]
         [--variant NAME ...]
 
-The tiny recipe was tuned on the catalogue draw (`--style catalogue --seed 0`, the recipe's own
-marketplace). By default this prepares another draw (the studio renderer, seed 5: other silhouettes,
-textures and canvas, candidates the tiny base does not draw), trains a reward model for the
-PerFusionRM column, then for every variant runs `train-gen` with the tiny recipe plus the variant's
-flags and `eval gen` on 48 held-out pairs (with a montage report), and prints one markdown row per
-variant. Every raw result stays as JSON in the workspace. A run trained by the code running now (the
-same clean commit, from its run.json) is not trained again, nor its `eval-<name>.json` re-measured, so an
-interrupted table resumes; anything from other code is measured again (`--fresh` re-measures everything).
+The tiny recipe was tuned on the catalogue draw (`--style catalogue --seed 0`, the recipe's own marketplace).
+By default this prepares another draw (the studio renderer, seed 5: other silhouettes, textures and canvas,
+candidates the tiny base does not draw), trains a reward model for the PerFusionRM column, then for every
+variant runs `train-gen` with the tiny recipe plus the variant's flags and `eval gen` on 48 held-out pairs
+(with a montage report), and prints one markdown row per variant. Every raw result stays as JSON in the
+workspace. A run trained by the code running now (its run.json's clean commit holds this working tree's
+perfusion_cli/ and recipes/) is not trained again, nor its `eval-<name>.json` re-measured, so an interrupted
+table resumes; anything from other code is measured again (`--fresh` re-measures everything).
 """
 
 from __future__ import annotations

@@ -4,18 +4,18 @@
         [--merchants 160] [--sessions 5 10 20 40] [--tastes colour mixed subtle] [--taste-sessions 12]
         [--train-flag=--max-steps=800]
 
-For every draw (a taste mix and a number of sessions per merchant) it prepares a fresh synthetic
-marketplace, trains PerFusionRM and the same CLIP without plug-ins (`--no-plugin`) with the recipe,
-and evaluates both on the test split (known merchants, later sessions) and the cold-start split
-(merchants never trained on), beside the oracle's own GAUC (the ceiling the pick noise allows), the
-records ceiling's (the merchant's profile and training picks with everything else known: the best a
-model can do with its data), perfect eyes' (a taste learned from the same picks over the oracle's own
-image attributes), the profile taste's (the merchant's profile alone: the cold-start ceiling)
-and the population taste's; each share with its 95 % interval (merchants resampled, paired).
-Prints two markdown tables: against sessions per merchant (taste "mixed"), and against the taste mix
-(at --taste-sessions sessions). Models an earlier call trained are only evaluated again (--fresh
-retrains them), and only when they were trained by the code running now (the same clean git commit,
-from their run.json; any other is retrained). Raw results stay as JSON in the workspace.
+For every draw (a taste mix and a number of sessions per merchant) it prepares a fresh synthetic marketplace,
+trains PerFusionRM and the same CLIP without plug-ins (`--no-plugin`) with the recipe, and evaluates both on
+the test split (known merchants, later sessions) and the cold-start split (merchants never trained on), beside
+the oracle's own GAUC (the ceiling the pick noise allows), the records ceiling's (the merchant's profile and
+training picks with everything else known: the best a model can do with its data), perfect eyes' (a taste
+learned from the same picks over the oracle's own image attributes), the profile taste's (the merchant's
+profile alone: the cold-start ceiling) and the population taste's; each share with its 95 % interval
+(merchants resampled, paired). Prints two markdown tables: against sessions per merchant (taste "mixed"), and
+against the taste mix (at --taste-sessions sessions). Models an earlier call trained are only evaluated again
+(--fresh retrains them), and only when they were trained by the code running now (their run.json's clean git
+commit holds this working tree's perfusion_cli/ and recipes/; any other is retrained). Raw results stay as
+JSON in the workspace.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from perfusion_cli.environment import code_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 PERFUSION = [sys.executable, "-m", "perfusion_cli"]
@@ -28,14 +27,23 @@ def read(workdir: Path, name: str) -> dict:
     return json.loads((workdir / name).read_text())
 
 
+CODE = ("perfusion_cli", "recipes")  # what a run's numbers depend on; docs and scripts do not
+
+
 def trained_by_this_code(run_dir: Path) -> bool:
-    """Was the run in ``run_dir`` trained by the code running now (the same clean git commit, from its
-    run.json)? A table that reuses a run from another commit would print numbers today's code does not give."""
+    """Was the run in ``run_dir`` trained by the code here: from a clean commit (its run.json) whose package and
+    recipes are this working tree's, committed or not? A table that reuses a run trained by other code would print
+    numbers today's code does not give; a commit that changes only docs or scripts leaves the runs current."""
     summary = run_dir / "run.json"
     if not summary.is_file():
         return False
     revision = json.loads(summary.read_text()).get("machine", {}).get("perfusion code", "")
-    return revision == code_revision() and re.fullmatch("[0-9a-f]{40}|[0-9a-f]{64}", revision) is not None  # clean
+    if re.fullmatch("[0-9a-f]{40}|[0-9a-f]{64}", revision) is None:  # +dirty, no checkout, or no record
+        return False
+    changed = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", revision, "--", *CODE], capture_output=True)
+    added = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--others", "--exclude-standard", "--", *CODE],
+                           capture_output=True, text=True)
+    return changed.returncode == 0 and added.returncode == 0 and not added.stdout.strip()
 
 
 def measured_by_this_code(result: Path, *run_dirs: Path) -> bool:
