@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 PERFUSION = [sys.executable, "-m", "perfusion_cli"]
 
@@ -49,8 +48,9 @@ def trained_by_this_code(run_dir: Path) -> bool:
 def measured_by_this_code(result: Path, *run_dirs: Path) -> bool:
     """May a table reuse the result JSON ``result`` of the runs in ``run_dirs``: every run trained by the code
     running now, and the result written after each of them? Anything else is measured again."""
-    return (result.is_file() and all(trained_by_this_code(run_dir) for run_dir in run_dirs)
-            and all(result.stat().st_mtime >= (run_dir / "run.json").stat().st_mtime for run_dir in run_dirs))
+    return result.is_file() and all(trained_by_this_code(run_dir)
+                                    and result.stat().st_mtime >= (run_dir / "run.json").stat().st_mtime
+                                    for run_dir in run_dirs)
 
 
 def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
