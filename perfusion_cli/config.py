@@ -68,6 +68,9 @@ class PrepareConfig:
     # An image is resized so its short side is the training resolution and centre-cropped; a very long
     # thin image would first be blown up to (resolution × resolution·aspect) pixels. Refuse it at prepare.
     max_aspect_ratio: float = bounded(8.0, ge=1)
+    # What transparency (cut-out product PNGs, WebP alpha) is painted on when an image is stored: white, black
+    # or #rrggbb. Images are stored as a browser shows them (orientation applied, 8-bit sRGB, no metadata).
+    background: str = "white"
 
 
 @dataclass

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from perfusion_cli.data import records as R
+from perfusion_cli.data.decode import shard_image
 from perfusion_cli.data.images import ImageLimits, ImageProblem, check_image_bytes
 from perfusion_cli.data.storage import LocalFolder, RemoteFolder
 from perfusion_cli.errors import DataError
@@ -162,12 +163,13 @@ class ImageChecks:
         self._verdicts[relative] = verdict
 
     def read(self, relative: str) -> tuple[str, bytes]:
-        """(extension, bytes) of an image pass one accepted; ImageProblem when the file has changed since."""
+        """(extension, bytes) to store of an image pass one accepted (``decode.shard_image``: as a browser shows
+        it, metadata gone); ImageProblem when the file has changed since."""
         kind, *rest = self._verdicts.get(relative) or ("unchecked",)
         data = self.folder.image(relative, self.limits) if kind == "ok" else b""
         if kind != "ok" or hashlib.sha256(data).hexdigest() != rest[1]:
             raise ImageProblem(R.IMAGE_CORRUPT, f"image {relative!r} is not the file pass one checked")
-        return rest[0], data
+        return shard_image(data, self.limits.background)
 
     def end_scan(self) -> None:
         """Pass one is done: the pool (if one started) stays for pass two's shard writing, and the verdicts."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from perfusion_cli.data import records as R
+from perfusion_cli.data.decode import WHITE
 from perfusion_cli.data.records import RowError
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -19,9 +20,12 @@ EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": 
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What an input image may be, and the background its transparency is composited on when stored."""
+
     max_pixels: int
     max_bytes: int
     max_aspect_ratio: float = 8.0
+    background: tuple[int, int, int] = WHITE
 
 
 class ImageProblem(RowError):

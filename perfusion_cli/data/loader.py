@@ -13,7 +13,6 @@ Decoding (PNG → tensor) runs in DataLoader workers when ``num_workers`` > 0.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass, fields
@@ -28,6 +27,7 @@ from PIL import Image
 from safetensors.torch import load
 from torch.utils.data import DataLoader
 
+from perfusion_cli.data.decode import WHITE, decode
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.shards import candidate_images
 from perfusion_cli.errors import DataError
@@ -78,20 +78,20 @@ class StreamSpec:
     stored_latents: bool = False  # read each sample's latents.safetensors too (train-gen, after checking its tag)
 
 
-def load_image(data: bytes, resolution: int) -> torch.Tensor:
-    """Decode, take the centred square of the shorter side, resize it to ``resolution``; [3, R, R] in [0, 1].
+def load_image(data: bytes, resolution: int, background: tuple[int, int, int] = WHITE) -> torch.Tensor:
+    """Decode as a browser shows it (``decode``), take the centred square of the shorter side, resize it to
+    ``resolution``; [3, R, R] in [0, 1].
 
     Resizing only the square (PIL's ``box``) bounds the work and memory by the output size, whatever the
     aspect ratio: resizing the whole image first would blow a 1×50,000 strip up to 64×3.2 M pixels.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        width, height = image.size
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        if (width, height) != (resolution, resolution):
-            image = image.resize((resolution, resolution), Image.BICUBIC, box=(left, top, left + side, top + side))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+    image = decode(data, background)
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    if (width, height) != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.BICUBIC, box=(left, top, left + side, top + side))
+    array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 

@@ -27,6 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from perfusion_cli.data.decode import render
+
 PARTS = ("hue", "lightness", "pattern", "scale", "width", "vivid")
 TASTE_MIXES = {
     "colour": {"hue": 1.0, "lightness": 0.5, "pattern": 0.5, "scale": 0.3, "width": 0.0, "vivid": 0.0},
@@ -75,7 +77,7 @@ class ImageFeatures:
 def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """uint8-range float RGB [H, W, 3] from a PIL image, a uint8 array or a float array in [0, 1]."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
+        return np.asarray(render(image), dtype=np.float32)
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
         array = array.transpose(1, 2, 0)

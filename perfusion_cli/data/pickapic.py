@@ -25,6 +25,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
+from perfusion_cli.data.decode import shard_image
 from perfusion_cli.data.image_checks import bytes_verdict, pool_map, spawn_pool, stop_pool, unpack
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
@@ -213,10 +214,10 @@ class PickAPicSource:
         out = []
         for image, column in zip(record.images, IMAGE_COLUMNS):  # pass one decoded them: compare digests
             data = bytes(values[column])
-            extension, digest = self._digests[image]
+            _, digest = self._digests[image]
             if hashlib.sha256(data).hexdigest() != digest:
                 raise DataError(f"{record.images[0].rsplit(':', 1)[0]}: {column} changed while preparing")
-            out.append((extension, data))
+            out.append(shard_image(data, self.limits.background))
         return out
 
     def write_shards(self, jobs: list[ShardJob], directory: Path, shard_size: int) -> Iterator[tuple[ShardInfo, int]]:

@@ -33,6 +33,7 @@ from typing import Iterator
 
 from perfusion_cli import __version__
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
+from perfusion_cli.data.decode import parse_background
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.logs import LogsSource
 from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_manifest
@@ -61,7 +62,8 @@ OUTPUTS = (SHARD_DIR, QUARANTINE, HELD_OUT, MERCHANTS, TRUTH, MANIFEST)
 def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> LogsSource | PickAPicSource:
     """``workers`` decode a logs folder's images in parallel (Pick-a-Pic is read in one process). A logs
     folder may be an fsspec URL; Pick-a-Pic is read from this machine's disk."""
-    limits = ImageLimits(config.max_image_pixels, config.max_image_bytes, config.max_aspect_ratio)
+    limits = ImageLimits(config.max_image_pixels, config.max_image_bytes, config.max_aspect_ratio,
+                         parse_background(config.background))
     if is_url(path):
         if config.format == "pickapic" or str(path).endswith(".parquet"):
             raise DataError(f"Pick-a-Pic parquet is read from a local path, not a URL ({path}): copy it first")

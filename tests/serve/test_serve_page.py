@@ -1,28 +1,12 @@
 """The merchant's page in headless Chromium (Playwright, the system's Chromium): pick a merchant, type a
 prompt, click two candidates, record; the session is in sessions.jsonl with exactly those picks."""
 
-import shutil
-
 import pytest
 
 from tests.helpers import read_jsonl
 from tests.serve.conftest import Server
 
 pytestmark = pytest.mark.browser
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("Debian chromium is not installed")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 def test_a_merchant_picks_candidates_on_the_page_and_the_session_is_recorded(serve_workspace, tmp_path, chromium):
