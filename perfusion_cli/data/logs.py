@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from perfusion_cli.data import records as R
 from perfusion_cli.data.image_checks import BLOCK, ImageChecks, pool_map
 from perfusion_cli.data.images import ImageLimits, ImageProblem
+from perfusion_cli.data.merchants import is_prepared_table
 from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
 from perfusion_cli.errors import DataError
@@ -314,6 +315,22 @@ class LogsSource:
             "session_rows": self.session_stats.rows,
             "blank_lines": self.merchant_stats.blank_lines + self.session_stats.blank_lines,
         }
+
+
+def raw_logs_in(location: Path | str) -> str | None:
+    """The raw-log file a folder (local or a URL) holds — ``sessions.jsonl``, or a ``merchants.jsonl`` of
+    profiles — or None. ``prepare`` never writes into such a folder, whoever's logs they are (``serve``'s,
+    another marketplace's): its outputs would sit beside them, and a prepared folder of version 0.1 wrote
+    its own ``merchants.jsonl`` over theirs."""
+    folder = open_folder(location)
+    if folder.is_file(SESSIONS_FILE):
+        return SESSIONS_FILE
+    if folder.is_file(MERCHANTS_FILE):
+        with folder.open(MERCHANTS_FILE) as handle:
+            first = next((line for line in handle if line.strip()), b"")
+        if not is_prepared_table(first):
+            return MERCHANTS_FILE
+    return None
 
 
 _IN_THIS_PROCESS: dict[tuple, LogsSource] = {}

@@ -1,7 +1,9 @@
-"""``merchants.jsonl`` of a prepared data folder: every valid merchant, its role, profile and feature ids.
+"""``merchant_table.jsonl`` of a prepared data folder: every valid merchant, its role, profile and feature ids.
 
 ``prepare`` writes it (``merchant_table``); ``generate`` and ``serve`` read it (``read_merchants``) to
-encode a merchant with the vocabulary a model was trained on.
+encode a merchant with the vocabulary a model was trained on. Folders prepared before version 0.2 called it
+``merchants.jsonl``, the raw logs' name; ``read_merchants`` still reads those (``LEGACY``), and
+``is_prepared_table`` tells such a file from raw logs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.errors import DataError
 
-MERCHANTS = "merchants.jsonl"
+MERCHANTS = "merchant_table.jsonl"
+LEGACY = "merchants.jsonl"  # the table's name before 0.2: the same name as the raw logs' profiles
 
 
 def merchant_table(profiles: dict[str, dict], records, roles: dict[str, str], vocab: FeatureVocab) -> list[dict]:
@@ -24,8 +27,19 @@ def merchant_table(profiles: dict[str, dict], records, roles: dict[str, str], vo
             for merchant_id in sorted(profiles)]
 
 
+def is_prepared_table(first_line: bytes) -> bool:
+    """Whether a ``merchants.jsonl`` whose first line this is holds a prepared table (not raw profiles)."""
+    try:
+        row = json.loads(first_line.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(row, dict) and {"role", "feature_ids", "features"} <= set(row)
+
+
 def read_merchants(data_dir: str | Path) -> dict[str, dict]:
     path = Path(data_dir) / MERCHANTS
+    if not path.exists() and (Path(data_dir) / LEGACY).exists():
+        path = Path(data_dir) / LEGACY
     try:
         with open(path, encoding="utf-8") as handle:
             return {row["merchant_id"]: row for row in map(json.loads, handle)}

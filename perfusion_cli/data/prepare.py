@@ -8,12 +8,12 @@ both passes run in the N worker processes; the bytes are the same). Output files
     DATA_DIR/shards/<split>-NNNNNN.tar   one sample per group
     DATA_DIR/quarantine.jsonl            every rejected row with its line and reason
     DATA_DIR/held_out.jsonl              valid rows kept out on purpose (ties, too few records, …)
-    DATA_DIR/merchants.jsonl             every valid merchant: role, profile, feature ids
+    DATA_DIR/merchant_table.jsonl        every valid merchant: role, profile, feature ids
     DATA_DIR/truth.json                  synthetic data only: the hidden tastes the oracle reads
     DATA_DIR/manifest.json               counts, splits, vocabulary, checksums; written last
 
-Safety (DESIGN §9): ``prepare`` refuses an output folder that would overwrite its own input, holds a
-lock on the output folder, and builds everything in ``DATA_DIR/.staging`` first: the previous data
+Safety (DESIGN §9): ``prepare`` refuses an output folder that holds raw logs (its own input or anyone
+else's, ``logs.raw_logs_in``) or would overwrite its input, holds a lock on the output folder, and builds everything in ``DATA_DIR/.staging`` first: the previous data
 stays readable and untouched until the new data is complete, then is swapped out in one short step.
 """
 
@@ -35,9 +35,9 @@ from perfusion_cli import __version__
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.decode import parse_background
 from perfusion_cli.data.images import ImageLimits
-from perfusion_cli.data.logs import LogsSource
+from perfusion_cli.data.logs import LogsSource, raw_logs_in
 from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_manifest
-from perfusion_cli.data.merchants import MERCHANTS, merchant_table
+from perfusion_cli.data.merchants import LEGACY, MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
 from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import ShardJob, SplitWriter, cut_shards
@@ -82,6 +82,8 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
     folder's) instead of building one from the training merchants, so models trained there read these shards.
     ``engine``: ``local`` (this machine, ``workers`` processes) or ``ray`` (``ray_engine``; the same output)."""
     progress = progress or NullProgress()
+    if is_url(out):
+        _refuse_raw_logs(out)  # a local --out is checked after its own input (the more precise message)
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "ray" and (config.format == "pickapic" or str(source_path).endswith(".parquet")):
@@ -107,6 +109,7 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
 def _prepare_locally(source, source_path, out: Path, config: PrepareConfig, progress: Progress, command: str,
                      vocab: FeatureVocab | None, engine: str) -> Manifest:
     _refuse_own_input(source, out)
+    _refuse_raw_logs(out)
     check_output_dir(out, "the prepared data folder")
     with _locked(out):
         staging = out / STAGING
@@ -125,11 +128,19 @@ def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: Prepa
                       progress: Progress | None = None, command: str = "", workers: int = 1) -> Manifest:
     """Write the synthetic marketplace to ``out/raw`` and prepare it into ``out`` by the same path."""
     progress = progress or NullProgress()
+    _refuse_raw_logs(out)
     check_output_dir(Path(out), "the prepared data folder")
     progress.start("drawing the synthetic marketplace", None)
     raw = write_marketplace(Path(out) / "raw", synthetic)
     progress.stop()
     return prepare(raw, out, config, progress, command, workers)
+
+
+def _refuse_raw_logs(out: str | Path) -> None:
+    held = raw_logs_in(str(out) if is_url(out) else Path(str(out).removeprefix("file://")))
+    if held:
+        raise DataError(f"{out} holds raw logs ({held}): prepare never writes into a logs folder — pass --out DIR "
+                        f"for the prepared data (the default is <workspace>/data)")
 
 
 def _refuse_own_input(source, out: Path) -> None:
@@ -215,6 +226,7 @@ def _swap_in(staging: Path, out: Path, raw: dict) -> Manifest:
             os.replace(staging / name, old)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(out / FAILED, ignore_errors=True)
+    (out / LEGACY).unlink(missing_ok=True)  # a 0.1 prepared table (raw logs there were refused at the start)
     return write_manifest(out, raw)
 
 

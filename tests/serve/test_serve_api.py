@@ -73,7 +73,7 @@ def test_a_pick_is_recorded_once_in_the_raw_log_format(server):
         assert candidate["image"] == f"images/{shown['id']}.png"
         assert (server.logs / candidate["image"]).read_bytes() == httpx.get(server.url(shown["url"])).content
     merchants = {r["merchant_id"]: r for r in read_jsonl(server.logs / "merchants.jsonl")}
-    prepared = {r["merchant_id"]: r for r in read_jsonl(server.workspace / "data" / "merchants.jsonl")}
+    prepared = {r["merchant_id"]: r for r in read_jsonl(server.workspace / "data" / "merchant_table.jsonl")}
     assert merchants["m0001"] == {"merchant_id": "m0001", **prepared["m0001"]["features"]}
 
 

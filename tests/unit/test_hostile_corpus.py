@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from perfusion_cli.errors import DataError
-from tests.helpers import prepare_logs, read_jsonl, session, write_image, write_logs
+from tests.helpers import folder_files, prepare_logs, read_jsonl, session, write_image, write_logs
 
 
 def _png(width: int, height: int) -> bytes:
@@ -186,3 +186,40 @@ def test_resized_square_matches_resize_then_crop():
     expected = Image.fromarray(array).resize((64, 32), Image.BICUBIC).crop((16, 0, 48, 32))
     got = (load_image(buffer.getvalue(), 32).permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(got - np.asarray(expected, dtype=np.float32)).mean() < 4.0
+
+
+# Class 1 of the third hostile pass: a prepare never writes over raw logs, whoever's they are.
+def _raw_logs(root):
+    return write_logs(root, [{"merchant_id": "m1"}], [session(f"s{i}", timestamp=i) for i in range(3)])
+
+
+@pytest.mark.parametrize("held", ["both", "merchants only", "sessions only"])
+def test_prepare_refuses_an_output_folder_that_holds_someone_elses_raw_logs(tmp_path, held):
+    logs = _raw_logs(tmp_path / "logs")
+    other = _raw_logs(tmp_path / "serve-logs")  # serve's logs folder, say
+    if held != "both":
+        (other / ("sessions.jsonl" if held == "merchants only" else "merchants.jsonl")).unlink()
+    before = folder_files(other)
+    name = "sessions.jsonl" if held != "merchants only" else "merchants.jsonl"
+    with pytest.raises(DataError, match=rf"/serve-logs holds raw logs \({name}\): prepare never writes into a logs "
+                                        rf"folder — pass --out DIR for the prepared data"):
+        prepare_logs(logs, other, min_records=1)
+    assert folder_files(other) == before
+    from perfusion_cli.config import PrepareConfig, SyntheticConfig
+    from perfusion_cli.data.prepare import prepare_synthetic
+
+    with pytest.raises(DataError, match="holds raw logs"):
+        prepare_synthetic(other, SyntheticConfig(merchants=2, sessions_per_merchant=1), PrepareConfig())
+    assert folder_files(other) == before and not (other / "raw").exists()
+
+
+def test_a_folder_prepared_by_version_0_1_is_prepared_again_and_its_old_table_goes(tmp_path):
+    logs = _raw_logs(tmp_path / "logs")
+    data = tmp_path / "data"
+    prepare_logs(logs, data, min_records=1, cold_start_fraction=0.0)
+    (data / "merchant_table.jsonl").rename(data / "merchants.jsonl")  # what 0.1 wrote
+    from perfusion_cli.data.merchants import read_merchants
+
+    assert set(read_merchants(data)) == {"m1"}  # still read
+    prepare_logs(logs, data, min_records=1, cold_start_fraction=0.0)
+    assert not (data / "merchants.jsonl").exists() and (data / "merchant_table.jsonl").is_file()

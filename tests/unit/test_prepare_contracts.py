@@ -32,7 +32,7 @@ def test_prepare_twice_and_from_raw_give_byte_identical_shards(market, tmp_path)
     data_dir, manifest = market
     again = prepare_logs(data_dir / "raw", tmp_path / "again")
     assert _checksums(again) == _checksums(manifest)
-    assert (tmp_path / "again" / "merchants.jsonl").read_bytes() == (data_dir / "merchants.jsonl").read_bytes()
+    assert (tmp_path / "again" / "merchant_table.jsonl").read_bytes() == (data_dir / "merchant_table.jsonl").read_bytes()
 
 
 def test_splits_are_by_time_per_merchant_and_cold_start_merchants_are_whole(market):
@@ -44,7 +44,7 @@ def test_splits_are_by_time_per_merchant_and_cold_start_merchants_are_whole(mark
             for merchant, session_id in zip(batch.merchant_ids, batch.session_ids):
                 seen.setdefault(merchant, {}).setdefault(split, []).append(session_id)
     raw = {row["session_id"]: row["timestamp"] for row in read_jsonl(data_dir / "raw" / "sessions.jsonl")}
-    roles = {row["merchant_id"]: row["role"] for row in read_jsonl(data_dir / "merchants.jsonl")}
+    roles = {row["merchant_id"]: row["role"] for row in read_jsonl(data_dir / "merchant_table.jsonl")}
     for merchant, splits in seen.items():
         if roles[merchant] == "cold_start":
             assert set(splits) == {"cold_start"}
@@ -62,7 +62,7 @@ def test_splits_are_by_time_per_merchant_and_cold_start_merchants_are_whole(mark
 
 def test_vocabulary_is_built_from_training_merchants_only(market):
     data_dir, manifest = market
-    table = read_jsonl(data_dir / "merchants.jsonl")
+    table = read_jsonl(data_dir / "merchant_table.jsonl")
     names = [f["name"] for f in manifest.raw["features"]]
     assert names[0] == "merchant_id"
     kinds = {f["name"]: f["kind"] for f in manifest.raw["features"]}
