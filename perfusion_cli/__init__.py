@@ -1,3 +1,3 @@
 """PerFusion: personalized text-to-image generation for e-commerce (arXiv 2503.22182)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -27,6 +27,9 @@ DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ASSETS = Path(__file__).resolve().parent / "assets"  # the bundled tiny backbones
 SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"
 TINY_RECIPE = SHIPPED_RECIPES / "tiny-cpu.toml"
+MAX_GROUP = 1024  # candidates in one group, the most any setting or manifest may say
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 100_000_000  # optimizer steps, and every step count or interval  # what every random generator we seed takes (numpy's legacy seeding stops here)
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -42,11 +45,11 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
 class SyntheticConfig:
     """The synthetic marketplace of DESIGN §7."""
 
-    merchants: int = bounded(64, ge=2)
-    sessions_per_merchant: int = bounded(30, ge=1)
+    merchants: int = bounded(64, ge=2, le=100_000)
+    sessions_per_merchant: int = bounded(30, ge=1, le=10_000)
     group_size: int = bounded(5, ge=2, le=64)
     resolution: int = bounded(64, ge=16, le=1024)
-    seed: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
     # Draws of the marketplace (tune on one, report on another): the renderer, the taste mix, and the
     # Gumbel noise of the merchants' picks (utilities span about ±2).
     style: Literal["catalogue", "studio"] = "catalogue"
@@ -57,17 +60,20 @@ class SyntheticConfig:
 @dataclass
 class PrepareConfig:
     format: Literal["logs", "pickapic"] = "logs"
-    min_records: int = bounded(10, ge=1)
+    min_records: int = bounded(10, ge=1, le=1_000_000)
     val_fraction: float = bounded(0.1, ge=0, lt=1)
     test_fraction: float = bounded(0.1, ge=0, lt=1)
     cold_start_fraction: float = bounded(0.1, ge=0, lt=1)
-    numeric_buckets: int = bounded(8, ge=1)
-    shard_size: int = bounded(500, ge=1)
-    max_image_pixels: int = bounded(4096 * 4096, ge=1)
-    max_image_bytes: int = bounded(32 * 1024 * 1024, ge=1)
+    numeric_buckets: int = bounded(8, ge=1, le=1024)
+    shard_size: int = bounded(500, ge=1, le=100_000)
+    max_image_pixels: int = bounded(4096 * 4096, ge=1, le=2**28)
+    max_image_bytes: int = bounded(32 * 1024 * 1024, ge=1, le=2**30)
     # An image is resized so its short side is the training resolution and centre-cropped; a very long
     # thin image would first be blown up to (resolution × resolution·aspect) pixels. Refuse it at prepare.
-    max_aspect_ratio: float = bounded(8.0, ge=1)
+    max_aspect_ratio: float = bounded(8.0, ge=1, le=1000)
+    # A session showing more candidates is quarantined (too_many_candidates): every batch that holds a group
+    # is padded to the largest group prepared, so one 10,000-candidate session would pad them all.
+    max_candidates: int = bounded(64, ge=2, le=MAX_GROUP)
     # What transparency (cut-out product PNGs, WebP alpha) is painted on when an image is stored: white, black
     # or #rrggbb. Images are stored as a browser shows them (orientation applied, 8-bit sRGB, no metadata).
     background: str = "white"
@@ -77,10 +83,10 @@ class PrepareConfig:
 class MerchantEncoderConfig:
     """Sparse features → embeddings → DCN-V2 crossing → MLP → u (DESIGN §4)."""
 
-    embed_dim: int = bounded(16, ge=1)
+    embed_dim: int = bounded(16, ge=1, le=4096)
     cross_layers: int = bounded(3, ge=0, le=16)
-    mlp_dims: list[int] = bounded([256], ge=1)
-    user_dim: int = bounded(128, ge=1)
+    mlp_dims: list[int] = bounded([256], ge=1, le=16_384)
+    user_dim: int = bounded(128, ge=1, le=16_384)
     dropout: float = bounded(0.0, ge=0, lt=1)
     # While training, replace the merchant id by the out-of-vocabulary id with this probability, so the
     # profile features learn the taste they carry (sparse and cold-start merchants lean on them).
@@ -91,25 +97,25 @@ class MerchantEncoderConfig:
 class TrainLoopConfig:
     """What every training command shares: optimisation, checkpoints, the data stream, trackers."""
 
-    batch_size: int = bounded(8, ge=1)
+    batch_size: int = bounded(8, ge=1, le=4096)
     group_size: int = bounded(5, ge=2, le=64)
     lr: float = bounded(1e-5, gt=0, le=1)
-    weight_decay: float = bounded(1e-2, ge=0)
-    warmup_steps: int = bounded(0, ge=0)
+    weight_decay: float = bounded(1e-2, ge=0, le=10)
+    warmup_steps: int = bounded(0, ge=0, le=MAX_STEPS)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 at max_steps
-    max_steps: int = bounded(1000, ge=1)
-    grad_accum: int = bounded(1, ge=1)
-    max_grad_norm: Optional[float] = bounded(1.0, gt=0)  # None: no clipping (the norm is still logged)
+    max_steps: int = bounded(1000, ge=1, le=MAX_STEPS)
+    grad_accum: int = bounded(1, ge=1, le=4096)
+    max_grad_norm: Optional[float] = bounded(1.0, gt=0, le=1e6)  # None: no clipping (the norm is still logged)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = bounded(0, ge=0)
-    num_workers: int = bounded(0, ge=0)
-    shuffle_buffer: int = bounded(1000, ge=1)
-    steps_per_epoch: Optional[int] = bounded(None, ge=1)  # None: one pass over the train split
-    log_every: int = bounded(1, ge=1)
-    eval_every: Optional[int] = bounded(None, ge=1)
-    checkpoint_every: Optional[int] = bounded(None, ge=1)  # None: only on a stop signal and at the end
-    keep_last: int = bounded(2, ge=1)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
+    num_workers: int = bounded(0, ge=0, le=256)
+    shuffle_buffer: int = bounded(1000, ge=1, le=1_000_000)
+    steps_per_epoch: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)  # None: one pass over the train split
+    log_every: int = bounded(1, ge=1, le=MAX_STEPS)
+    eval_every: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)
+    checkpoint_every: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)  # None: only on a stop signal and at the end
+    keep_last: int = bounded(2, ge=1, le=1000)
     skip_bad_shards: bool = False
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
@@ -122,7 +128,7 @@ class RMTrainConfig(TrainLoopConfig):
     shared_plugin: bool = False
     freeze_backbone: bool = False
     backbone_lr: Optional[float] = bounded(None, gt=0, le=1)  # None: the plug-ins' lr
-    plugin_hidden: int = bounded(256, ge=1)
+    plugin_hidden: int = bounded(256, ge=1, le=16_384)
     # A linear taste over the standardized image embedding, added to the score (zero at init):
     # s = scale · cos(t(prompt; u), v(image; u)) + ⟨W u, standardize(v)⟩. The plug-ins alone reach a
     # merchant's weights on colour, pattern and cut only through LayerNorm and CLIP's unit sphere.
@@ -132,9 +138,9 @@ class RMTrainConfig(TrainLoopConfig):
     # group matches its prompt, so at CLIP's temperature the cosine's small differences outweigh a
     # merchant's taste (docs/benchmarks.md, "Subtle tastes"); any positive scale leaves the untrained
     # model's ranking exactly CLIP's.
-    prompt_scale: Optional[float] = bounded(3.0, gt=0)
+    prompt_scale: Optional[float] = bounded(3.0, gt=0, le=1000)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
-    eval_max_groups: Optional[int] = bounded(None, ge=1)
+    eval_max_groups: Optional[int] = bounded(None, ge=1, le=100_000_000)
     augment_flip: bool = False  # mirror each candidate with probability 1/2 (tastes are left-right symmetric)
     # Start from a trained reward model's weights (a run or its model/ folder) instead of the base model's:
     # continued training on new logs prepared with that run's vocabulary (`prepare LOGS --vocab DATA`).
@@ -144,11 +150,11 @@ class RMTrainConfig(TrainLoopConfig):
 @dataclass
 class GenTrainConfig(TrainLoopConfig):
     base_model: str = DEFAULT_SD
-    beta: float = bounded(5000.0, gt=0)
+    beta: float = bounded(5000.0, gt=0, le=1e8)
     loss: Literal["group", "pairwise"] = "group"
     positives: Literal["labels", "reward"] = "labels"
     reward: Optional[str] = None
-    top_k: int = bounded(1, ge=1)
+    top_k: int = bounded(1, ge=1, le=MAX_GROUP)
     resolution: int = bounded(512, ge=8, le=4096)
     attention: Literal["sdpa", "xformers"] = "sdpa"
     share_encoder: bool = True
@@ -162,7 +168,7 @@ class GenTrainConfig(TrainLoopConfig):
     # xs_width × the U-Net's channels, from scratch).
     branch: Literal["controlnet", "xs", "adapter"] = "adapter"
     grid_size: int = bounded(8, ge=1, le=256)
-    grid_channels: int = bounded(16, ge=1)
+    grid_channels: int = bounded(16, ge=1, le=1024)
     xs_width: float = bounded(0.25, gt=0, lt=1)
     adapter_tokens: int = bounded(4, ge=1, le=77)
     merchant: MerchantEncoderConfig = field(default_factory=MerchantEncoderConfig)
@@ -172,17 +178,17 @@ class GenTrainConfig(TrainLoopConfig):
     # kl_weight κ adds κ·‖ε_θ − ε_ref‖² on every candidate (the per-step KL to the reference, as DPOK);
     # sft_weight λ adds λ·‖ε − ε_θ‖² on the positives (an SFT anchor on the selected candidates).
     safeguard: Optional[float] = bounded(None, ge=0, lt=1)
-    kl_weight: float = bounded(0.0, ge=0)
-    sft_weight: float = bounded(0.0, ge=0)
+    kl_weight: float = bounded(0.0, ge=0, le=1e8)
+    sft_weight: float = bounded(0.0, ge=0, le=1e8)
     # Warn (in the log and on screen) when the branch's denoising error on the training groups exceeds
     # the frozen reference's by this factor: the model is leaving the reference (reward hacking).
-    warn_error_ratio: float = bounded(1.5, gt=1)
+    warn_error_ratio: float = bounded(1.5, gt=1, le=1000)
 
 
 @dataclass
 class GenerateConfig:
     n: int = bounded(4, ge=1, le=256)
-    seed: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
     steps: int = bounded(30, ge=1, le=1000)
     guidance: float = bounded(7.5, ge=0, le=100)
     resolution: Optional[int] = bounded(None, ge=8, le=4096)  # None: the training resolution
@@ -195,13 +201,13 @@ class GenerateConfig:
     # and only on the first fraction of the steps.
     branch_every: int = bounded(1, ge=1, le=1000)
     branch_until: float = bounded(1.0, gt=0, le=1)
-    batch_size: int = bounded(16, ge=1)  # images per pipeline call; --requests batches across merchants
+    batch_size: int = bounded(16, ge=1, le=1024)  # images per pipeline call; --requests batches across merchants
 
 
 @dataclass
 class EvalRMConfig:
     split: str = "test"
-    batch_size: int = bounded(32, ge=1)
+    batch_size: int = bounded(32, ge=1, le=4096)
     skip_bad_shards: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -210,10 +216,10 @@ class EvalRMConfig:
 class EvalGenConfig:
     split: str = "test"
     n_per_prompt: int = bounded(2, ge=1, le=64)
-    max_pairs: Optional[int] = bounded(64, ge=1)  # None: every pair of the split
+    max_pairs: Optional[int] = bounded(64, ge=1, le=100_000)  # None: every pair of the split
     steps: int = bounded(30, ge=1, le=1000)
     guidance: float = bounded(7.5, ge=0, le=100)
-    seed: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
     clip_model: Optional[str] = None  # None: the tiny CLIP for tiny runs, else ViT-L/14
     aesthetic_weights: Optional[str] = None
     reward: Optional[str] = None  # None: <workspace>/runs/rm when it holds a trained reward model
@@ -228,9 +234,9 @@ class BenchConfig:
     """``perfusion bench``; the train-step comparison also reads β and K from ``[train-gen]``."""
 
     steps: int = bounded(30, ge=1, le=1000)
-    repeats: int = bounded(3, ge=1)
-    batch_size: int = bounded(4, ge=1)
-    num_workers: int = bounded(0, ge=0)
+    repeats: int = bounded(3, ge=1, le=100)
+    batch_size: int = bounded(4, ge=1, le=1024)
+    num_workers: int = bounded(0, ge=0, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -242,27 +248,30 @@ class ServeConfig:
     port: int = bounded(8000, ge=0, le=65535)  # 0: a free port, printed at start
     max_n: int = bounded(8, ge=1, le=64)  # candidates one request may ask for
     default_n: int = bounded(4, ge=1, le=64)
-    max_prompt_chars: int = bounded(500, ge=1)
-    max_body_bytes: int = bounded(64 * 1024, ge=1024)
+    max_prompt_chars: int = bounded(500, ge=1, le=100_000)
+    max_body_bytes: int = bounded(64 * 1024, ge=1024, le=64 * 2**20)
     # micro-batching: requests waiting at most max_wait_ms join one pipeline call of up to max_batch_images
-    max_batch_images: int = bounded(16, ge=1)
+    max_batch_images: int = bounded(16, ge=1, le=1024)
     max_wait_ms: float = bounded(25.0, ge=0, le=10_000)
-    queue_size: int = bounded(64, ge=1)  # requests waiting beyond it are refused: 503 with Retry-After
-    request_timeout_s: float = bounded(120.0, gt=0)
-    keep_shown_days: float = bounded(7.0, gt=0)  # candidates shown longer ago are removed at start
+    queue_size: int = bounded(64, ge=1, le=100_000)  # requests waiting beyond it are refused: 503 with Retry-After
+    request_timeout_s: float = bounded(120.0, gt=0, le=3600)
+    # a request's headers, and then its body, must arrive within this: a client that sends them slowly (or
+    # never finishes) is cut off, not kept for ever (408 for a body; the connection closed for headers)
+    read_timeout_s: float = bounded(10.0, gt=0, le=600)
+    keep_shown_days: float = bounded(7.0, gt=0, le=3650)  # candidates shown longer ago are removed at start
 
 
 @dataclass
 class BaseTrainConfig:
     """Pre-training of the tiny base backbones on the synthetic catalogue (tiny models only)."""
 
-    images: int = bounded(12000, ge=1)
-    clip_steps: int = bounded(1500, ge=0)
-    vae_steps: int = bounded(800, ge=0)
-    unet_steps: int = bounded(4000, ge=0)
-    batch_size: int = bounded(64, ge=1)
-    seed: int = bounded(0, ge=0)
-    num_threads: Optional[int] = bounded(None, ge=1)  # None: every core
+    images: int = bounded(12000, ge=1, le=10_000_000)
+    clip_steps: int = bounded(1500, ge=0, le=MAX_STEPS)
+    vae_steps: int = bounded(800, ge=0, le=MAX_STEPS)
+    unet_steps: int = bounded(4000, ge=0, le=MAX_STEPS)
+    batch_size: int = bounded(64, ge=1, le=4096)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
+    num_threads: Optional[int] = bounded(None, ge=1, le=1024)  # None: every core
 
 
 SECTIONS: dict[str, type] = {
@@ -350,7 +359,9 @@ def _check_range(value: Any, limits: dict[str, float], where: str) -> None:
             ok = {"ge": item >= bound, "gt": item > bound, "le": item <= bound, "lt": item < bound}[op]
             if not ok:
                 sign = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}[op]
-                raise ConfigError(f"{where} must be {sign} {bound:g}, got {item!r}")
+                shown = int(bound) if float(bound).is_integer() else bound  # 4294967295, not 4.29497e+09
+                raise ConfigError(f"{where} must be {sign} {shown:g}, got {item!r}" if isinstance(shown, float)
+                                  else f"{where} must be {sign} {shown}, got {item!r}")
 
 
 def _check(hint: Any, value: Any, where: str) -> Any:

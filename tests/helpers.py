@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -60,9 +61,12 @@ def png_bytes(colour=(200, 30, 30), size=16) -> bytes:
 
 
 def write_image(root: Path, relative: str, data: bytes | None = None) -> str:
+    """An image file; by default a plain PNG whose colour comes from its path (two paths, two images: a group
+    showing the same image twice is quarantined)."""
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes() if data is None else data)
+    colour = tuple(hashlib.sha256(relative.encode()).digest()[:3])
+    path.write_bytes(png_bytes(colour) if data is None else data)
     return relative
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from perfusion_cli.data import records as R
 from perfusion_cli.data.records import RowError
 
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

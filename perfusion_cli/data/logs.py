@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from perfusion_cli.data import records as R
+from perfusion_cli.data.identifiers import canonical_id
 from perfusion_cli.data.image_checks import BLOCK, ImageChecks, pool_map
 from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.merchants import is_prepared_table
-from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked
+from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked, same_image_twice
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
 from perfusion_cli.errors import DataError
 from perfusion_cli.data.storage import is_url, open_folder, sha256_of
+from perfusion_cli.data.synthetic import truth_problem
 
 MERCHANTS_FILE = "merchants.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
 TRUTH_FILE = "truth.json"
 IMAGES_DIR = "images"  # where serve and the synthetic marketplace put images (any path inside the folder reads)
 _RAW_SNIPPET = 300
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -51,6 +54,8 @@ def iter_jsonl(path: Path | tuple[Any, str], stats: JsonlStats) -> Iterator[tupl
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(BOM):  # Excel and many Windows tools begin a UTF-8 file with one
+                raw = raw[len(BOM):]
             if not raw.strip():
                 stats.blank_lines += 1
                 continue
@@ -80,18 +85,6 @@ def _parse(text: str) -> dict:
         raise RowError(R.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     check_text(obj)
     return obj
-
-
-def _identifier(obj: dict, key: str) -> str:
-    if key not in obj or obj[key] is None:
-        raise RowError(f"{R.MISSING_FIELD}:{key}", f"field '{key}' is missing")
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise RowError(f"{R.BAD_TYPE}:{key}", f"field '{key}' must be a string or an integer")
-    value = str(value).strip()
-    if not value:
-        raise RowError(f"{R.BAD_VALUE}:{key}", f"field '{key}' is empty")
-    return value
 
 
 def parse_timestamp(value: Any) -> float:
@@ -168,6 +161,7 @@ class LogsSource:
     session_stats: JsonlStats = field(default_factory=JsonlStats)
     kind: str = "logs"
     workers: int = 1  # processes that decode pass one's images (``image_checks``); the output is the same
+    max_candidates: int = 64  # a larger session is quarantined (too_many_candidates) before its images are read
 
     def __post_init__(self) -> None:
         self.folder = open_folder(self.root)
@@ -196,7 +190,7 @@ class LogsSource:
                 continue
 
             def validate(obj=obj) -> tuple[str, dict]:
-                merchant_id = _identifier(obj, "merchant_id")
+                merchant_id = canonical_id(obj.get("merchant_id"), "merchant_id")
                 if merchant_id in profiles:
                     raise RowError(R.DUPLICATE_MERCHANT,
                                    f"merchant_id {merchant_id!r} first seen on line {first_line[merchant_id]}")
@@ -222,7 +216,8 @@ class LogsSource:
             while upcoming is not None:
                 block, upcoming = upcoming, next(blocks, None)
                 for ahead in (block, upcoming or []):  # this block's images, and the next one's meanwhile
-                    self._images.prefetch(image for _, obj, _ in ahead for image in _image_paths(obj))
+                    self._images.prefetch(image for _, obj, _ in ahead
+                                          for image in _image_paths(obj, self.max_candidates))
                 for number, obj, rejection in block:
                     yield rejection or first_of_session(self.validate_row(number, obj, known_merchants), obj, first_line)
         except BaseException:
@@ -262,8 +257,8 @@ class LogsSource:
         self._images.remember(relative, verdict)
 
     def _validate(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord:
-        session_id = _identifier(obj, "session_id")
-        merchant_id = _identifier(obj, "merchant_id")
+        session_id = canonical_id(obj.get("session_id"), "session_id")
+        merchant_id = canonical_id(obj.get("merchant_id"), "merchant_id")
         if merchant_id not in known_merchants:
             raise RowError(R.UNKNOWN_MERCHANT, f"merchant_id {merchant_id!r} is not in {MERCHANTS_FILE}")
         prompt = obj.get("prompt")
@@ -277,6 +272,9 @@ class LogsSource:
             raise RowError(f"{R.MISSING_FIELD}:timestamp", "field 'timestamp' is missing")
         timestamp = parse_timestamp(obj["timestamp"])
         images, selected = _candidates(obj)
+        if len(images) > self.max_candidates:
+            raise RowError(R.TOO_MANY_CANDIDATES, f"{len(images)} candidates: a group holds at most "
+                                                  f"{self.max_candidates} ([prepare] max_candidates)")
         for index, image in enumerate(images):
             try:
                 self._images.check(image)
@@ -284,6 +282,7 @@ class LogsSource:
                 raise RowError(exc.reason, f"candidate {index}: {exc.detail}") from None
             except OSError as exc:
                 raise RowError(R.UNREADABLE_FILE, f"candidate {index}: image {image!r}: {exc.strerror or exc}") from None
+        same_image_twice([self._images.verdict(image)[2] for image in images], selected)
         return GroupRecord(number, session_id, merchant_id, prompt.strip(), timestamp, images, selected)
 
     def input_files(self) -> list[Path]:
@@ -292,8 +291,12 @@ class LogsSource:
 
     @functools.cached_property
     def synthetic(self) -> bool:
-        """Whether these logs are the synthetic marketplace's (they carry each merchant's hidden taste)."""
-        return self.folder.is_file(TRUTH_FILE)
+        """Whether these logs are the synthetic marketplace's: they carry its ``truth.json`` (each merchant's hidden
+        taste). A ``truth.json`` of another shape is a file of the user's, not ours: the logs are real."""
+        if not self.folder.is_file(TRUTH_FILE):
+            return False
+        with self.folder.open(TRUTH_FILE) as handle:
+            return truth_problem(handle.read()) is None
 
     def copy_truth(self, target: Path) -> None:
         with self.folder.open(TRUTH_FILE) as handle, open(target, "wb") as out:
@@ -336,11 +339,11 @@ def raw_logs_in(location: Path | str) -> str | None:
 _IN_THIS_PROCESS: dict[tuple, LogsSource] = {}
 
 
-def worker_source(root: Path | str, limits: ImageLimits) -> LogsSource:
+def worker_source(root: Path | str, limits: ImageLimits, max_candidates: int = 64) -> LogsSource:
     """The one ``LogsSource`` of ``root`` in this process: pass two's workers (a pool's or Ray's) read through it."""
-    key = (str(root), limits)
+    key = (str(root), limits, max_candidates)
     if key not in _IN_THIS_PROCESS:
-        _IN_THIS_PROCESS[key] = LogsSource(root, limits)
+        _IN_THIS_PROCESS[key] = LogsSource(root, limits, max_candidates=max_candidates)
     return _IN_THIS_PROCESS[key]
 
 
@@ -382,11 +385,13 @@ def _blocks(rows: Iterator, size: int) -> Iterator[list]:
         yield block
 
 
-def _image_paths(obj: dict | None) -> list:
+def _image_paths(obj: dict | None, limit: int) -> list:
     """The image paths a session line names, whatever else is wrong with it (checked ahead, used only if
-    the line validates)."""
+    the line validates); none for a line with more than ``limit`` candidates (it is quarantined unread)."""
     candidates = obj.get("candidates") if isinstance(obj, dict) else None
-    return [c.get("image") for c in candidates if isinstance(c, dict)] if isinstance(candidates, list) else []
+    if not isinstance(candidates, list) or len(candidates) > limit:
+        return []
+    return [c.get("image") for c in candidates if isinstance(c, dict)]
 
 
 def _snippet(obj: dict) -> str:

@@ -45,3 +45,22 @@ def read_merchants(data_dir: str | Path) -> dict[str, dict]:
             return {row["merchant_id"]: row for row in map(json.loads, handle)}
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path} is missing or damaged ({exc}) — re-run `perfusion prepare`") from None
+
+
+COLD_START_ADVICE = "for a new merchant pass --cold-start mean, or --cold-start features --features key=value …"
+
+
+class UnknownMerchant(DataError):
+    """A merchant the prepared data does not hold, with no cold-start profile to stand in for it."""
+
+
+def require_known(merchant: str, merchants: dict[str, dict], data_dir: str | Path, advice: str) -> None:
+    """``UnknownMerchant`` naming a few ids the data does hold (those that trained first) and ``advice``,
+    unless ``merchant`` is in the prepared table ``merchants``. Needs no model: commands call it first."""
+    if merchant in merchants:
+        return
+    trained = sorted(merchants, key=lambda m: (merchants[m].get("role") != "train", not m.isdigit(),
+                                              int(m) if m.isdigit() else 0, m))
+    shown = ", ".join(trained[:5]) + (", …" if len(trained) > 5 else "")
+    raise UnknownMerchant(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}), which holds "
+                          f"{len(merchants)} merchant(s): {shown or 'none'} — {advice}")

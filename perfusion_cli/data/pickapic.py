@@ -6,9 +6,9 @@ The v2 layout is a folder of ``train-000NN-of-00645.parquet`` files with 19 colu
 a preference only when ``has_label`` (if present) is true and the labels name one winner
 (``label_0 + label_1 = 1``, one of them 1):
 
-- unlabeled rows (``has_label`` false), ties (0.5 / 0.5) and identical pairs (``are_different`` false)
-  are held out with their reason; contradictory labels (both 1, or both 0 on a labeled row) and any
-  other values are quarantined.
+- unlabeled rows (``has_label`` false), ties (0.5 / 0.5) and identical pairs (``are_different`` false, or the
+  same bytes twice) are held out with their reason; contradictory labels (both 1, or both 0 on a labeled
+  row) and any other values are quarantined.
 
 ``created_at`` orders a user's rows in time when present, else the row order does. Files are read one
 row group at a time, so a folder of many large files streams with bounded memory.
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from perfusion_cli.data import records as R
 from perfusion_cli.data.decode import shard_image
+from perfusion_cli.data.identifiers import canonical_id
 from perfusion_cli.data.image_checks import bytes_verdict, pool_map, spawn_pool, stop_pool, unpack
 from perfusion_cli.data.images import ImageLimits
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection, RowError, check_text, checked
@@ -88,8 +89,10 @@ class PickAPicSource:
         for file in self.files:
             table = pq.read_table(file, columns=["user_id"])
             for value in table.column("user_id").to_pylist():
-                if value is not None and str(value).strip():
-                    users.setdefault(str(value).strip(), {})
+                try:
+                    users.setdefault(canonical_id(value, "user_id"), {})
+                except RowError:
+                    continue  # the row itself is quarantined with this reason by scan
         return users, []
 
     def scan(self, known_merchants: set[str]) -> Iterator[GroupRecord | Rejection | HeldOut]:
@@ -159,9 +162,7 @@ class PickAPicSource:
 
     def _head(self, name: str, row: int, values: dict) -> tuple[str, str, str, int] | HeldOut:
         """Everything but the images: (session id, merchant id, caption, winner), or why it is held out."""
-        user = values.get("user_id")
-        if user is None or not str(user).strip():
-            raise RowError(f"{R.MISSING_FIELD}:user_id", "user_id is empty")
+        merchant_id = canonical_id(values.get("user_id"), "user_id")  # int64 10000 and float64 10000.0: one user
         caption = values.get("caption")
         if not isinstance(caption, str):
             raise RowError(f"{R.BAD_TYPE}:caption", "caption must be a string")
@@ -169,7 +170,6 @@ class PickAPicSource:
         if not caption.strip():
             raise RowError(R.EMPTY_PROMPT, "caption is empty")
         session_id = f"{Path(name).stem}-{row}"
-        merchant_id = str(user).strip()
         held = _held_out_reason(values)
         if held:
             return HeldOut(name, row, held, session_id, merchant_id)
@@ -188,6 +188,8 @@ class PickAPicSource:
                 raise RowError(R.IMAGE_MISSING, f"{column} holds no image bytes")
             verdict = verdicts[index] if verdicts else bytes_verdict((bytes(data), self.limits, column))
             digests.append(unpack(verdict))
+        if digests[0][1] == digests[1][1]:  # the same bytes twice, whatever are_different says: no preference
+            return HeldOut(name, row, R.IDENTICAL_PAIR, session_id, merchant_id)
         timestamp = float(row)
         if values.get("created_at") is not None:
             created = values["created_at"]

@@ -67,11 +67,11 @@ def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> Lo
     if is_url(path):
         if config.format == "pickapic" or str(path).endswith(".parquet"):
             raise DataError(f"Pick-a-Pic parquet is read from a local path, not a URL ({path}): copy it first")
-        return LogsSource(path, limits, workers=workers)
+        return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates)
     path = Path(path)
     if config.format == "pickapic" or path.suffix == ".parquet":
         return PickAPicSource(path, limits, workers=workers)
-    return LogsSource(path, limits, workers=workers)
+    return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates)
 
 
 def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
@@ -130,8 +130,8 @@ def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: Prepa
     progress = progress or NullProgress()
     _refuse_raw_logs(out)
     check_output_dir(Path(out), "the prepared data folder")
-    progress.start("drawing the synthetic marketplace", None)
-    raw = write_marketplace(Path(out) / "raw", synthetic)
+    progress.start("drawing the synthetic marketplace (merchants)", synthetic.merchants)
+    raw = write_marketplace(Path(out) / "raw", synthetic, progress)
     progress.stop()
     return prepare(raw, out, config, progress, command, workers)
 

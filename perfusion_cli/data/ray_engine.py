@@ -52,9 +52,9 @@ def start(workers: int) -> None:
     context.print_on_execution_start = False
 
 
-def _validate_rows(batch: dict, root, limits, known: list[str]) -> dict:
+def _validate_rows(batch: dict, root, limits, known: list[str], max_candidates: int) -> dict:
     """A block of (line number, JSON) rows → each row's record or rejection, with its images' verdicts."""
-    source, merchants = worker_source(root, limits), set(known)
+    source, merchants = worker_source(root, limits, max_candidates), set(known)
     out = []
     for number, text in zip(batch["row"], batch["obj"]):
         item = source.validate_row(int(number), json.loads(text), merchants)
@@ -77,7 +77,8 @@ def scan(source: LogsSource, merchants: set[str], progress: Progress):
     if parsed:
         rows = [{"row": number, "obj": json.dumps(obj)} for number, obj in parsed.items()]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // ROWS_PER_BLOCK)).map_batches(
-            _validate_rows, fn_kwargs={"root": source.root, "limits": source.limits, "known": sorted(merchants)},
+            _validate_rows, fn_kwargs={"root": source.root, "limits": source.limits, "known": sorted(merchants),
+                                       "max_candidates": source.max_candidates},
             batch_size=ROWS_PER_BLOCK, batch_format="numpy")
         for row in dataset.iter_rows():
             results[int(row["row"])] = json.loads(row["result"])

@@ -100,6 +100,21 @@ def check_text(value: Any, depth: int = 0) -> None:
             check_text(item, depth + 1)
 
 
+def same_image_twice(digests: list[str], selected: tuple[bool, ...]) -> None:
+    """A group that shows one image twice (the same bytes, whatever the paths: ``./images/../images/x.png`` is
+    ``images/x.png``) says nothing consistent about it: ``contradictory_labels`` when it is picked once and left
+    once, ``duplicate_candidate`` otherwise (the loss would count it twice)."""
+    first: dict[str, int] = {}
+    for index, digest in enumerate(digests):
+        if digest in first:
+            earlier = first[digest]
+            if selected[earlier] != selected[index]:
+                raise RowError(CONTRADICTORY_LABELS, f"candidates {earlier} and {index} are the same image, selected "
+                                                     f"once and left once")
+            raise RowError(DUPLICATE_CANDIDATE, f"candidates {earlier} and {index} are the same image")
+        first[digest] = index
+
+
 MAX_DEPTH = 32
 
 # Quarantine reasons. Field-specific reasons are written "missing_field:prompt", "bad_type:timestamp".
@@ -125,6 +140,8 @@ IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_CORRUPT = "image_corrupt"
 IMAGE_ASPECT = "image_aspect_ratio"
 CONTRADICTORY_LABELS = "contradictory_labels"
+DUPLICATE_CANDIDATE = "duplicate_candidate"
+TOO_MANY_CANDIDATES = "too_many_candidates"
 
 # Held-out reasons.
 FEW_RECORDS = "few_records"

@@ -35,6 +35,8 @@ from PIL import Image
 from perfusion_cli.data.drawing import ITEM_MATERIALS, draw, random_design
 from perfusion_cli.data.oracle import TASTE_MIXES, Taste, oracle_utility, utility_of, measure  # noqa: F401
 from perfusion_cli.config import SyntheticConfig
+from perfusion_cli.data.manifest import MANIFEST, load_manifest
+from perfusion_cli.errors import DataError
 from perfusion_cli.io import atomic_write_bytes, atomic_write_json
 
 CATEGORY_ITEMS = {
@@ -50,6 +52,7 @@ REGION_LIGHTNESS = {"nordic": 0.35, "mediterranean": 0.7, "continental": 0.5, "c
 CATEGORY_WIDTH = {"womenswear": 0.4, "menswear": -0.3, "kidswear": 0.2, "accessories": -0.5}
 REGION_VIVID = {"nordic": -0.6, "mediterranean": 0.6, "continental": -0.2, "coastal": 0.3}
 SESSION_DAYS = 180
+FIRST_ID = 101  # merchants are numbered as real marketplaces number them: 101, 102, … (so 123 is one)
 TRUTH = "truth.json"
 
 
@@ -109,7 +112,7 @@ def make_merchant(rng: np.random.Generator, index: int, mix: str = "colour") -> 
     price_level = float(np.round(np.exp(rng.normal(3.5, 0.6)), 2))
     personal = {part: rng.normal(0, PERSONAL_SPREAD[part]) for part in personal_parts(mix)}
     return Merchant(
-        merchant_id=f"m{index:04d}", category=category, style=style, region=region,
+        merchant_id=str(FIRST_ID + index), category=category, style=style, region=region,
         price_level=price_level, followers=int(rng.integers(10, 100_000)),
         shop_age_years=float(np.round(rng.uniform(0.1, 12), 1)),
         taste=profile_taste(category, style, region, price_level, mix, personal),
@@ -132,8 +135,9 @@ def sessions_for(merchant: Merchant, index: int, config: SyntheticConfig) -> int
     return config.sessions_per_merchant
 
 
-def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
-    """Write raw logs (DESIGN §3) plus ``truth.json`` under ``out``; returns ``out``."""
+def write_marketplace(out: str | Path, config: SyntheticConfig, progress=None) -> Path:
+    """Write raw logs (DESIGN §3) plus ``truth.json`` under ``out``; returns ``out``. ``progress`` (a
+    ``progress.Progress``) advances once a merchant."""
     out = Path(out)
     rng = np.random.default_rng(config.seed)
     merchants = [make_merchant(rng, index, config.taste) for index in range(config.merchants)]
@@ -159,6 +163,8 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
                 "session_id": session_id, "merchant_id": merchant.merchant_id, "prompt": designs[0].prompt,
                 "timestamp": round(1.7e9 + start + float(offset), 3), "candidates": candidates,
             })
+        if progress is not None:
+            progress.advance(1)
     sessions.sort(key=lambda row: (row["timestamp"], row["session_id"]))
     _write_jsonl(out / "merchants.jsonl", [merchant.profile() for merchant in merchants])
     _write_jsonl(out / "sessions.jsonl", sessions)
@@ -169,17 +175,44 @@ def write_marketplace(out: str | Path, config: SyntheticConfig) -> Path:
     return out
 
 
+def truth_problem(data: bytes) -> str | None:
+    """What makes ``data`` not a ``truth.json`` of this marketplace, or None: a JSON object whose ``merchants``
+    map ids to tastes (the numbers ``COLOUR_PARTS`` at least, ``weights`` a table of numbers)."""
+    try:
+        truth = json.loads(data.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(truth, dict) or not isinstance(truth.get("merchants"), dict):
+        return "no \"merchants\" table"
+    number = (int, float)
+    for merchant, taste in truth["merchants"].items():
+        if not isinstance(taste, dict) or not all(isinstance(taste.get(part), number) for part in COLOUR_PARTS):
+            return f"merchant {merchant!r} has no taste ({', '.join(COLOUR_PARTS)})"
+        weights = taste.get("weights", {})
+        if not isinstance(weights, dict) or not all(isinstance(w, number) for w in weights.values()):
+            return f"merchant {merchant!r} has weights that are not numbers"
+    if not isinstance(truth.get("config", {}), dict):
+        return "\"config\" is not a table"
+    return None
+
+
 def read_truth(path: str | Path) -> dict | None:
     """The whole ``truth.json`` (``merchants`` and the marketplace's ``config``) from the file or the folder
     holding one (synthetic raw logs, or a prepared data folder, where ``prepare`` copies it); None for
-    real data."""
+    real data — a prepared folder whose manifest says so, whatever file sits beside it. A damaged one of
+    synthetic data is a DataError naming what is wrong."""
     path = Path(path)
-    if path.is_dir():
-        path = path / TRUTH
+    folder, path = (path, path / TRUTH) if path.is_dir() else (path.parent, path)
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    if (folder / MANIFEST).is_file() and not load_manifest(folder).raw.get("synthetic"):
+        return None
+    data = path.read_bytes()
+    problem = truth_problem(data)
+    if problem:
+        raise DataError(f"{path} is not the synthetic marketplace's truth.json ({problem}) — re-run `perfusion "
+                        f"prepare`")
+    return json.loads(data.decode("utf-8-sig"))
 
 
 def load_truth(path: str | Path) -> dict[str, Taste] | None:

@@ -7,6 +7,8 @@ is in exactly one of shards / quarantine / held out.
 import io
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -223,3 +225,124 @@ def test_a_folder_prepared_by_version_0_1_is_prepared_again_and_its_old_table_go
     assert set(read_merchants(data)) == {"m1"}  # still read
     prepare_logs(logs, data, min_records=1, cold_start_fraction=0.0)
     assert not (data / "merchants.jsonl").exists() and (data / "merchant_table.jsonl").is_file()
+
+
+# Classes 3, 4, 5 and 7 of the third hostile pass, in one prepare of raw logs: ids in every form, contradictions,
+# an oversized session, byte-order marks, a foreign truth.json. Each case: its exact reason, or where it landed.
+BOM = b"\xef\xbb\xbf"
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+THIRD_MERCHANTS = [
+    BOM + json.dumps({"merchant_id": "m1", "style": "boho"}).encode(),  # a BOM before line 1 (Excel writes one)
+    json.dumps({"merchant_id": 10000}),
+    '{"merchant_id": NaN}',
+    json.dumps({"merchant_id": "evil\x1b[31m"}),
+    json.dumps({"merchant_id": NFC}),
+    '{"merchant_id": Infinity}',
+]
+THIRD_MERCHANT_REASONS = {3: "bad_value:merchant_id", 4: "bad_value:merchant_id", 6: "bad_value:merchant_id"}
+THIRD_SESSIONS = [  # (line, reason or None for a valid group)
+    (BOM + json.dumps(session("bom", "m1", timestamp=1)).encode(), None),
+    (json.dumps(session("int-id", 10000, timestamp=2)), None),
+    (json.dumps(session("float-id", 10000.0, timestamp=3)), None),
+    (json.dumps(session("nfd-id", NFD, timestamp=4)), None),
+    (json.dumps(session("nan-id", timestamp=5)).replace('"m1"', "NaN"), "bad_value:merchant_id"),
+    (json.dumps(session("picked-and-not", images=("images/a.png", "./images/../images/a.png", "images/b.png"),
+                        selected=(True, False, False))), "contradictory_labels"),
+    (json.dumps(session("twice", images=("images/b.png", "images/a.png", "images/a.png"),
+                        selected=(True, False, False))), "duplicate_candidate"),
+    (json.dumps(session("huge", images=tuple(f"images/none-{i}.png" for i in range(70)),
+                        selected=(True,) + (False,) * 69)), "too_many_candidates"),
+    (json.dumps(session("ctl\x07id", timestamp=9)), "bad_value:session_id"),
+]
+
+
+@pytest.fixture(scope="module")
+def third_pass(tmp_path_factory):
+    root = tmp_path_factory.mktemp("third") / "logs"
+    write_logs(root, THIRD_MERCHANTS, [line for line, _ in THIRD_SESSIONS])
+    (root / "truth.json").write_text('{"owner": "the marketing team", "merchants": ["not", "tastes"]}')
+    before = folder_files(root)
+    manifest = prepare_logs(root, root.parent / "data", min_records=1, cold_start_fraction=0.0)
+    return root, root.parent / "data", manifest, before
+
+
+def test_third_pass_rows_land_where_they_should(third_pass):
+    root, data, manifest, before = third_pass
+    quarantine = read_jsonl(data / "quarantine.jsonl")
+    sessions = {r["line"]: r["reason"] for r in quarantine if r["file"] == "sessions.jsonl"}
+    merchants = {r["line"]: r["reason"] for r in quarantine if r["file"] == "merchants.jsonl"}
+    assert sessions == {line: reason for line, (_, reason) in enumerate(THIRD_SESSIONS, start=1) if reason}
+    assert merchants == THIRD_MERCHANT_REASONS
+    accounting = manifest.raw["accounting"]
+    assert accounting["balanced"] and accounting["in_shards"] == 4 and accounting["session_rows"] == len(THIRD_SESSIONS)
+    assert folder_files(root) == before  # the input untouched
+
+
+def test_one_merchant_whatever_form_its_id_takes(third_pass):
+    _, data, _, _ = third_pass
+    table = {row["merchant_id"]: row["groups"] for row in read_jsonl(data / "merchant_table.jsonl")}
+    assert table == {"m1": 1, "10000": 2, NFC: 1}  # int 10000 and float 10000.0; NFC and NFD é
+    details = {r["line"]: r["detail"] for r in read_jsonl(data / "quarantine.jsonl") if r["file"] == "merchants.jsonl"}
+    assert details[3] == "field 'merchant_id' is nan, not an id"
+    assert details[4] == "field 'merchant_id' holds a control character"
+
+
+def test_a_foreign_truth_json_makes_no_synthetic_data(third_pass):
+    from perfusion_cli.data.synthetic import load_truth
+
+    _, data, manifest, _ = third_pass
+    assert manifest.raw["synthetic"] is False and not (data / "truth.json").exists()
+    (data / "truth.json").write_text('{"merchants": {"m1": {"hue": "red"}}}')  # dropped beside real data later
+    assert load_truth(data) is None
+
+
+def test_a_damaged_truth_json_of_synthetic_data_is_one_line(market, tmp_path):
+    from perfusion_cli.data.synthetic import load_truth
+
+    data_dir, _ = market
+    shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    (tmp_path / "data" / "truth.json").write_text('{"merchants": {"101": {"hue": 0.5}}}')
+    with pytest.raises(DataError, match=r"truth.json is not the synthetic marketplace's truth.json \(merchant '101' "
+                                        r"has no taste \(hue, lightness, pattern, scale\)\)"):
+        load_truth(tmp_path / "data")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.pop("splits"), 'no "splits" table'),
+    (lambda m: m["splits"]["train"].update(groups="12"), "split 'train': groups is '12', not a whole number ≥ 0"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(name="../../etc/passwd.tar"),
+     "split 'train' lists a shard named '../../etc/passwd.tar', not a .tar file of shards/"),
+    (lambda m: m.update(max_candidates=10_000), "max_candidates is 10000, not a whole number in 1..1024"),
+    (lambda m: m.update(features={"nope": 1}), "its feature vocabulary cannot be read"),
+])
+def test_a_damaged_manifest_is_one_line_when_read(market, tmp_path, damage, message):
+    from perfusion_cli.data.manifest import load_manifest
+
+    data_dir, _ = market
+    shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    damage(manifest)
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_manifest(tmp_path / "data")
+
+
+def test_pickapic_ids_in_int64_and_float64_are_one_user_and_nan_pools_nobody(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [_png(8, 8), _png(9, 9)]
+    folder = tmp_path / "pickapic"
+    folder.mkdir()
+    for name, users in (("train-0-of-2.parquet", pa.array([10000, 10000], pa.int64())),
+                        ("train-1-of-2.parquet", pa.array([10000.0, float("nan")], pa.float64()))):
+        pq.write_table(pa.table({"caption": ["linen dress"] * 2, "jpg_0": [images[0]] * 2,
+                                 "jpg_1": [images[1], images[0]], "label_0": [1.0, 0.0], "user_id": users}),
+                       folder / name)
+    manifest = prepare_logs(folder, tmp_path / "data", format="pickapic", min_records=1, cold_start_fraction=0.0)
+    held = read_jsonl(tmp_path / "data" / "held_out.jsonl")
+    quarantine = read_jsonl(tmp_path / "data" / "quarantine.jsonl")
+    assert [(r["merchant_id"], r["reason"]) for r in held] == [("10000", "identical_pair")]  # the same bytes twice
+    assert [r["reason"] for r in quarantine] == ["bad_value:user_id"]
+    table = {row["merchant_id"]: row["groups"] for row in read_jsonl(tmp_path / "data" / "merchant_table.jsonl")}
+    assert table == {"10000": 2} and manifest.raw["accounting"]["balanced"]

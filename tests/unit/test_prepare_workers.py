@@ -43,7 +43,7 @@ def test_an_image_changed_between_the_passes_is_refused_without_a_second_decode(
 
     logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=2, sessions_per_merchant=2, seed=1))
     source = LogsSource(logs, ImageLimits(4096 * 4096, 32 << 20))
-    records = [r for r in source.scan({"m0000", "m0001"}) if hasattr(r, "images")]
+    records = [r for r in source.scan({"101", "102"}) if hasattr(r, "images")]
     assert source.read_images(records[0])[0][1] == (logs / records[0].images[0]).read_bytes()
     (logs / records[0].images[0]).write_bytes((logs / records[0].images[1]).read_bytes())  # still a valid PNG
     with pytest.raises(DataError, match="an image changed while preparing"):
