@@ -25,9 +25,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from perfusion_cli.config import ServeConfig
+from perfusion_cli.config import MAX_SEED, ServeConfig
+from perfusion_cli.data.identifiers import canonical_id
+from perfusion_cli.data.records import RowError
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.generation import UnknownMerchant
+from perfusion_cli.data.merchants import UnknownMerchant
 from perfusion_cli.serving.batcher import Busy, MicroBatcher
 from perfusion_cli.serving.journal import SessionConflict
 from perfusion_cli.serving.studio import BadPick, Studio
@@ -37,17 +39,17 @@ FeatureValue = Union[str, float, int, bool, None]
 
 class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    merchant_id: Union[str, int]
+    merchant_id: Union[str, int, float]
     prompt: str
     n: Optional[int] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     features: Optional[dict[str, FeatureValue]] = None
 
 
 class SessionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    session_id: Union[str, int]
-    merchant_id: Union[str, int]
+    session_id: Union[str, int, float]
+    merchant_id: Union[str, int, float]
     prompt: str
     candidates: list[str] = Field(max_length=64)
     selected: list[str] = Field(max_length=64)
@@ -64,7 +66,7 @@ def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dic
 
     app = FastAPI(title="perfusion serve", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
                   lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, read_timeout_s=config.read_timeout_s)
     page = files("perfusion_cli.serving").joinpath("page.html").read_text(encoding="utf-8")
 
     def authorized(request: Request) -> None:
@@ -90,7 +92,7 @@ def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dic
                           "batches": len(batcher.batches), "requests": sum(batcher.batches)},
                 "limits": {"max_n": config.max_n, "default_n": config.default_n,
                            "max_prompt_chars": config.max_prompt_chars, "max_body_bytes": config.max_body_bytes,
-                           "request_timeout_s": config.request_timeout_s}}
+                           "request_timeout_s": config.request_timeout_s, "read_timeout_s": config.read_timeout_s}}
 
     @app.get("/v1/merchants")
     def merchants() -> dict:
@@ -102,7 +104,7 @@ def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dic
         if not 1 <= n <= config.max_n:
             raise HTTPException(422, f"n must be in 1..{config.max_n}, got {n}")
         prompt = _text(body.prompt, "prompt", config.max_prompt_chars)
-        merchant = _text(str(body.merchant_id), "merchant_id", 128)
+        merchant = _identifier(body.merchant_id, "merchant_id")
         try:
             ask = studio.ask(merchant, prompt, n, body.seed, body.features)
         except UnknownMerchant as exc:
@@ -129,8 +131,8 @@ def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dic
 
     @app.post("/v1/sessions", dependencies=[Depends(authorized)])
     def sessions(body: SessionBody) -> dict:  # a plain def: the fsync runs in FastAPI's thread pool
-        session_id = _text(str(body.session_id), "session_id", 128)
-        merchant = _text(str(body.merchant_id), "merchant_id", 128)
+        session_id = _identifier(body.session_id, "session_id")
+        merchant = _identifier(body.merchant_id, "merchant_id")
         prompt = _text(body.prompt, "prompt", config.max_prompt_chars)
         try:
             written = studio.record(session_id, merchant, prompt, body.candidates, body.selected)
@@ -143,6 +145,14 @@ def create_app(studio: Studio, config: ServeConfig, token: str | None, info: dic
                 "logs": str(studio.journal.sessions_path)}
 
     return app
+
+
+def _identifier(value: str | int | float, name: str) -> str:
+    """An id in its canonical form (``data/identifiers.py``: the form prepare gives the logs it records), or 422."""
+    try:
+        return canonical_id(value, name)
+    except RowError as exc:
+        raise HTTPException(422, exc.detail) from None
 
 
 def _text(value: str, name: str, limit: int) -> str:
@@ -167,24 +177,29 @@ def versions() -> dict[str, str]:
 
 
 class BodyLimit:
-    """Refuse a request body over ``limit`` bytes: by its Content-Length at once; a body without one (chunked)
-    is read ahead, at most ``limit`` bytes of it, and handed on only when it fits."""
+    """Refuse a request body over ``limit`` bytes — by its Content-Length at once, else once that many bytes have
+    come — or one that has not arrived whole within ``read_timeout_s`` (408): every body is read here, against
+    both bounds, and handed on only when complete (``slow_clients`` bounds the headers)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, read_timeout_s: float):
+        self.app, self.limit, self.read_timeout_s = app, limit, read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_big = JSONResponse({"detail": f"the request body is over {self.limit} bytes"}, status_code=413)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.limit:
-                return await too_big(scope, receive, send)
-            return await self.app(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await too_big(scope, receive, send)
         body, more = b"", True
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                late = JSONResponse({"detail": f"the request body did not arrive within {self.read_timeout_s:g} s "
+                                               f"(read_timeout_s)"}, status_code=408, headers={"Connection": "close"})
+                return await late(scope, receive, send)
             if message["type"] != "http.request":
                 return  # the client went away
             body += message.get("body", b"")

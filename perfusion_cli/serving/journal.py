@@ -6,7 +6,8 @@
 
 The order makes every acknowledged line complete on disk with what it references. A recorded session is
 identified by ``session_id``: the same session again writes nothing (a client's retry), a different one
-under a recorded id is refused. A process killed mid-append can leave a last line without its newline;
+under a recorded id is refused, and so is a candidate recorded again under another session id (the same
+images with reversed picks would teach the opposite preference from one generation). A process killed mid-append can leave a last line without its newline;
 opening the journal repairs it: a complete JSON object gets its newline back, anything else is moved to
 ``sessions.jsonl.torn-<time>`` (never acknowledged, so its client retries) and cut off.
 """
@@ -68,6 +69,8 @@ class SessionJournal:
         self.merchants_path = self.root / MERCHANTS_FILE
         self.repair = _repair_tail(self.sessions_path)
         self._recorded = self._read_sessions()
+        self._recorded_in = {image: session for session, (_, _, candidates) in self._recorded.items()
+                             for image, _ in candidates}  # candidate id → the session that recorded it
         self._merchants = self._read_merchant_ids()
 
     def close(self) -> None:
@@ -88,6 +91,10 @@ class SessionJournal:
                                           f"candidates, picks, merchant or prompt")
                 return False
             for image_id in pick.candidates:
+                if image_id in self._recorded_in:
+                    raise SessionConflict(f"candidate {image_id} is already recorded in session "
+                                          f"{self._recorded_in[image_id]!r}: a generation's picks are recorded once")
+            for image_id in pick.candidates:
                 _write_once(self.root / image_path(image_id), images[image_id])
             _fsync_dir(self.root / IMAGES_DIR)
             if pick.merchant_id not in self._merchants:
@@ -99,6 +106,7 @@ class SessionJournal:
                                                         for c in pick.candidates]}
             _append_line(self.sessions_path, line)
             self._recorded[pick.session_id] = pick.key()
+            self._recorded_in.update(dict.fromkeys(pick.candidates, pick.session_id))
             return True
 
     def _read_sessions(self) -> dict[str, tuple]:

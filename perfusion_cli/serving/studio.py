@@ -12,8 +12,10 @@ import io
 import secrets
 from dataclasses import dataclass
 
+from perfusion_cli.data.merchants import UnknownMerchant
+from perfusion_cli.data.requests import Request, checked_request
 from perfusion_cli.errors import ConfigError, DataError
-from perfusion_cli.generation import Designer, Request, UnknownMerchant, typed_profile
+from perfusion_cli.generation import Designer, typed_profile
 from perfusion_cli.pipeline import to_pil
 from perfusion_cli.serving.gallery import Gallery, Shown, new_id
 from perfusion_cli.serving.journal import Pick, SessionJournal
@@ -57,7 +59,8 @@ class Studio:
                 raise UnknownMerchant(f"unknown merchant {merchant_id!r}: not in the prepared data; send its profile "
                                       f"as \"features\" for a cold start")
             profile = typed_profile(features, self.designer.pipeline.branch.vocab, "features")
-        return Ask(merchant_id, prompt, n, secrets.randbelow(2**31) if seed is None else seed, profile)
+        request = checked_request(merchant_id, prompt, n, secrets.randbelow(2**31) if seed is None else seed)
+        return Ask(request.merchant, request.prompt, request.n, request.seed, profile)
 
     def generate(self, asks: list[Ask]) -> list[dict]:
         """Every ask's candidates in one pipeline call (the batcher's worker calls this), best first when a

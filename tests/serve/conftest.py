@@ -2,7 +2,6 @@
 127.0.0.1 that the tests start and stop themselves."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,21 +12,11 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import tiny_config, tiny_recipe, write_recipe
 
 
 @pytest.fixture(scope="session")
-def serve_workspace(tmp_path_factory, market):
-    from perfusion_cli.training.gen import train_generator
-    from perfusion_cli.training.rm import train_reward_model
-
-    data_dir, _ = market
-    root = tmp_path_factory.mktemp("serve")
-    shutil.copytree(data_dir, root / "data", ignore=shutil.ignore_patterns("raw"))
-    write_recipe(root / "perfusion.toml", tiny_recipe())
-    train_generator(tiny_config("train-gen"), root / "data", root / "runs" / "gen")
-    train_reward_model(tiny_config("train-rm"), root / "data", root / "runs" / "rm")
-    return root
+def serve_workspace(trained_workspace):
+    return trained_workspace
 
 
 def free_port() -> int:

@@ -12,12 +12,13 @@ from perfusion_cli.serving.journal import Pick, SessionConflict, SessionJournal
 from tests.helpers import png_bytes, read_jsonl
 
 IDS = ["a" * 32, "b" * 32, "c" * 32]
-IMAGES = {image_id: png_bytes((40 * i, 90, 200 - 40 * i)) for i, image_id in enumerate(IDS)}
+OTHER_IDS = ["d" * 32, "e" * 32]
+IMAGES = {image_id: png_bytes((40 * i, 90, 200 - 40 * i)) for i, image_id in enumerate(IDS + OTHER_IDS)}
 PROFILE = {"category": "dress", "price_level": 30.0}
 
 
-def _pick(session_id="s1", selected=("b" * 32,), merchant="m1"):
-    return Pick(session_id, merchant, "linen dress", tuple(IDS), frozenset(selected))
+def _pick(session_id="s1", selected=("b" * 32,), merchant="m1", candidates=IDS):
+    return Pick(session_id, merchant, "linen dress", tuple(candidates), frozenset(selected))
 
 
 def test_a_recorded_session_is_a_raw_log_line_with_its_images_and_merchant(tmp_path):
@@ -44,11 +45,17 @@ def test_a_retry_writes_nothing_and_other_content_under_the_same_id_is_refused(t
     assert journal.record(_pick(), IMAGES, PROFILE) is False
     with pytest.raises(SessionConflict, match="session_id 's1' is already recorded with other"):
         journal.record(_pick(selected=("a" * 32,)), IMAGES, PROFILE)
-    assert journal.record(_pick("s2", merchant="m1"), IMAGES, PROFILE) is True
+    # the same candidates under a new session id, picks reversed: the opposite preference from one generation
+    with pytest.raises(SessionConflict, match=f"candidate {'a' * 32} is already recorded in session 's1': a "
+                                              f"generation's picks are recorded once"):
+        journal.record(_pick("s1-again", selected=("a" * 32, "c" * 32)), IMAGES, PROFILE)
+    assert journal.record(_pick("s2", selected=("d" * 32,), candidates=OTHER_IDS), IMAGES, PROFILE) is True
     journal.close()
     # a new journal on the same folder knows what is recorded (the index is the file)
     again = SessionJournal(tmp_path)
     assert again.record(_pick(), IMAGES, PROFILE) is False and len(again) == 2
+    with pytest.raises(SessionConflict, match="is already recorded in session 's1'"):  # after a restart too
+        again.record(_pick("s3"), IMAGES, PROFILE)
     again.close()
     assert [r["session_id"] for r in read_jsonl(tmp_path / "sessions.jsonl")] == ["s1", "s2"]
     assert len(read_jsonl(tmp_path / "merchants.jsonl")) == 1  # one line per merchant
@@ -66,7 +73,7 @@ def test_a_torn_last_line_is_moved_aside_and_a_complete_one_gets_its_newline(tmp
     assert (tmp_path / "sessions.jsonl").read_bytes() == good
     [aside] = tmp_path.glob("sessions.jsonl.torn-*")
     assert aside.read_bytes() == torn
-    journal.record(_pick("s2"), IMAGES, PROFILE)  # appends after the repaired end, not onto the torn bytes
+    journal.record(_pick("s2", selected=("d" * 32,), candidates=OTHER_IDS), IMAGES, PROFILE)  # after the repaired end
     journal.close()
     assert [r["session_id"] for r in read_jsonl(tmp_path / "sessions.jsonl")] == ["s1", "s2"]
 

@@ -23,7 +23,7 @@ def server(serve_workspace, tmp_path_factory):
 
 
 def _generate(server, **body):
-    return httpx.post(server.url("/v1/generate"), json={"merchant_id": "m0001", "prompt": PROMPT, **body},
+    return httpx.post(server.url("/v1/generate"), json={"merchant_id": "102", "prompt": PROMPT, **body},
                       headers=server.headers(), timeout=120)
 
 
@@ -67,14 +67,14 @@ def test_a_pick_is_recorded_once_in_the_raw_log_format(server):
     lines = [r for r in read_jsonl(server.logs / "sessions.jsonl") if r["session_id"] == "api-once"]
     assert len(lines) == 1
     [line] = lines
-    assert line["merchant_id"] == "m0001" and line["prompt"] == PROMPT
+    assert line["merchant_id"] == "102" and line["prompt"] == PROMPT
     assert [c["selected"] for c in line["candidates"]] == [True, False, True]
     for candidate, shown in zip(line["candidates"], answer["candidates"]):
         assert candidate["image"] == f"images/{shown['id']}.png"
         assert (server.logs / candidate["image"]).read_bytes() == httpx.get(server.url(shown["url"])).content
     merchants = {r["merchant_id"]: r for r in read_jsonl(server.logs / "merchants.jsonl")}
     prepared = {r["merchant_id"]: r for r in read_jsonl(server.workspace / "data" / "merchant_table.jsonl")}
-    assert merchants["m0001"] == {"merchant_id": "m0001", **prepared["m0001"]["features"]}
+    assert merchants["102"] == {"merchant_id": "102", **prepared["102"]["features"]}
 
 
 def test_an_unknown_merchant_is_404_unless_its_profile_comes_along(server):
@@ -96,7 +96,7 @@ def test_an_unknown_merchant_is_404_unless_its_profile_comes_along(server):
     ({"n": 7}, 422, "n must be in 1..6, got 7"),
     ({"prompt": "x" * 501}, 422, "prompt is longer than 500 characters"),
     ({"prompt": "   "}, 422, "prompt must not be empty"),
-    ({"merchant_id": "m" * 129}, 422, "merchant_id is longer than 128 characters"),
+    ({"merchant_id": "m" * 129}, 422, "field 'merchant_id' is longer than 128 characters"),
     ({"merchant_id": "zz", "features": {"colour": "red"}}, 422,
      "features: unknown feature 'colour' (the model knows: category, followers, price_level, region, "
      "shop_age_years, style)"),
@@ -110,7 +110,7 @@ def test_a_bad_generate_request_is_refused_with_its_reason(server, body, status,
 def test_unknown_keys_and_oversized_bodies_are_refused(server):
     response = _generate(server, colour="red")
     assert response.status_code == 422 and "colour" in response.text
-    big = json.dumps({"merchant_id": "m0001", "prompt": "x" * 70_000})
+    big = json.dumps({"merchant_id": "102", "prompt": "x" * 70_000})
     response = httpx.post(server.url("/v1/generate"), content=big, headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["detail"] == "the request body is over 65536 bytes"
 
@@ -133,7 +133,7 @@ def test_image_ids_are_opaque(server):
     ({"selected": ["f" * 32]}, "\"selected\" must name distinct ids from \"candidates\""),
     ("unknown", "unknown candidate id 'ffffffffffffffffffffffffffffffff': not an image this server generated"),
     ({"prompt": "wool hoodie"}, "was generated for another merchant or prompt"),
-    ({"merchant_id": "m0002"}, "was generated for another merchant or prompt"),
+    ({"merchant_id": "103"}, "was generated for another merchant or prompt"),
     ("twice", "a candidate id appears twice in \"candidates\""),
 ])
 def test_a_session_that_does_not_match_what_was_shown_is_refused(server, change, detail):
@@ -150,7 +150,7 @@ def test_a_session_that_does_not_match_what_was_shown_is_refused(server, change,
 def test_with_a_token_every_write_needs_it(serve_workspace, tmp_path):
     token = "t0ken-for-the-test-0123456789"
     with Server(serve_workspace, tmp_path / "logs", token=token) as server:
-        body = {"merchant_id": "m0001", "prompt": PROMPT, "n": 2}
+        body = {"merchant_id": "102", "prompt": PROMPT, "n": 2}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
             response = httpx.post(server.url("/v1/generate"), json=body, headers=headers, timeout=60)
             assert response.status_code == 401, response.text
@@ -191,3 +191,27 @@ def test_a_request_that_outlives_its_timeout_gets_504_and_the_server_goes_on(ser
         assert response.status_code == 504
         assert response.json()["detail"].startswith("no answer within 0.05 s (request_timeout_s)")
         assert httpx.get(server.url("/healthz")).status_code == 200
+
+
+def test_a_client_that_sends_its_request_slowly_is_cut_off(serve_workspace, tmp_path):
+    """Third hostile pass: half-sent headers or bodies held a connection for ever."""
+    import socket
+    import time
+
+    with Server(serve_workspace, tmp_path / "logs", "--read-timeout-s", 1) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            started = time.monotonic()
+            assert slow.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 6
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+            started = time.monotonic()
+            assert idle.recv(1024) == b"" and time.monotonic() - started < 6  # connected, never said a word
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+            slow.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"merchant_id\": ")  # 15 of 100 bytes, then nothing
+            answer = slow.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s (read_timeout_s)" in answer
+        assert httpx.get(server.url("/healthz")).status_code == 200  # and the server goes on
+        assert httpx.get(server.url("/v1/info")).json()["limits"]["read_timeout_s"] == 1
+        assert not (tmp_path / "logs" / "sessions.jsonl").exists()

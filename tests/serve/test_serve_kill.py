@@ -23,7 +23,7 @@ def test_a_killed_server_loses_no_acknowledged_session(serve_workspace, tmp_path
     logs = tmp_path / "logs"
     server = Server(serve_workspace, logs).start()
     answers = [httpx.post(server.url("/v1/generate"), json={"merchant_id": merchant, "prompt": "linen dress", "n": 3},
-                          timeout=120).json() for merchant in ("m0001", "m0002", "m0003")]
+                          timeout=120).json() for merchant in ("102", "103", "104")]
     acknowledged, sent, lock, stop = [], [], threading.Lock(), threading.Event()
 
     def body(session_id, answer):

@@ -34,7 +34,7 @@ def test_recorded_picks_prepare_and_continue_the_reward_model(serve_workspace, t
     workspace = serve_workspace
     logs = tmp_path / "logs"
     with Server(workspace, logs) as server:
-        for merchant in ("m0001", "m0002", "m0004"):
+        for merchant in ("102", "103", "105"):
             for number in range(4):
                 _session(server, merchant, number)
         _session(server, "newshop", 0, features={"category": "dress", "style": "bohemian"})

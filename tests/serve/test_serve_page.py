@@ -13,8 +13,8 @@ def test_a_merchant_picks_candidates_on_the_page_and_the_session_is_recorded(ser
     with Server(serve_workspace, tmp_path / "logs") as server:
         page = chromium.new_page()
         page.goto(server.url("/"))
-        page.wait_for_selector("#merchant option[value='m0002']", state="attached")
-        page.select_option("#merchant", "m0002")
+        page.wait_for_selector("#merchant option[value='103']", state="attached")
+        page.select_option("#merchant", "103")
         page.fill("#prompt", "linen dress")
         page.fill("#n", "3")
         page.click("#generate")
@@ -31,7 +31,7 @@ def test_a_merchant_picks_candidates_on_the_page_and_the_session_is_recorded(ser
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         page.close()
     [line] = read_jsonl(tmp_path / "logs" / "sessions.jsonl")
-    assert line["merchant_id"] == "m0002" and line["prompt"] == "linen dress"
+    assert line["merchant_id"] == "103" and line["prompt"] == "linen dress"
     assert [c["image"] for c in line["candidates"]] == [f"images/{i}.png" for i in ids]
     assert [c["selected"] for c in line["candidates"]] == [True, False, True]
     assert f"session {line['session_id']}, 2 of 3 picked" in status

@@ -20,13 +20,13 @@ def test_serve_makes_candidates_and_records_a_pick_with_an_sdxl_generator(serve_
     with Server(workspace, tmp_path / "logs") as server:
         info = httpx.get(server.url("/v1/info")).json()
         assert info["base_model"] == "tiny-sdxl", info
-        answer = httpx.post(server.url("/v1/generate"), json={"merchant_id": "m0001", "prompt": "linen dress", "n": 2},
+        answer = httpx.post(server.url("/v1/generate"), json={"merchant_id": "102", "prompt": "linen dress", "n": 2},
                             timeout=120)
         assert answer.status_code == 200, answer.text
         ids = [c["id"] for c in answer.json()["candidates"]]
         assert len(ids) == 2 and all(httpx.get(server.url(c["url"])).status_code == 200
                                      for c in answer.json()["candidates"])
-        body = {"session_id": "sdxl-1", "merchant_id": "m0001", "prompt": "linen dress", "candidates": ids,
+        body = {"session_id": "sdxl-1", "merchant_id": "102", "prompt": "linen dress", "candidates": ids,
                 "selected": [ids[1]]}
         recorded = httpx.post(server.url("/v1/sessions"), json=body, timeout=30)
         assert recorded.status_code == 200 and recorded.json()["recorded"] is True, recorded.text
