@@ -27,7 +27,7 @@ demo: $(STAMP)
 	cd $(DEMO) && $(PERFUSION) eval rm --checkpoint runs/rm --checkpoint zero-shot:tiny --json outputs/eval-rm.json
 	cd $(DEMO) && $(PERFUSION) train-gen --group-size 5
 	cd $(DEMO) && $(PERFUSION) eval gen --report outputs/report --json outputs/eval-gen.json
-	cd $(DEMO) && $(PERFUSION) generate --merchant m0001 "linen dress" --rerank
+	cd $(DEMO) && $(PERFUSION) generate --merchant 123 "linen dress"
 	@echo "report: $(DEMO)/outputs/report/index.html"
 
 clean:

@@ -92,8 +92,9 @@ def efficient_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = _SDPA
 
 
-def count(step: Callable[[], object], existing: Iterable[torch.Tensor] = ()) -> Cost:
-    """FLOPs and peak live bytes of ``step``; ``existing`` are the tensors alive before it starts.
+def count(step: Callable[[], object], existing: Iterable[torch.Tensor] = (), flops: bool = True) -> Cost:
+    """FLOPs and peak live bytes of ``step``; ``existing`` are the tensors alive before it starts. With ``flops``
+    False only the memory is traced (FLOPs 0): half the time, for a check before a run.
 
     The step runs twice, memory first: ``FlopCounterMode``'s module hooks hold activations until the
     backward pass, which would hide what gradient checkpointing frees.
@@ -104,9 +105,11 @@ def count(step: Callable[[], object], existing: Iterable[torch.Tensor] = ()) -> 
     start = memory.live
     with efficient_attention(), memory:
         step()
-    with efficient_attention(), FlopCounterMode(display=False) as flops:
+    if not flops:
+        return Cost(0, start, memory.peak)
+    with efficient_attention(), FlopCounterMode(display=False) as counter:
         step()
-    return Cost(flops.get_total_flops(), start, memory.peak)
+    return Cost(counter.get_total_flops(), start, memory.peak)
 
 
 def tensors_of(*modules: torch.nn.Module) -> list[torch.Tensor]:

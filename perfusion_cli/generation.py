@@ -18,13 +18,17 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from PIL.PngImagePlugin import PngInfo
 
+from perfusion_cli import __version__
 from perfusion_cli.config import GenerateConfig
+from perfusion_cli.data.identifiers import slug
 from perfusion_cli.data.manifest import load_manifest
-from perfusion_cli.data.merchants import read_merchants
-from perfusion_cli.data.records import RowError, check_text
+from perfusion_cli.data.merchants import COLD_START_ADVICE, read_merchants, require_known
+from perfusion_cli.data.requests import Request
 from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.environment import pick_device
@@ -34,6 +38,7 @@ from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.progress import NullProgress, Progress
+from perfusion_cli.runs import run_of
 
 
 def parse_profile(pairs: list[str], vocab: FeatureVocab) -> dict:
@@ -82,8 +87,7 @@ def merchant_condition(pipeline: PerFusionPipeline, merchants: dict[str, dict], 
         ids = vocab.encode(merchant, merchants[merchant]["features"])
         return torch.tensor([ids]), None, {"source": "prepared data", "role": merchants[merchant]["role"]}
     if not cold_start:
-        raise UnknownMerchant(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}) — pass "
-                              f"--cold-start mean, or --cold-start features --features key=value …")
+        require_known(merchant, merchants, data_dir, COLD_START_ADVICE)
     if cold_start == "features":
         if profile is None:
             raise ConfigError("--cold-start features needs the merchant's profile: --features key=value …")
@@ -95,20 +99,12 @@ def merchant_condition(pipeline: PerFusionPipeline, merchants: dict[str, dict], 
     return None, u, {"source": "cold start: mean of training merchants", "merchants": len(training)}
 
 
-class UnknownMerchant(DataError):
-    """A merchant the prepared data does not hold, with no cold-start profile to stand in for it."""
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "x"
-
-
 def output_folder(root: Path, merchant: str, prompt: str, seed: int, personalized: bool) -> Path:
     """``root/<merchant>/<prompt>-seed<S>[-base]``, with ``-2``, ``-3`` … when that name already holds
     the images of another merchant or prompt (names are case-folded and shortened)."""
-    name = f"{_slug(prompt)}-seed{seed}{'' if personalized else '-base'}"
+    name = f"{slug(prompt)}-seed{seed}{'' if personalized else '-base'}"
     for index in range(1, 10_000):
-        merchant_dir = root / (_slug(merchant) + ("" if index == 1 else f"-{index}"))
+        merchant_dir = root / (slug(merchant) + ("" if index == 1 else f"-{index}"))
         if _owner(merchant_dir / ".merchant") not in (None, merchant):
             continue
         for number in range(1, 10_000):
@@ -134,16 +130,6 @@ def _read_metadata(folder: Path) -> dict | None:
 
 
 @dataclass
-class Request:
-    """One merchant's prompt: ``n`` images from seeds ``seed``, ``seed + 1``, …"""
-
-    merchant: str
-    prompt: str
-    n: int
-    seed: int
-
-
-@dataclass
 class _Condition:
     features: torch.Tensor | None  # [1, F], or None for a cold start by the mean embedding
     embedding: torch.Tensor | None  # [1, d_u]: what the branch is conditioned on (None: the base model)
@@ -163,6 +149,7 @@ class Designer:
         device = pick_device(config.device)
         self.pipeline = PerFusionPipeline.from_run(run_dir, device)
         self.pipeline.branch.vocab.require_same(self.manifest.vocab, "generator", data_dir)
+        self.run_code = run_of(run_dir).code()  # the commit that trained the generator (run.json)
         self.reward = None
         if config.reward:
             self.reward = load_reward_model(config.reward, device)
@@ -183,10 +170,10 @@ class Designer:
 
     @torch.no_grad()
     def images(self, requests: list[Request], conditions: list[_Condition]) -> list[torch.Tensor]:
-        """Every request's images, in batches of ``batch_size`` across requests (the condition is per sample)."""
+        """Every request's images, in batches of ``batch_size`` across requests (the condition is per sample); each
+        denoising step advances ``progress`` by one (``steps_for`` counts them)."""
         jobs = [(r, i) for r, request in enumerate(requests) for i in range(request.n)]
         config = self.config
-        self.progress.start(f"generating {len(jobs)} image(s)", math.ceil(len(jobs) / config.batch_size) * config.steps)
         out: list[torch.Tensor] = []
         for start in range(0, len(jobs), config.batch_size):
             chunk = jobs[start:start + config.batch_size]
@@ -198,7 +185,6 @@ class Designer:
                                      generator=[torch.Generator().manual_seed(requests[r].seed + i) for r, i in chunk],
                                      on_step=self.progress.advance, branch_every=config.branch_every,
                                      branch_until=config.branch_until).images)
-        self.progress.stop()
         flat = torch.cat(out)
         bounds = [0, *itertools.accumulate(request.n for request in requests)]
         return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -221,17 +207,20 @@ class Designer:
         order = self.ranked(scores["values"], request.n)
         folder = output_folder(out_root, request.merchant, request.prompt, request.seed, config.personalization)
         entries = []
+        made = {"merchant": request.merchant, "prompt": request.prompt, "base_model": self.pipeline.base_model,
+                "resolution": images.shape[-1], "steps": config.steps, "guidance": config.guidance,
+                "personalized": config.personalization, "model": str(self.run_dir), "run_code": self.run_code,
+                "perfusion": __version__}
         with atomic_dir(folder) as tmp:
             for rank, index in enumerate(order):
                 name = f"{rank:02d}-seed{seeds[index]}.png"
-                to_pil(images[index]).save(tmp / name)
+                to_pil(images[index]).save(tmp / name, pnginfo=_png_text({**made, "seed": seeds[index]}))
                 entries.append({"file": name, "seed": seeds[index], "rank": rank,
                                 "reward": scores["values"][index] if scores["values"] else None,
                                 "oracle": oracle[index] if oracle else None})
-            metadata = {"merchant": request.merchant, "prompt": request.prompt, "prompt_truncated": bool(truncated),
+            metadata = {**made, "prompt_truncated": bool(truncated),
                         "prompt_token_limit": min(self.pipeline.tokenizer.model_max_length, 77),
-                        "seed": request.seed, "personalized": config.personalization,
-                        "merchant_source": condition.source, "model": str(self.run_dir),
+                        "seed": request.seed, "merchant_source": condition.source,
                         "reward_model": config.reward, "reward_note": scores["note"], "reranked": config.rerank,
                         "settings": {**asdict(config), "n": request.n, "seed": request.seed}, "images": entries}
             (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=True))
@@ -239,49 +228,52 @@ class Designer:
         metadata["folder"] = str(folder)
         return metadata
 
-    def serve(self, requests: list[Request], out_root: Path, profile_pairs: list[str] | None = None) -> list[dict]:
-        conditions = [self.condition(request.merchant, profile_pairs) for request in requests]
-        images = self.images(requests, conditions)
-        return [self.write(request, batch, condition, out_root)
-                for request, batch, condition in zip(requests, images, conditions)]
+    def steps_for(self, requests: list[Request]) -> int:
+        """The denoising steps ``images(requests)`` runs (its pipeline calls × steps)."""
+        return math.ceil(sum(request.n for request in requests) / self.config.batch_size) * self.config.steps
+
+    def serve(self, requests: list[Request], out_root: Path, profile_pairs: list[str] | None = None) -> Iterator[dict]:
+        """Generate and write the requests, yielding each one's metadata once its folder is written: a wave of
+        requests (about ``batch_size`` images) at a time, so memory holds one wave, whatever the file's length."""
+        waves = list(_waves(requests, self.config.batch_size))
+        total = sum(request.n for request in requests)
+        self.progress.start(f"generating {total} image(s) for {len(requests)} request(s)",
+                            sum(self.steps_for(wave) for wave in waves))
+        try:
+            for wave in waves:
+                conditions = [self.condition(request.merchant, profile_pairs) for request in wave]
+                for request, batch, condition in zip(wave, self.images(wave, conditions), conditions):
+                    yield self.write(request, batch, condition, out_root)
+        finally:
+            self.progress.stop()
+
+
+def _waves(requests: list[Request], batch_size: int) -> Iterator[list[Request]]:
+    """Consecutive requests grouped while their images fit ``batch_size`` (a larger request is a wave alone)."""
+    wave: list[Request] = []
+    for request in requests:
+        if wave and sum(r.n for r in wave) + request.n > batch_size:
+            yield wave
+            wave = []
+        wave.append(request)
+    if wave:
+        yield wave
 
 
 def generate(run_dir: Path, data_dir: Path, merchant: str, prompt: str, config: GenerateConfig, out_root: Path,
              profile_pairs: list[str] | None = None, progress: Progress | None = None) -> dict:
     """One merchant and prompt: ``config.n`` images; returns the metadata it wrote."""
     designer = Designer(run_dir, data_dir, config, progress)
-    return designer.serve([Request(merchant, prompt, config.n, config.seed)], out_root, profile_pairs)[0]
+    [written] = designer.serve([Request(merchant, prompt, config.n, config.seed)], out_root, profile_pairs)
+    return written
 
 
-def read_requests(path: Path, config: GenerateConfig) -> list[Request]:
-    """``--requests FILE.jsonl``: one ``{"merchant", "prompt", "n"?, "seed"?}`` per line; a bad line is an error
-    naming it (nothing is generated until every line is valid)."""
-    requests = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            request = Request(str(row["merchant"]), str(row["prompt"]), int(row.get("n", config.n)),
-                              int(row.get("seed", config.seed)))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path} line {number}: expected {{\"merchant\", \"prompt\", \"n\"?, \"seed\"?}} "
-                            f"({type(exc).__name__}: {exc})") from None
-        try:
-            check_text([request.merchant, request.prompt])
-        except RowError:
-            raise DataError(f"{path} line {number}: the merchant or prompt is not valid Unicode "
-                            f"(a lone surrogate)") from None
-        if not request.prompt.strip() or not 1 <= request.n <= 256 or request.seed < 0:
-            raise DataError(f"{path} line {number}: the prompt must not be empty, n must be in 1..256 and seed ≥ 0")
-        requests.append(request)
-    if not requests:
-        raise DataError(f"{path} holds no request")
-    return requests
+def _png_text(values: dict) -> PngInfo:
+    """What made an image, in its PNG's text chunks (international text: prompts and ids may be any Unicode)."""
+    info = PngInfo()
+    for key, value in values.items():
+        info.add_itxt(f"perfusion:{key}", "" if value is None else str(value))
+    return info
 
 
 def _reward_scores(reward, prompt, images, features, n_features: int) -> dict:

@@ -77,6 +77,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        plain_modes(tmp)
         old = path.with_name(f"{path.name}.{os.getpid()}.old")
         if path.exists():
             os.replace(path, old)
@@ -87,6 +88,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plain_modes(folder: Path) -> None:
+    """Every file written into ``folder`` gets the mode a plain ``open`` gives (0644 under the usual umask):
+    some writers (safetensors) create their files 0600, which left weights unreadable beside a readable run."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
 
 
 def check_output_dir(path: str | Path, what: str) -> Path:

@@ -23,7 +23,7 @@ from perfusion_cli.models.backbones import SDComponents, load_sd
 from perfusion_cli.models.branches import load_branch
 from perfusion_cli.models.frozen_sd import vae_dtype
 from perfusion_cli.models.text import TextConditions, encode_prompts
-from perfusion_cli.runs import model_folder
+from perfusion_cli.runs import loading, model_folder
 
 
 COMPUTE, REUSE, OFF = "compute", "reuse", "off"
@@ -63,12 +63,14 @@ class PerFusionPipeline(DiffusionPipeline):
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
-        branch = load_branch(model_folder(run_dir, "generator"), dtype)
+        folder = model_folder(run_dir, "generator")
+        branch = load_branch(folder, dtype)
         sd = load_sd(branch.config.base_model, dtype)
         sd.vae.to(vae_dtype(sd, dtype))  # SDXL's VAE decodes in fp32 (it overflows in fp16)
         scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
-        pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
-                       sd.tokenizer_2, sd.zero_empty_prompt)
+        with loading(folder, "generator"):  # a branch whose layout is not its base's fails to attach
+            pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
+                           sd.tokenizer_2, sd.zero_empty_prompt)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(device)
 

@@ -175,16 +175,17 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
                                                else "two full frozen passes"))
 
 
-def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab) -> list[JobPlan]:
-    """Per image, base and personalized: text + steps × guided step + VAE decode, in fp16 weights."""
-    dtype = torch.float16
+def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab, images: int = 1,
+                  dtype: torch.dtype = torch.float16) -> list[JobPlan]:
+    """Per pipeline call of ``images`` images (one, for ``bench --plan``), base and personalized: text + steps ×
+    guided step + VAE decode, in ``dtype`` (fp16 weights on a GPU; ``generate`` on a CPU runs fp32)."""
     with META:
         sd = build_sd(train.base_model, dtype).components(train.base_model)
         branch = create_branch(train, sd.unet, vocab, train.base_model).to(dtype).eval()
     resolution = config.resolution or train.resolution
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     latent = resolution // scale
-    rows = 2 if config.guidance > 1 else 1
+    rows = images * (2 if config.guidance > 1 else 1)
     with META:
         ids = torch.zeros(rows, _tokens(sd.text_encoder.config), dtype=torch.long)
         sample = torch.zeros(rows, sd.unet.config.in_channels, latent, latent, dtype=dtype)
@@ -194,7 +195,7 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
             torch.zeros(rows, sd.text_encoder_2.config.projection_dim, dtype=dtype) if sd.is_sdxl else None,
         ).sized(resolution, resolution)
         cond = branch.condition(torch.zeros(rows, len(vocab.features), dtype=torch.long), (latent, latent)).to(dtype)
-        one = torch.zeros(1, sd.unet.config.in_channels, latent, latent, dtype=dtype)
+        one = torch.zeros(images, sd.unet.config.in_channels, latent, latent, dtype=dtype)
     weights = [*tensors_of(*sd.frozen_modules)]
     inputs = [ids, sample, t, *(x for x in (context.hidden, context.pooled, context.time_ids) if x is not None),
               cond, one]
@@ -224,8 +225,10 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
                 parameters(branch) if personalized else 0)
             reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain else
                      f", {train.branch} branch" if personalized else "")
-            plans.append(JobPlan(name, train.base_model, f"1 image at {resolution}², {config.steps} steps, guidance "
-                                 f"{config.guidance:g} (batch {rows} per step){reuse}", "fp16", False, 0, total,
+            precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+            plans.append(JobPlan(name, train.base_model, f"{images} image{'s' if images > 1 else ''} at {resolution}², "
+                                 f"{config.steps} steps, guidance {config.guidance:g} (batch {rows} per step){reuse}",
+                                 precision, False, 0, total,
                                  flops / 1e9, peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
     return plans
 

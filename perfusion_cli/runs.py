@@ -11,11 +11,13 @@ Commands take "a run" as the run folder or its ``model/`` folder; ``model_folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from perfusion_cli.errors import CheckpointError
+from perfusion_cli.errors import CheckpointError, PerfusionError
 
 RUN = "run.json"
 METRICS = "metrics.jsonl"
@@ -76,11 +78,24 @@ class RunDir:
                 rows.append(row)
         return rows
 
+    def code(self) -> str | None:
+        """The code that trained this run, as its ``run.json`` recorded it (the git commit), or None."""
+        try:
+            return self.summary().get("machine", {}).get("perfusion code")
+        except (CheckpointError, AttributeError):
+            return None
+
     def summary(self) -> dict:
         try:
             return json.loads(self.run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.run_file} is unreadable: {exc}") from None
+
+
+def run_of(path: str | Path) -> RunDir:
+    """The run folder of ``path``, given as the run or as its ``model/`` folder."""
+    path = Path(path)
+    return RunDir(path.parent if path.name == MODEL and not (path / RUN).exists() else path)
 
 
 def model_class(folder: Path) -> str | None:
@@ -113,3 +128,18 @@ def has_model(path: str | Path, kind: str) -> bool:
     except CheckpointError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def loading(folder: Path, what: str) -> Iterator[None]:
+    """Loading a saved model: whatever the libraries raise on a damaged folder (truncated safetensors, a
+    ``config.json`` that no longer matches its weights, a missing tokenizer file) becomes one CheckpointError
+    naming the folder. The folder is the user's: anything may be wrong with it."""
+    try:
+        yield
+    except PerfusionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every library error on a user's folder is the same verdict
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"cannot load the {what} in {folder}: {type(exc).__name__}: {first} — the folder is "
+                              f"damaged or was changed since training; train again or restore it") from None

@@ -32,6 +32,23 @@ def medium_market(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory, market):
+    """A workspace (the tiny recipe, the market's data) with a trained tiny generator and reward model: the one
+    that ``generate``, ``serve`` and the first-contact tests share (trained once a session)."""
+    from perfusion_cli.training.gen import train_generator
+    from perfusion_cli.training.rm import train_reward_model
+    from tests.helpers import tiny_config, tiny_recipe, write_recipe
+
+    data_dir, _ = market
+    root = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(data_dir, root / "data", ignore=shutil.ignore_patterns("raw"))
+    write_recipe(root / "perfusion.toml", tiny_recipe())
+    train_generator(tiny_config("train-gen"), root / "data", root / "runs" / "gen")
+    train_reward_model(tiny_config("train-rm"), root / "data", root / "runs" / "rm")
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A randomly initialized tiny CLIP saved in Hugging Face format (no pre-training needed)."""
     from perfusion_cli.models.tiny import build_tiny_clip, build_tokenizer

@@ -1,10 +1,15 @@
-"""Terminal output for the CLI: the error boundary, Rich progress bars and tables."""
+"""Terminal output for the CLI: the error boundary, Rich progress bars and tables.
+
+Everything printed goes through ``printable``: ids, prompts and paths come from users' data, and an ANSI
+escape in a merchant id must reach the terminal as the text ``\x1b``, not as a command to it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import functools
+import re
 from typing import Any, Callable, Iterator
 
 import typer
@@ -15,8 +20,23 @@ from rich.table import Table
 
 from perfusion_cli.errors import PerfusionError
 
-console = Console()
-err_console = Console(stderr=True)
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (ESC, BEL, CR, NUL, C1 …) written as its escape, e.g. ``\x1b``."""
+    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+class SafeConsole(Console):
+    """A Rich console whose printed strings pass through ``printable``."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
 
 
 def say(message: str) -> None:
@@ -73,7 +93,7 @@ class RichProgress:
             TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err_console, transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, status="")
+        self._task = self._progress.add_task(printable(description), total=total, status="")
 
     def advance(self, amount: int = 1, **fields: float | str) -> None:
         if self._progress is None:
@@ -97,7 +117,7 @@ class RichProgress:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    result = Table(title=title, title_justify="left", show_lines=False)
+    result = Table(title=printable(title), title_justify="left", show_lines=False)
     for index, column in enumerate(columns):
         result.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:
@@ -108,4 +128,4 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return printable(str(value))

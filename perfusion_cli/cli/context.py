@@ -39,12 +39,15 @@ def section(ctx: typer.Context, recipe: Path | None, name: str, flags: dict[str,
     return build(SECTIONS[name], values, overrides, where=f"recipe {path} [{name}]" if path else name)
 
 
-def data_dir(ctx: typer.Context, data: Path | None) -> Path:
-    """The prepared data a command reads (default <workspace>/data), checked before anything heavy loads."""
+def data_dir(ctx: typer.Context, data: Path | None, split: str | None = None) -> Path:
+    """The prepared data a command reads (default <workspace>/data), checked before anything heavy loads: its
+    manifest, and that ``split`` (when given) holds groups."""
     from perfusion_cli.data.manifest import load_manifest
 
     folder = data or workspace(ctx).data
-    load_manifest(folder)
+    manifest = load_manifest(folder)
+    if split is not None:
+        manifest.require_groups(split)
     return folder
 
 

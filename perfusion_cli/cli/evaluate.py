@@ -9,11 +9,12 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
+from perfusion_cli.cli.help import recipe_command
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate the reward model (rm) or the generator (gen).")
 
 
-@app.command("rm")
+@app.command("rm", cls=recipe_command("eval-rm"))
 @boundary
 def eval_rm_command(
     ctx: typer.Context,
@@ -30,7 +31,7 @@ def eval_rm_command(
 ) -> None:
     """MAP and GAUC of reward models on one split."""
     config = context.section(ctx, recipe, "eval-rm", locals())
-    data = context.data_dir(ctx, data)
+    data = context.data_dir(ctx, data, config.split)
     sources = checkpoint or [str(context.workspace(ctx).rm_run)]
     from perfusion_cli.evaluation.ranking import evaluate_reward_model
     from perfusion_cli.io import atomic_write_json
@@ -78,7 +79,7 @@ def eval_rm_command(
         atomic_write_json(json_out, {"split": config.split, "models": results, "ceilings": bounds})
 
 
-@app.command("gen")
+@app.command("gen", cls=recipe_command("eval-gen"))
 @boundary
 def eval_gen_command(
     ctx: typer.Context,
@@ -87,8 +88,8 @@ def eval_gen_command(
     split: Annotated[Optional[str], typer.Option("--split", help="test, val or cold_start.")] = None,
     n_per_prompt: Annotated[Optional[int], typer.Option("--n-per-prompt", help="Images per pair and model.")] = None,
     max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="At most this many pairs.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
     seed: options.Seed = None,
     clip_model: Annotated[Optional[str], typer.Option(
         "--clip-model", help="CLIP for CLIP score and FID features (default: tiny for tiny runs, else ViT-L/14).")] = None,
@@ -107,7 +108,7 @@ def eval_gen_command(
 ) -> None:
     """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""
     config = context.with_default_reward(ctx, context.section(ctx, recipe, "eval-gen", locals()))
-    data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
+    data, run = context.data_dir(ctx, data, config.split), context.generator_run(ctx, model)
     from perfusion_cli.evaluation.generation import evaluate_generator
     from perfusion_cli.io import atomic_write_json
 

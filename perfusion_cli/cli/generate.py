@@ -11,6 +11,9 @@ from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 
 
+MAX_TABLES = 8  # a --requests run prints the tables of its last requests; every folder is logged as written
+
+
 @boundary
 def generate_command(
     ctx: typer.Context,
@@ -50,18 +53,39 @@ def generate_command(
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     if features and config.cold_start != "features":
         raise fail("--features only applies with --cold-start features")
-    from perfusion_cli.generation import Designer, Request, read_requests
+    from perfusion_cli.data.merchants import COLD_START_ADVICE, read_merchants, require_known
+    from perfusion_cli.data.requests import checked_request, read_requests
 
-    todo = read_requests(requests, config) if requests else [Request(merchant, prompt, config.n, config.seed)]
-    progress = RichProgress()
+    # everything that needs no model is checked before torch loads: the requests, and that each merchant is known
+    todo = (read_requests(requests, config.n, config.seed) if requests
+            else [checked_request(merchant, prompt, config.n, config.seed)])
+    if not config.cold_start:
+        known = read_merchants(data)
+        for request in todo:
+            require_known(request.merchant, known, data, COLD_START_ADVICE)
+    from perfusion_cli.data.manifest import load_manifest
+    from perfusion_cli.environment import pick_device
+    from perfusion_cli.generation import Designer
+    from perfusion_cli.preflight import check_generation
+
+    per_call = min(config.batch_size, sum(request.n for request in todo))
+    check_generation(run, config, load_manifest(data).vocab, per_call, pick_device(config.device))
+
+    progress, shown = RichProgress(), []
     try:
-        written = Designer(run, data, config, progress).serve(todo, out or context.workspace(ctx).outputs, features)
+        designer = Designer(run, data, config, progress)
+        for metadata in designer.serve(todo, out or context.workspace(ctx).outputs, features):
+            if len(todo) > 1:
+                progress.log(f"wrote {metadata['folder']}")  # each request as it finishes
+            shown.append(metadata)
     finally:
         progress.stop()
-    for metadata in written:
+    for metadata in shown[-MAX_TABLES:]:
         rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
                  "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]
         kind = "personalized" if metadata["personalized"] else "base model"
         console.print(table(f"{metadata['merchant']}: {metadata['prompt']!r} ({kind})",
                             ["image", "seed", "PerFusionRM", "oracle"], rows))
         say(f"wrote {metadata['folder']}")
+    if len(shown) > MAX_TABLES:
+        say(f"{len(shown)} requests written; the tables above are the last {MAX_TABLES}")

@@ -14,6 +14,7 @@ import typer
 
 from perfusion_cli import __version__
 from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, train_gen, train_rm
+from perfusion_cli.cli.help import recipe_command
 from perfusion_cli.workspace import ENV_VAR, Workspace
 
 app = typer.Typer(
@@ -44,14 +45,14 @@ def main_callback(
         os.environ.setdefault(key, value)
 
 
-app.command("prepare")(prepare.prepare_command)
-app.command("train-rm")(train_rm.train_rm_command)
-app.command("train-gen")(train_gen.train_gen_command)
+app.command("prepare", cls=recipe_command("prepare", "synthetic", "train-gen"))(prepare.prepare_command)
+app.command("train-rm", cls=recipe_command("train-rm"))(train_rm.train_rm_command)
+app.command("train-gen", cls=recipe_command("train-gen"))(train_gen.train_gen_command)
 app.add_typer(evaluate.app, name="eval")
-app.command("generate")(generate.generate_command)
-app.command("bench")(bench.bench_command)
-app.command("serve")(serve.serve_command)
-app.command("pretrain-base")(pretrain.pretrain_command)
+app.command("generate", cls=recipe_command("generate"))(generate.generate_command)
+app.command("bench", cls=recipe_command("bench", "generate", "train-gen"))(bench.bench_command)
+app.command("serve", cls=recipe_command("serve", "generate"))(serve.serve_command)
+app.command("pretrain-base", cls=recipe_command("pretrain-base"))(pretrain.pretrain_command)
 app.command("env")(env.env_command)
 
 

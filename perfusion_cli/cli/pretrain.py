@@ -19,9 +19,9 @@ def pretrain_command(
     sdxl: Annotated[bool, typer.Option("--sdxl", help="Make the tiny SDXL-architecture base from the tiny SD one "
                                                       "in --source (its tiny-clip/ and tiny-sd/).")] = False,
     source: Annotated[Path, typer.Option("--source", help="Where --sdxl finds tiny-clip/ and tiny-sd/.")] = ASSETS,
-    unet_steps: Annotated[Optional[int], typer.Option("--unet-steps")] = None,
-    vae_steps: Annotated[Optional[int], typer.Option("--vae-steps")] = None,
-    clip_steps: Annotated[Optional[int], typer.Option("--clip-steps")] = None,
+    unet_steps: Annotated[Optional[int], typer.Option("--unet-steps", help="Training steps of the tiny U-Net.")] = None,
+    vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", help="Training steps of the tiny VAE.")] = None,
+    clip_steps: Annotated[Optional[int], typer.Option("--clip-steps", help="Training steps of the tiny CLIP.")] = None,
     images: Annotated[Optional[int], typer.Option("--images", help="Catalogue images to draw.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads (0: all).")] = None,
     seed: options.Seed = None,

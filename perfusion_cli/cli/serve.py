@@ -50,6 +50,9 @@ def serve_command(
         "--max-wait-ms", help="How long a request waits for others to batch with.")] = None,
     request_timeout_s: Annotated[Optional[float], typer.Option(
         "--request-timeout-s", help="A generate request unanswered by then gets 504.")] = None,
+    read_timeout_s: Annotated[Optional[float], typer.Option(
+        "--read-timeout-s", help="A request's headers, then its body, must arrive within this (else the "
+                                 "connection is closed, or 408).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")] = None,
     device: options.Device = None,
     recipe: options.Recipe = None,
@@ -102,6 +105,9 @@ def serve_command(
     say(f"recording picks in {journal.sessions_path} ({len(journal)} sessions so far)")
     say(f"serving on http://{config.host}:{bound} (Ctrl-C stops)")
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[listener])
+        from perfusion_cli.serving.slow_clients import header_deadline
+
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
+                                      http=header_deadline(config.read_timeout_s))).run(sockets=[listener])
     finally:
         journal.close()

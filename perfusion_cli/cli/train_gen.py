@@ -36,7 +36,7 @@ def train_gen_command(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Positives per group with --positives reward.")] = None,
     base_model: options.BaseModel = None,
     resolution: options.Resolution = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the branch.")] = None,
     batch_size: options.BatchSize = None,
     max_steps: options.MaxSteps = None,
     grad_accum: options.GradAccum = None,
@@ -44,11 +44,13 @@ def train_gen_command(
     num_workers: options.NumWorkers = None,
     mixed_precision: options.MixedPrecision = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing")] = None,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass (less memory, about a third more time).")] = None,
     attention: options.Attention = None,
     share_encoder: Annotated[Optional[bool], typer.Option(
         "--share-encoder/--no-share-encoder", help="One frozen encoder pass for ε_θ and ε_ref.")] = None,
-    cache_latents: Annotated[Optional[bool], typer.Option("--cache-latents/--no-cache-latents")] = None,
+    cache_latents: Annotated[Optional[bool], typer.Option(
+        "--cache-latents/--no-cache-latents", help="Encode each image's VAE latent once and keep it in memory.")] = None,
     stored_latents: Annotated[Optional[bool], typer.Option(
         "--stored-latents/--no-stored-latents",
         help="Use the latents prepare --latents stored in the shards (default when the data has them).")] = None,
@@ -62,10 +64,10 @@ def train_gen_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Train the personalized diffusion model PerFusion (DATA_DIR default: <workspace>/data)."""
-    from perfusion_cli.training.gen import train_generator
-
     config = context.section(ctx, recipe, "train-gen", locals())
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
+    from perfusion_cli.training.gen import train_generator  # torch: after the checks that need no model
+
     if config.positives == "reward" and config.reward is None:
         config = dataclasses.replace(config, reward=str(workspace.rm_run))
     run_trainer(train_generator, config, data, out or workspace.gen_run, resume, overwrite, context.command_line())

@@ -46,8 +46,8 @@ def train_rm_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Train the personalized reward model PerFusionRM (DATA_DIR default: <workspace>/data)."""
-    from perfusion_cli.training.rm import train_reward_model
-
     config = context.section(ctx, recipe, "train-rm", locals())
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
+    from perfusion_cli.training.rm import train_reward_model  # torch: after the checks that need no model
+
     run_trainer(train_reward_model, config, data, out or workspace.rm_run, resume, overwrite, context.command_line())

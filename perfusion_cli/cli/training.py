@@ -12,6 +12,10 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
                 command: str) -> dict:
     from accelerate import PartialState
 
+    from perfusion_cli.data.manifest import load_manifest
+    from perfusion_cli.preflight import check_training
+
+    check_training(config, load_manifest(data_dir).vocab, PartialState().device)  # before any weight loads
     progress = RichProgress()
     try:
         summary = train(config, data_dir, run_dir, resume=resume, progress=progress, command=command,

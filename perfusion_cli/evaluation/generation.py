@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from perfusion_cli.config import DEFAULT_CLIP, EvalGenConfig
+from perfusion_cli.data.identifiers import file_stem
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.manifest import Manifest, load_manifest
 from perfusion_cli.data.synthetic import load_truth, oracle_utility
@@ -154,7 +155,7 @@ def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag:
     for p, pair in enumerate(pairs):
         row = []
         for j in range(images.shape[1]):
-            name = f"{p:03d}-{pair.merchant_id}-seed{seed + j}-{tag}.png"
+            name = f"{p:03d}-{file_stem(pair.merchant_id)}-seed{seed + j}-{tag}.png"  # no id steers a path
             to_pil(images[p, j]).save(folder / name)
             row.append(name)
         names.append(row)

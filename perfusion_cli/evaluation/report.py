@@ -5,7 +5,8 @@
     DIR/images/*.png    every generated image
 
 Everything is referenced by relative path; there are no scripts, fonts or styles from the network,
-so the page opens from disk in any browser.
+so the page opens from disk in any browser. Every value from the data (merchant ids, prompts, file names) is
+written through ``html.escape``, attributes included: a merchant id is data, never markup.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _montage(pairs, files: dict, merchants: int = 3, per_merchant: int = 6) -> s
     for merchant, cells in sorted(by_merchant.items())[:merchants]:
         rows = []
         for model, label in (("base", "base"), ("perfusion", "PerFusion")):
-            images = "".join(f"<td><img src='images/{files[model][p][j]}' alt='{label}'></td>"
+            images = "".join(f"<td><img src='images/{html.escape(files[model][p][j])}' alt='{label}'></td>"
                              for p, j in cells[:per_merchant])
             rows.append(f"<tr><th>{label}</th>{images}</tr>")
         prompts = "".join(f"<td class='note'>{html.escape(pairs[p].prompt)}</td>" for p, _ in cells[:per_merchant])
@@ -139,7 +140,7 @@ def _grids(pairs, files: dict, result, summary: dict) -> str:
                 cells = []
                 for model in ("base", "perfusion"):
                     notes = " ".join(f"{m} {result.scores[m][model][index, j]:.3f}" for m in scored)
-                    cells.append(f"<td><img src='images/{files[model][index][j]}' alt='{model}'>"
+                    cells.append(f"<td><img src='images/{html.escape(files[model][index][j])}' alt='{model}'>"
                                  f"<span class='note'>{html.escape(notes)}</span></td>")
                 prompt = html.escape(pairs[index].prompt)
                 rows.append(f"<tr><td>{prompt}<br><span class='note'>seed {summary['seed'] + j}</span></td>"
@@ -156,7 +157,7 @@ def write_report(folder: Path, summary: dict, pairs, files: dict, result, gen_ru
     if reward_run and Path(reward_run).is_dir():
         runs["reward model"] = Path(reward_run)
     curves = training_curves(folder, runs)
-    curve_html = "".join(f"<img src='{c}' alt='{c}'>" for c in curves) or "<p class='note'>no metrics.jsonl</p>"
+    curve_html = "".join(f"<img src='{html.escape(c)}' alt='{html.escape(c)}'>" for c in curves) or "<p class='note'>no metrics.jsonl</p>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PerFusion evaluation</title><style>{STYLE}</style></head>
 <body>

@@ -23,7 +23,7 @@ from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.errors import CheckpointError
 from perfusion_cli.models.adapter import MerchantAdapter
 from perfusion_cli.models.branch import PersonalizedBranch
-from perfusion_cli.runs import model_class
+from perfusion_cli.runs import loading, model_class
 
 KINDS = {"controlnet": PersonalizedBranch, "xs": PersonalizedBranch, "adapter": MerchantAdapter}
 
@@ -49,4 +49,5 @@ def load_branch(folder: Path, dtype: torch.dtype = torch.float32):
     classes = {cls.__name__: cls for cls in KINDS.values()}
     if name not in classes:
         raise CheckpointError(f"{folder} holds no personalized branch (config.json names {name!r})")
-    return classes[name].from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+    with loading(folder, "generator"):
+        return classes[name].from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)

@@ -27,13 +27,12 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import FeatureVocab
-from perfusion_cli.errors import CheckpointError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
 from perfusion_cli.models.clip_towers import image_features, text_features
 from perfusion_cli.models.merchant import MerchantEncoder
 from perfusion_cli.models.plugins import TowerPlugin
-from perfusion_cli.runs import model_folder
+from perfusion_cli.runs import loading, model_folder
 
 ZERO_SHOT = "zero-shot:"
 TOKENIZER = "tokenizer"
@@ -187,10 +186,7 @@ def load_reward_model(source: str | Path, device: torch.device | str = "cpu") ->
         model = create_reward_model(text[len(ZERO_SHOT):], None, plugin=False)
         return RewardModel(model.module.to(device).eval(), model.tokenizer)
     folder = model_folder(source, "reward")
-    try:
+    with loading(folder, "reward model"):
         module = PerFusionRM.from_pretrained(folder, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(folder / TOKENIZER)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot load the reward model in {folder}: {first}") from None
     return RewardModel(module.to(device).eval(), tokenizer)

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from perfusion_cli.errors import CheckpointError
+from perfusion_cli.io import plain_modes
 from perfusion_cli.training.state import flatten, unflatten
 
 CHECKPOINTS = "checkpoints"
@@ -77,6 +78,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
                                                     "extra": extra}, indent=2))
     barrier()
     if rank == 0:
+        plain_modes(tmp)
         for path in tmp.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -32,8 +32,8 @@ def test_the_embedded_default_works_verbatim_in_an_empty_folder(tmp_path):
     assert (tmp_path / "perfusion.toml").read_text() == TINY_RECIPE.read_text()
     write_recipe(tmp_path / "perfusion.toml", tiny_recipe())  # shrink steps through the workspace
     _run_here(tmp_path, [["train-rm"], ["train-gen", "--group-size", "5"],
-                         ["generate", "--merchant", "m0001", "linen dress"]])
-    folder = tmp_path / "outputs" / "m0001" / "linen-dress-seed0"
+                         ["generate", "--merchant", "123", "linen dress"]])  # the mission's form, verbatim
+    folder = tmp_path / "outputs" / "123" / "linen-dress-seed0"
     metadata = json.loads((folder / "metadata.json").read_text())
     assert len(list(folder.glob("*.png"))) == 2 and metadata["reward_model"]
 
@@ -44,7 +44,7 @@ def _logs_with_merchant_123(raw, logs):
     for name in ("merchants.jsonl", "sessions.jsonl"):
         rows = [json.loads(line) for line in (logs / name).read_text().splitlines()]
         for row in rows:
-            if row["merchant_id"] == "m0000":
+            if row["merchant_id"] == "101":
                 row["merchant_id"] = 123
         (logs / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
 

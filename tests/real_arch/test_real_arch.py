@@ -79,9 +79,9 @@ def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
     assert branch["_class_name"] == "MerchantAdapter" and branch["token_dim"] == 768
     assert len(branch["cross_attention"]) == 16
 
-    _perfusion(ws, "generate", *recipe, "--merchant", "m0001", "linen dress", "--n", "1", "--steps", "2",
+    _perfusion(ws, "generate", *recipe, "--merchant", "102", "linen dress", "--n", "1", "--steps", "2",
                "--resolution", "128")
-    metadata = json.loads((ws / "outputs" / "m0001" / "linen-dress-seed0" / "metadata.json").read_text())
+    metadata = json.loads((ws / "outputs" / "102" / "linen-dress-seed0" / "metadata.json").read_text())
     assert metadata["images"][0]["reward"] is not None and metadata["prompt_token_limit"] == 77
 
     from perfusion_cli.evaluation.scores import AestheticHead
@@ -128,7 +128,7 @@ def test_sdxl_industrial_recipe_trains_and_generates_on_sdxl_base(market, tmp_pa
     branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())
     # merchant tokens at SDXL's 2,048-wide text, K/V for each of its 70 cross-attention layers
     assert branch["token_dim"] == 2048 and len(branch["cross_attention"]) == 70
-    _perfusion(ws, "generate", "--recipe", "sdxl-industrial", "--merchant", "m0001", "linen dress", "--n", "1",
+    _perfusion(ws, "generate", "--recipe", "sdxl-industrial", "--merchant", "102", "linen dress", "--n", "1",
                "--steps", "2", "--resolution", "128")
-    assert len(list((ws / "outputs" / "m0001" / "linen-dress-seed0").glob("*.png"))) == 1
+    assert len(list((ws / "outputs" / "102" / "linen-dress-seed0").glob("*.png"))) == 1
     shutil.rmtree(sdxl)  # 6.5 GB

@@ -68,8 +68,8 @@ def test_every_command_runs_on_the_tiny_sdxl_base(tmp_path):
         _perfusion("train-rm")
         _perfusion("train-gen", "--group-size", "5")
         assert json.loads((tmp_path / "runs/gen/model/config.json").read_text())["base_model"] == "tiny-sdxl"
-        _perfusion("generate", "--merchant", "m0001", "linen dress")
-        assert len(list((tmp_path / "outputs/m0001/linen-dress-seed0").glob("*.png"))) == 2
+        _perfusion("generate", "--merchant", "102", "linen dress")
+        assert len(list((tmp_path / "outputs/102/linen-dress-seed0").glob("*.png"))) == 2
         _perfusion("eval", "gen", "--json", "outputs/eval-gen.json")
         report = json.loads((tmp_path / "outputs/eval-gen.json").read_text())
         assert report["models"]["perfusion"]["clip"] is not None  # the tiny CLIP scores tiny-sdxl's images

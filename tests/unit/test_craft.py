@@ -17,7 +17,7 @@ LAYERS = [
     {"models"},
     {"losses", "metrics", "ranking", "objective", "training", "accounting", "latents"},
     {"pipeline"},
-    {"evaluation", "generation", "bench", "plan"},
+    {"evaluation", "generation", "bench", "plan", "preflight"},
     {"serving"},
     {"cli", "__main__"},
 ]
@@ -113,3 +113,44 @@ def test_help_texts_keep_the_extras_they_name():
         assert "'perfusion'" not in text, f"{command} --help lost an extra's name: {text}"
         named |= set(re.findall(r"perfusion\[(\w+)\]", text))
     assert {"remote", "distributed", "serve"} <= named
+
+
+def _help(args, cwd):
+    from typer.testing import CliRunner
+
+    from perfusion_cli.cli.main import app
+
+    result = CliRunner().invoke(app, ["--workdir", str(cwd), *args, "--help"],
+                                env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert result.exit_code == 0, result.output
+    rows = [line.strip("│ ") for line in result.output.splitlines()]
+    return {row.split()[0]: " ".join(row.split()) for row in rows if row.startswith("--")}
+
+
+COMMANDS = [["prepare"], ["train-rm"], ["train-gen"], ["generate"], ["eval", "rm"], ["eval", "gen"], ["bench"],
+            ["serve"], ["pretrain-base"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_shows_switches_as_switches_and_every_option_has_a_help_text(command, tmp_path):
+    for line in _help(command, tmp_path).values():
+        assert "<bool>" not in line, line
+    from typer.main import get_command
+
+    from perfusion_cli.cli.main import app
+
+    group = get_command(app)
+    leaf = group.commands[command[0]]
+    for name in command[1:]:
+        leaf = leaf.commands[name]
+    missing = [p.opts[0] for p in leaf.params if p.param_type_name == "option" and not p.help]
+    assert not missing, f"{' '.join(command)}: options without help: {missing}"
+
+
+def test_help_shows_the_defaults_the_recipe_sets(tmp_path):
+    shown = _help(["train-gen"], tmp_path)
+    assert "(default: 1000)" in shown["--max-steps"] and "(default: 5000.0)" in shown["--beta"]
+    (tmp_path / "perfusion.toml").write_text("[train-gen]\nmax_steps = 400\nbeta = 500.0\n")
+    shown = _help(["train-gen"], tmp_path)
+    assert "(default from recipe: 400)" in shown["--max-steps"] and "(default from recipe: 500.0)" in shown["--beta"]
+    assert "(default: off)" in _help(["generate"], tmp_path / "elsewhere")["--rerank"]
