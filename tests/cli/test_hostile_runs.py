@@ -104,3 +104,14 @@ def test_requests_are_written_as_they_finish(trained_workspace, tmp_path):
     metadata = json.loads((tmp_path / "o" / "102" / "linen-dress-seed2" / "metadata.json").read_text())
     assert metadata["base_model"] == "tiny" and metadata["resolution"] == 64 and metadata["steps"] == config.steps
     assert len(metadata["run_code"]) >= 40  # the commit that trained the generator
+
+
+def test_weights_are_written_with_the_run_s_permissions(trained_workspace):
+    """safetensors creates its files 0600: a run's weights were unreadable beside its readable run.json."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for run in ("gen", "rm") for p in (trained_workspace / "runs" / run).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~mask)}
