@@ -12,6 +12,7 @@ starts as before: the check never blocks a run it cannot judge.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import psutil
@@ -24,7 +25,13 @@ from perfusion_cli.errors import ConfigError, PerfusionError
 from perfusion_cli.plan import plan_generate, train_gen_step, train_rm_step
 from perfusion_cli.runs import run_of
 
-HEADROOM = 0.9  # of the free memory: the estimate leaves out the allocator's slack and the libraries' own
+
+def process_device() -> torch.device:
+    """The device this training process will run on (its ``LOCAL_RANK``'s GPU, else the CPU), found without
+    starting Accelerate's distributed state: the trainer starts it, with its own settings."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def free_bytes(device: torch.device) -> int:
@@ -35,7 +42,7 @@ def free_bytes(device: torch.device) -> int:
 
 def require_fits(peak: int, device: torch.device, what: str, advice: str) -> None:
     free = free_bytes(device)
-    if peak > HEADROOM * free:
+    if peak > free:  # a run over it cannot fit; one just under may still (the estimate leaves out some overheads)
         raise ConfigError(f"{what} needs about {peak / 2**30:.1f} GiB at these settings and this machine's "
                           f"{device.type} has {free / 2**30:.1f} GiB free — {advice}")
 

@@ -13,9 +13,9 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
     from accelerate import PartialState
 
     from perfusion_cli.data.manifest import load_manifest
-    from perfusion_cli.preflight import check_training
+    from perfusion_cli.preflight import check_training, process_device
 
-    check_training(config, load_manifest(data_dir).vocab, PartialState().device)  # before any weight loads
+    check_training(config, load_manifest(data_dir).vocab, process_device())  # before any weight loads
     progress = RichProgress()
     try:
         summary = train(config, data_dir, run_dir, resume=resume, progress=progress, command=command,

@@ -22,21 +22,22 @@ def _lines(path):
 def test_a_killed_server_loses_no_acknowledged_session(serve_workspace, tmp_path):
     logs = tmp_path / "logs"
     server = Server(serve_workspace, logs).start()
-    answers = [httpx.post(server.url("/v1/generate"), json={"merchant_id": merchant, "prompt": "linen dress", "n": 3},
-                          timeout=120).json() for merchant in ("102", "103", "104")]
+    # a candidate is recorded in one session only: each session gets two candidates of its own
+    answers = [httpx.post(server.url("/v1/generate"), json={"merchant_id": merchant, "prompt": "linen dress", "n": 6},
+                          timeout=120).json() for merchant in ("102", "103", "104") * 8]
+    pool = iter([(answer["merchant_id"], [c["id"] for c in answer["candidates"]][k:k + 2])
+                 for answer in answers for k in (0, 2, 4)])  # 72 sessions
     acknowledged, sent, lock, stop = [], [], threading.Lock(), threading.Event()
-
-    def body(session_id, answer):
-        ids = [c["id"] for c in answer["candidates"]]
-        return {"session_id": session_id, "merchant_id": answer["merchant_id"], "prompt": "linen dress",
-                "candidates": ids, "selected": ids[1:2]}
 
     def writer(index):
         with httpx.Client(timeout=10) as http:
             for number in range(100_000):
-                if stop.is_set():
+                with lock:
+                    merchant, ids = next(pool, (None, None))
+                if stop.is_set() or ids is None:
                     return
-                session = body(f"kill-{index}-{number}", answers[number % len(answers)])
+                session = {"session_id": f"kill-{index}-{number}", "merchant_id": merchant, "prompt": "linen dress",
+                           "candidates": ids, "selected": ids[1:2]}
                 with lock:
                     sent.append(session)
                 try:

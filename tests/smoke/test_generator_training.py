@@ -54,7 +54,7 @@ def test_pipeline_save_then_load_gives_identical_images(gen_run, tmp_path):
 def test_generate_writes_pngs_and_metadata(gen_run, market, tmp_path):
     run, _ = gen_run
     data_dir, _ = market
-    merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchants.jsonl").read_text().splitlines()
+    merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchant_table.jsonl").read_text().splitlines()
                     if json.loads(l)["role"] == "train")
     config = GenerateConfig(n=3, seed=5, steps=3, guidance=2.0)
     metadata = generate(run, data_dir, merchant, "linen dress", config, tmp_path)
@@ -125,7 +125,7 @@ def test_each_light_branch_trains_saves_reloads_and_generates(market, tmp_path, 
     assert json.loads((tmp_path / kind / "model" / "config.json").read_text())["_class_name"] == saved_class
     pipeline = PerFusionPipeline.from_run(tmp_path / kind)
     assert type(pipeline.branch).__name__ == saved_class
-    merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchants.jsonl").read_text().splitlines()
+    merchant = next(json.loads(l)["merchant_id"] for l in (data_dir / "merchant_table.jsonl").read_text().splitlines()
                     if json.loads(l)["role"] == "train")
     metadata = generate(tmp_path / kind, data_dir, merchant, "linen dress", GenerateConfig(n=2, steps=3),
                         tmp_path / "out")
