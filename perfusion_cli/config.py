@@ -254,6 +254,8 @@ class ServeConfig:
     max_batch_images: int = bounded(16, ge=1, le=1024)
     max_wait_ms: float = bounded(25.0, ge=0, le=10_000)
     queue_size: int = bounded(64, ge=1, le=100_000)  # requests waiting beyond it are refused: 503 with Retry-After
+    # one merchant's requests waiting or running beyond it are refused (429): one merchant cannot fill the queue
+    max_pending_per_merchant: int = bounded(8, ge=1, le=100_000)
     request_timeout_s: float = bounded(120.0, gt=0, le=3600)
     # a request's headers, and then its body, must arrive within this: a client that sends them slowly (or
     # never finishes) is cut off, not kept for ever (408 for a body; the connection closed for headers)

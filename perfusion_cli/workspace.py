@@ -7,6 +7,7 @@
     <workspace>/runs/gen/        the generator           (perfusion train-gen)
     <workspace>/outputs/         images and reports      (perfusion generate, eval; serve's candidates)
     <workspace>/logs/            raw logs                (perfusion serve records picks; prepare reads them)
+    <workspace>/serve/tokens.jsonl  merchant tokens      (perfusion token add; serve checks them)
 
 The workspace is ``--workdir``, else ``$PERFUSION_HOME``, else the current directory.
 """
@@ -54,6 +55,10 @@ class Workspace:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "serve" / "tokens.jsonl"
 
     def default_reward(self) -> str | None:
         """The workspace's reward model when one has been trained (commands score with it if it is there)."""

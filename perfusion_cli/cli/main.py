@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli import __version__
-from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, train_gen, train_rm
+from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, token, train_gen, train_rm
 from perfusion_cli.cli.help import recipe_command
 from perfusion_cli.workspace import ENV_VAR, Workspace
 
@@ -52,6 +52,7 @@ app.add_typer(evaluate.app, name="eval")
 app.command("generate", cls=recipe_command("generate"))(generate.generate_command)
 app.command("bench", cls=recipe_command("bench", "generate", "train-gen"))(bench.bench_command)
 app.command("serve", cls=recipe_command("serve", "generate"))(serve.serve_command)
+app.add_typer(token.app, name="token")
 app.command("pretrain-base", cls=recipe_command("pretrain-base"))(pretrain.pretrain_command)
 app.command("env")(env.env_command)
 

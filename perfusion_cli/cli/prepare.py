@@ -41,11 +41,14 @@ def prepare_command(
         "--engine", help="local (this machine, --workers processes) or ray (a Ray cluster, or a local Ray runtime "
                          "with --workers CPUs; pip install 'perfusion\\[distributed]'); the same output.")] = "local",
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=1, help="Processes that decode the images and write the shards (default: the cores "
+        "--workers", min=1, max=1024, help="Processes that decode the images and write the shards (default: the cores "
                                  "available); the output is the same for any number.")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
         "--vocab", help="Prepared data whose merchant feature vocabulary to keep (so the models trained on it read "
                         "these shards: new logs for continued training); values it lacks map to the unknown id.")] = None,
+    exclude_token: Annotated[Optional[list[str]], typer.Option(
+        "--exclude-token", help="Hold out the sessions `perfusion serve` recorded under this token id (their "
+                                "\"recorded_by\"; `perfusion token list` shows ids); repeat for several.")] = None,
     latents: Annotated[bool, typer.Option(
         "--latents", help="Also store each candidate's VAE latent and the prompt's text embedding in the shards "
                           "(fp16), so train-gen never re-encodes them.")] = False,
@@ -65,8 +68,8 @@ def prepare_command(
     """
     if synthetic == (logs is not None):
         raise fail("give either LOGS_DIR or --synthetic (one of them)")
-    if synthetic and (vocab is not None or engine != "local"):
-        raise fail("--vocab and --engine apply to logs you prepare, not to --synthetic")
+    if synthetic and (vocab is not None or engine != "local" or exclude_token):
+        raise fail("--vocab, --engine and --exclude-token apply to logs you prepare, not to --synthetic")
     workspace = context.workspace(ctx)
     if synthetic and recipe is None and not workspace.recipe.exists():
         from perfusion_cli.io import atomic_write_text
@@ -95,7 +98,8 @@ def prepare_command(
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
         else:
             kept = load_manifest(vocab).vocab if vocab is not None else None
-            manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept, engine=engine)
+            manifest = prepare(logs, out, config, progress, context.command_line(), workers, vocab=kept, engine=engine,
+                               exclude_tokens=tuple(exclude_token or ()))
         if latents:
             from perfusion_cli.environment import pick_device
             from perfusion_cli.latents import store_latents

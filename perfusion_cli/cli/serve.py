@@ -40,10 +40,14 @@ def serve_command(
     port: Annotated[Optional[int], typer.Option("--port", help="Port (default 8000; 0 picks a free one).")] = None,
     token: Annotated[Optional[str], typer.Option(
         "--token", envvar="PERFUSION_TOKEN", show_envvar=True,
-        help="Required on every write (Authorization: Bearer TOKEN); needed to listen beyond loopback.")] = None,
+        help="The operator's token, valid for every merchant; with it (or any `perfusion token` in the "
+             "workspace) every request but / and /healthz needs a token.")] = None,
     max_n: Annotated[Optional[int], typer.Option("--max-n", help="Most candidates one request may ask for.")] = None,
     queue_size: Annotated[Optional[int], typer.Option(
         "--queue-size", help="Requests that may wait; beyond it: 503 with Retry-After.")] = None,
+    max_pending_per_merchant: Annotated[Optional[int], typer.Option(
+        "--max-pending-per-merchant", help="Requests one merchant may have waiting or running; beyond it: 429 "
+                                           "with Retry-After.")] = None,
     max_batch_images: Annotated[Optional[int], typer.Option(
         "--max-batch-images", help="Images one micro-batched pipeline call gathers (1: one request at a time).")] = None,
     max_wait_ms: Annotated[Optional[float], typer.Option(
@@ -66,10 +70,15 @@ def serve_command(
     if token is not None and len(token) < MIN_TOKEN:
         raise fail(f"--token must be at least {MIN_TOKEN} characters (a random one: "
                    f"python -c 'import secrets; print(secrets.token_urlsafe())')")
-    if not is_loopback(config.host) and token is None:
-        raise fail(f"refusing to listen on {config.host} without a token: anyone who reaches it could write to your "
-                   f"logs — pass --token (or set PERFUSION_TOKEN), or keep the default --host 127.0.0.1")
     workspace = context.workspace(ctx)
+    from perfusion_cli.serving.tokens import TokenFile
+
+    tokens = TokenFile(workspace.tokens)
+    beyond_loopback = not is_loopback(config.host)
+    if beyond_loopback and token is None and not tokens.active():
+        raise fail(f"refusing to listen on {config.host} without a token: anyone who reaches it could write to your "
+                   f"logs — make merchant tokens (perfusion token add MERCHANT_ID), pass --token (or set "
+                   f"PERFUSION_TOKEN), or keep the default --host 127.0.0.1")
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     try:
         import uvicorn
@@ -101,8 +110,11 @@ def serve_command(
     gallery = Gallery(workspace.outputs / "serve", config.keep_shown_days)
     if gallery.pruned:
         say(f"removed {gallery.pruned} candidates shown more than {config.keep_shown_days:g} days ago")
-    app = create_app(Studio(designer, gallery, journal), config, token, info)
+    app = create_app(Studio(designer, gallery, journal), config, token, info, tokens, guarded=beyond_loopback)
     say(f"recording picks in {journal.sessions_path} ({len(journal)} sessions so far)")
+    if token is not None or tokens.exists():
+        say(f"every request needs a token: {tokens.active()} merchant tokens in {tokens.path}"
+            + (", and the operator's" if token is not None else ""))
     say(f"serving on http://{config.host}:{bound} (Ctrl-C stops)")
     try:
         from perfusion_cli.serving.slow_clients import header_deadline

@@ -20,7 +20,8 @@ from perfusion_cli.data.identifiers import canonical_id
 from perfusion_cli.data.image_checks import BLOCK, ImageChecks, pool_map
 from perfusion_cli.data.images import ImageLimits, ImageProblem
 from perfusion_cli.data.merchants import is_prepared_table
-from perfusion_cli.data.records import GroupRecord, Rejection, RowError, check_text, checked, same_image_twice
+from perfusion_cli.data.records import (GroupRecord, HeldOut, Rejection, RowError, check_text, checked,
+                                        same_image_twice)
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
 from perfusion_cli.errors import DataError
 from perfusion_cli.data.storage import is_url, open_folder, sha256_of
@@ -162,6 +163,7 @@ class LogsSource:
     kind: str = "logs"
     workers: int = 1  # processes that decode pass one's images (``image_checks``); the output is the same
     max_candidates: int = 64  # a larger session is quarantined (too_many_candidates) before its images are read
+    excluded_tokens: frozenset = frozenset()  # sessions ``recorded_by`` these serve tokens are held out
 
     def __post_init__(self) -> None:
         self.folder = open_folder(self.root)
@@ -219,7 +221,11 @@ class LogsSource:
                     self._images.prefetch(image for _, obj, _ in ahead
                                           for image in _image_paths(obj, self.max_candidates))
                 for number, obj, rejection in block:
-                    yield rejection or first_of_session(self.validate_row(number, obj, known_merchants), obj, first_line)
+                    if rejection:
+                        yield rejection
+                        continue
+                    yield self.excluded(first_of_session(self.validate_row(number, obj, known_merchants), obj,
+                                                         first_line), obj)
         except BaseException:
             self._images.stop_workers()
             raise
@@ -247,6 +253,13 @@ class LogsSource:
         """One parsed session line, images included, as a record or a rejection (a duplicate session id is
         the caller's to find: it depends on the lines before, ``first_of_session``)."""
         return checked(SESSIONS_FILE, number, _snippet(obj), lambda: self._validate(number, obj, known_merchants))
+
+    def excluded(self, item: GroupRecord | Rejection, obj: dict) -> GroupRecord | Rejection | HeldOut:
+        """A valid session that a token of ``excluded_tokens`` recorded (its ``recorded_by``, written by ``serve``)
+        is held out with reason ``excluded_token``: a poisoned batch dropped, and counted."""
+        if isinstance(item, GroupRecord) and self.excluded_tokens and obj.get("recorded_by") in self.excluded_tokens:
+            return HeldOut(SESSIONS_FILE, item.row, R.EXCLUDED_TOKEN, item.session_id, item.merchant_id)
+        return item
 
     def image_verdict(self, relative: str) -> tuple:
         """Pass one's verdict on an image this source checked (what pass two compares against)."""

@@ -39,6 +39,7 @@ from perfusion_cli.data.logs import LogsSource, raw_logs_in
 from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_manifest
 from perfusion_cli.data.merchants import LEGACY, MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
+from perfusion_cli.data import records as R
 from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import ShardJob, SplitWriter, cut_shards
 from perfusion_cli.data.splits import SPLITS, plan_splits
@@ -59,24 +60,30 @@ FAILED = "prepare-failed"
 OUTPUTS = (SHARD_DIR, QUARANTINE, HELD_OUT, MERCHANTS, TRUTH, MANIFEST)
 
 
-def open_source(path: str | Path, config: PrepareConfig, workers: int = 1) -> LogsSource | PickAPicSource:
+def open_source(path: str | Path, config: PrepareConfig, workers: int = 1,
+                exclude_tokens: tuple[str, ...] = ()) -> LogsSource | PickAPicSource:
     """``workers`` decode a logs folder's images in parallel (Pick-a-Pic is read in one process). A logs
-    folder may be an fsspec URL; Pick-a-Pic is read from this machine's disk."""
+    folder may be an fsspec URL; Pick-a-Pic is read from this machine's disk. ``exclude_tokens``: sessions
+    that ``serve`` recorded under these token ids are held out (``excluded_token``)."""
+    excluded = frozenset(exclude_tokens)
     limits = ImageLimits(config.max_image_pixels, config.max_image_bytes, config.max_aspect_ratio,
                          parse_background(config.background))
     if is_url(path):
         if config.format == "pickapic" or str(path).endswith(".parquet"):
             raise DataError(f"Pick-a-Pic parquet is read from a local path, not a URL ({path}): copy it first")
-        return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates)
+        return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates,
+                          excluded_tokens=excluded)
     path = Path(path)
     if config.format == "pickapic" or path.suffix == ".parquet":
+        if excluded:
+            raise ConfigError("--exclude-token applies to logs that `perfusion serve` recorded, not to Pick-a-Pic")
         return PickAPicSource(path, limits, workers=workers)
-    return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates)
+    return LogsSource(path, limits, workers=workers, max_candidates=config.max_candidates, excluded_tokens=excluded)
 
 
 def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
             progress: Progress | None = None, command: str = "", workers: int = 1,
-            vocab: FeatureVocab | None = None, engine: str = "local") -> Manifest:
+            vocab: FeatureVocab | None = None, engine: str = "local", exclude_tokens: tuple[str, ...] = ()) -> Manifest:
     """Prepare ``source_path`` into ``out``; returns the manifest. ``workers`` changes the speed only:
     the output is byte-identical whatever it is. ``vocab``: keep this feature vocabulary (another prepared
     folder's) instead of building one from the training merchants, so models trained there read these shards.
@@ -88,7 +95,7 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "ray" and (config.format == "pickapic" or str(source_path).endswith(".parquet")):
         raise ConfigError("--engine ray reads logs folders; prepare Pick-a-Pic parquet with --engine local")
-    source = open_source(source_path, config, workers)
+    source = open_source(source_path, config, workers, exclude_tokens)
     if engine == "ray":
         from perfusion_cli.data import ray_engine
 
@@ -271,6 +278,7 @@ def _manifest(source, config, command, vocab, splits, records, rejections, merch
         "in_shards": in_shards,
         "quarantined": len(rejections),
         "held_out": len(held),
+        "excluded_by_token": sum(h.reason == R.EXCLUDED_TOKEN for h in held),  # part of held_out
         "identity": "session_rows == in_shards + quarantined + held_out",
         "balanced": described["session_rows"] == in_shards + len(rejections) + len(held),
         "merchant_rows": described["merchant_rows"],

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from perfusion_cli.data.logs import (SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl, worker_source,
                                      write_checked_shard)
-from perfusion_cli.data.records import GroupRecord, Rejection
+from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection
 from perfusion_cli.data.shards import ShardInfo, ShardJob
 from perfusion_cli.errors import DataError
 from perfusion_cli.progress import Progress
@@ -83,7 +83,7 @@ def scan(source: LogsSource, merchants: set[str], progress: Progress):
         for row in dataset.iter_rows():
             results[int(row["row"])] = json.loads(row["result"])
             progress.advance(1)
-    records, rejections, first_line = [], [], {}
+    records, rejections, held, first_line = [], [], [], {}
     for number, obj, rejection in lines:
         if rejection is not None:
             rejections.append(rejection)
@@ -93,15 +93,17 @@ def scan(source: LogsSource, merchants: set[str], progress: Progress):
             rejections.append(Rejection(**result["rejection"]))
             continue
         record = _record(result["record"])
-        item = first_of_session(record, obj, first_line)
-        if isinstance(item, GroupRecord):
+        item = source.excluded(first_of_session(record, obj, first_line), obj)
+        if isinstance(item, HeldOut):
+            held.append(item)
+        elif isinstance(item, GroupRecord):
             for image, verdict in zip(record.images, result["verdicts"]):
                 source.remember_verdict(image, tuple(verdict))
             records.append(item)
         else:
             rejections.append(item)
     progress.stop()
-    return records, rejections, []
+    return records, rejections, held
 
 
 def _record(fields: dict) -> GroupRecord:

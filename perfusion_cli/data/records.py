@@ -148,3 +148,4 @@ FEW_RECORDS = "few_records"
 TIE = "tie"
 UNLABELED = "unlabeled"
 IDENTICAL_PAIR = "identical_pair"
+EXCLUDED_TOKEN = "excluded_token"  # recorded by a token prepare was told to leave out (--exclude-token)

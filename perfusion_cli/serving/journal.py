@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +72,7 @@ class SessionJournal:
         self._recorded = self._read_sessions()
         self._recorded_in = {image: session for session, (_, _, candidates) in self._recorded.items()
                              for image, _ in candidates}  # candidate id → the session that recorded it
+        self._per_merchant = Counter(merchant for merchant, _, _ in self._recorded.values())
         self._merchants = self._read_merchant_ids()
 
     def close(self) -> None:
@@ -80,9 +82,14 @@ class SessionJournal:
     def __len__(self) -> int:
         return len(self._recorded)
 
-    def record(self, pick: Pick, images: dict[str, bytes], profile: dict) -> bool:
+    def count(self, merchant_id: str | None = None) -> int:
+        """Sessions recorded, in all or for one merchant."""
+        return len(self._recorded) if merchant_id is None else self._per_merchant[merchant_id]
+
+    def record(self, pick: Pick, images: dict[str, bytes], profile: dict, recorded_by: str | None = None) -> bool:
         """Write ``pick`` durably; False when this very session is already recorded. ``images`` holds every
-        candidate's PNG bytes by id; ``profile`` the merchant's profile (written once per merchant)."""
+        candidate's PNG bytes by id; ``profile`` the merchant's profile (written once per merchant);
+        ``recorded_by`` the id of the token that asked, kept in the line (none on an open server)."""
         with self._lock:
             known = self._recorded.get(pick.session_id)
             if known is not None:
@@ -104,8 +111,11 @@ class SessionJournal:
             line = {"session_id": pick.session_id, "merchant_id": pick.merchant_id, "prompt": pick.prompt,
                     "timestamp": moment, "candidates": [{"image": image_path(c), "selected": c in pick.selected}
                                                         for c in pick.candidates]}
+            if recorded_by is not None:
+                line["recorded_by"] = recorded_by
             _append_line(self.sessions_path, line)
             self._recorded[pick.session_id] = pick.key()
+            self._per_merchant[pick.merchant_id] += 1
             self._recorded_in.update(dict.fromkeys(pick.candidates, pick.session_id))
             return True
 

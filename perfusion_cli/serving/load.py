@@ -47,7 +47,7 @@ class LoadReport:
 def run_load(base_url: str, clients: int = 16, requests: int = 4, n: int = 2, merchants: list[str] | None = None,
              prompt: str = "linen dress", token: str | None = None, timeout: float = 600.0) -> LoadReport:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    merchants = merchants or httpx.get(f"{base_url}/v1/merchants", timeout=30).json()["merchants"]
+    merchants = merchants or httpx.get(f"{base_url}/v1/merchants", headers=headers, timeout=30).json()["merchants"]
     report = LoadReport(clients, requests, n)
     lock = threading.Lock()
 

@@ -86,8 +86,9 @@ class Studio:
         return answers
 
     def record(self, session_id: str, merchant_id: str, prompt: str, candidates: list[str],
-               selected: list[str]) -> bool:
-        """Record a merchant's picks; False when this session was already recorded (a retry)."""
+               selected: list[str], recorded_by: str | None = None) -> bool:
+        """Record a merchant's picks; False when this session was already recorded (a retry). ``recorded_by``:
+        the id of the token that asks (kept with the session, so ``prepare --exclude-token`` can drop it)."""
         if len(set(candidates)) != len(candidates):
             raise BadPick("a candidate id appears twice in \"candidates\"")
         if len(candidates) < 2:
@@ -100,10 +101,11 @@ class Studio:
         shown = {}
         for image_id in candidates:
             seen = self.gallery.shown(image_id)
-            if seen is None:
-                raise BadPick(f"unknown candidate id {image_id!r}: not an image this server generated")
-            if seen.merchant_id != merchant_id or seen.prompt != prompt:
-                raise BadPick(f"candidate {image_id} was generated for another merchant or prompt")
+            if seen is None or seen.merchant_id != merchant_id:  # another merchant's image is not one to tell of
+                raise BadPick(f"unknown candidate id {image_id!r}: not an image this server generated for merchant "
+                              f"{merchant_id!r}")
+            if seen.prompt != prompt:
+                raise BadPick(f"candidate {image_id} was generated for another prompt")
             shown[image_id] = seen
         prepared = self.designer.merchants.get(merchant_id)
         profile = prepared["features"] if prepared else next(s.profile for s in shown.values())
@@ -111,4 +113,4 @@ class Studio:
             raise ConfigError(f"no profile known for merchant {merchant_id!r}")
         images = {image_id: self.gallery.image(image_id) for image_id in candidates}
         return self.journal.record(Pick(session_id, merchant_id, prompt, tuple(candidates), frozenset(selected)),
-                                   images, profile)
+                                   images, profile, recorded_by)

@@ -82,3 +82,27 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@pytest.fixture
+def shop(serve_workspace, tmp_path):
+    """The trained workspace's models and data under a fresh root: tokens made here stay out of the shared one."""
+    root = tmp_path / "shop"
+    root.mkdir()
+    for name in ("data", "runs", "perfusion.toml"):
+        (root / name).symlink_to(serve_workspace / name)
+    return root
+
+
+def perfusion(workspace, *args) -> tuple[int, str, str]:
+    """A ``perfusion`` command in ``workspace``: (exit code, stdout, stderr with its whitespace collapsed)."""
+    result = subprocess.run([sys.executable, "-m", "perfusion_cli", "--workdir", str(workspace), *map(str, args)],
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout, " ".join(result.stderr.split())
+
+
+def add_token(workspace, merchant) -> str:
+    """``perfusion token add MERCHANT``'s token: its last line."""
+    code, out, err = perfusion(workspace, "token", "add", merchant)
+    assert code == 0, err
+    return out.strip().splitlines()[-1]

@@ -132,8 +132,8 @@ def test_image_ids_are_opaque(server):
     ("all", "select at least one candidate and leave at least one"),
     ({"selected": ["f" * 32]}, "\"selected\" must name distinct ids from \"candidates\""),
     ("unknown", "unknown candidate id 'ffffffffffffffffffffffffffffffff': not an image this server generated"),
-    ({"prompt": "wool hoodie"}, "was generated for another merchant or prompt"),
-    ({"merchant_id": "103"}, "was generated for another merchant or prompt"),
+    ({"prompt": "wool hoodie"}, "was generated for another prompt"),
+    ({"merchant_id": "103"}, "not an image this server generated for merchant '103'"),
     ("twice", "a candidate id appears twice in \"candidates\""),
 ])
 def test_a_session_that_does_not_match_what_was_shown_is_refused(server, change, detail):
@@ -147,20 +147,27 @@ def test_a_session_that_does_not_match_what_was_shown_is_refused(server, change,
     assert all(r["session_id"] != "bad-session" for r in read_jsonl(server.logs / "sessions.jsonl"))
 
 
-def test_with_a_token_every_write_needs_it(serve_workspace, tmp_path):
+def test_with_the_operator_token_every_route_but_the_page_needs_it(serve_workspace, tmp_path):
     token = "t0ken-for-the-test-0123456789"
     with Server(serve_workspace, tmp_path / "logs", token=token) as server:
         body = {"merchant_id": "102", "prompt": PROMPT, "n": 2}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
             response = httpx.post(server.url("/v1/generate"), json=body, headers=headers, timeout=60)
             assert response.status_code == 401, response.text
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            for path in ("/v1/info", "/v1/merchants", "/v1/images/" + "a" * 32):
+                assert httpx.get(server.url(path), headers=headers).status_code == 401
             response = httpx.post(server.url("/v1/sessions"), json={}, headers=headers)
             assert response.status_code == 401
+        assert httpx.get(server.url("/healthz")).status_code == httpx.get(server.url("/")).status_code == 200
         answer = _generate(server, n=2)
         assert answer.status_code == 200
         assert _record(server, answer.json(), "with-token").status_code == 200
-        assert httpx.get(server.url("/v1/info")).json()["token_required"] is True  # reads stay open
-        assert httpx.get(server.url(answer.json()["candidates"][0]["url"])).status_code == 200
+        info = httpx.get(server.url("/v1/info"), headers=server.headers()).json()
+        assert info["token_required"] is True and info["merchant"] is None and info["merchant_tokens"] == 0
+        assert httpx.get(server.url(answer.json()["candidates"][0]["url"]), headers=server.headers()).status_code == 200
+    [line] = read_jsonl(tmp_path / "logs" / "sessions.jsonl")
+    assert line["recorded_by"] == "operator"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,6 @@
 """``prepare --engine ray`` on a local Ray runtime (2 CPUs): the same shards, quarantine, held-out rows,
-merchants and manifest as ``--engine local``, byte for byte, bad rows included; a changed image is refused."""
+merchants and manifest as ``--engine local``, byte for byte, bad rows and excluded tokens included; a changed
+image is refused."""
 
 import json
 
@@ -33,16 +34,19 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(tmp_path):
         else:
             row[field] = value
         lines[offset] = json.dumps(row)
+    for offset in (10, 11, 12):  # recorded by a serve token the prepare leaves out
+        lines[offset] = json.dumps({**json.loads(lines[offset]), "recorded_by": "leaked"})
     lines[8] = "{not json"
     lines.insert(9, "")
     (logs / "sessions.jsonl").write_text("\n".join(lines) + "\n")
     config = PrepareConfig(shard_size=20)  # several shards a split, written by separate Ray tasks
 
-    local = prepare(logs, tmp_path / "local", config, workers=1).raw
-    distributed = prepare(logs, tmp_path / "ray", config, workers=2, engine="ray").raw
+    local = prepare(logs, tmp_path / "local", config, workers=1, exclude_tokens=("leaked",)).raw
+    distributed = prepare(logs, tmp_path / "ray", config, workers=2, engine="ray", exclude_tokens=("leaked",)).raw
     assert folder_files(tmp_path / "local") == folder_files(tmp_path / "ray")
     assert local["quarantine"]["reasons"] == {"duplicate_session_id": 1, "image_corrupt": 1, "image_missing": 1,
                                               "image_path_escapes": 1, "invalid_json": 1, "unknown_merchant": 1}
+    assert local["held_out"]["reasons"]["excluded_token"] == distributed["accounting"]["excluded_by_token"] == 3
     assert distributed["accounting"]["balanced"] and len(distributed["splits"]["train"]["shards"]) > 1
 
 
