@@ -276,6 +276,23 @@ class BaseTrainConfig:
     num_threads: Optional[int] = bounded(None, ge=1, le=1024)  # None: every core
 
 
+# The fields no flag sets: a recipe sets them (docs/recipes.md lists them); every other field of a section has a
+# flag of the same name on a command that builds it (cli/flags.py checks names; tests/cli/test_flags.py, both).
+RECIPE_ONLY: dict[str, frozenset[str]] = {
+    "synthetic": frozenset({"group_size", "resolution"}),
+    "prepare": frozenset({"val_fraction", "test_fraction", "cold_start_fraction", "numeric_buckets", "shard_size",
+                          "max_image_pixels", "max_image_bytes", "max_aspect_ratio", "max_candidates", "background"}),
+    "train-rm": frozenset({"weight_decay", "warmup_steps", "max_grad_norm", "shuffle_buffer", "steps_per_epoch",
+                           "log_every", "plugin_hidden", "taste_head", "prompt_scale", "merchant", "eval_max_groups",
+                           "augment_flip"}),
+    "train-gen": frozenset({"weight_decay", "warmup_steps", "max_grad_norm", "shuffle_buffer", "steps_per_epoch",
+                            "log_every", "eval_every", "grid_size", "grid_channels", "xs_width", "adapter_tokens",
+                            "merchant", "warn_error_ratio"}),
+    "generate": frozenset({"batch_size"}),
+    "serve": frozenset({"default_n", "max_prompt_chars", "max_body_bytes", "keep_shown_days"}),
+    "pretrain-base": frozenset({"batch_size"}),
+}
+
 SECTIONS: dict[str, type] = {
     "synthetic": SyntheticConfig,
     "prepare": PrepareConfig,

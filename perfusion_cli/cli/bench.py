@@ -9,6 +9,10 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
+from perfusion_cli.cli.flags import routes
+
+ROUTES = routes("bench", local=("model", "data", "reward", "json_out", "recipe", "plan", "merchants", "branch",
+                                 "branch_every", "branch_until"))
 
 
 @boundary
@@ -46,8 +50,8 @@ def bench_command(
     if (branch, branch_every, branch_until) != (None, None, None):
         raise fail("--branch, --branch-every and --branch-until apply to --plan (a run knows its branch kind, and "
                    "bench measures every reuse setting)")
-    config = context.section(ctx, recipe, "bench", locals())
-    train = context.section(ctx, recipe, "train-gen", {})
+    config = context.section(ctx, recipe, "bench")
+    train = context.section(ctx, recipe, "train-gen")
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     reward = reward if reward is not None else context.workspace(ctx).default_reward()
     from perfusion_cli.bench import run_bench

@@ -27,15 +27,12 @@ def recipe_path(ctx: typer.Context, recipe: Path | None) -> Path | None:
     return default if default.is_file() else None
 
 
-def section(ctx: typer.Context, recipe: Path | None, name: str, flags: dict[str, Any]) -> Any:
-    """Build the config of section ``name``: defaults < recipe section < flags (None = not given).
-
-    ``flags`` may be a command's ``locals()``: only the names that are keys of the section count.
-    """
+def section(ctx: typer.Context, recipe: Path | None, name: str) -> Any:
+    """Build the config of section ``name``: defaults < recipe section < the command's flags routed to it
+    (``cli/flags.py``; None = not given)."""
     path = recipe_path(ctx, recipe)
     values = load_recipe(path).get(name, {})
-    keys = {field.name for field in dataclasses.fields(SECTIONS[name])}
-    overrides = {key: value for key, value in flags.items() if key in keys}
+    overrides = ctx.command.routes.given(ctx.params, name)
     return build(SECTIONS[name], values, overrides, where=f"recipe {path} [{name}]" if path else name)
 
 

@@ -9,12 +9,11 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
-from perfusion_cli.cli.help import recipe_command
+from perfusion_cli.cli.flags import register, routes
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate the reward model (rm) or the generator (gen).")
 
 
-@app.command("rm", cls=recipe_command("eval-rm"))
 @boundary
 def eval_rm_command(
     ctx: typer.Context,
@@ -30,7 +29,7 @@ def eval_rm_command(
     recipe: options.Recipe = None,
 ) -> None:
     """MAP and GAUC of reward models on one split."""
-    config = context.section(ctx, recipe, "eval-rm", locals())
+    config = context.section(ctx, recipe, "eval-rm")
     data = context.data_dir(ctx, data, config.split)
     sources = checkpoint or [str(context.workspace(ctx).rm_run)]
     from perfusion_cli.evaluation.ranking import evaluate_reward_model
@@ -79,7 +78,6 @@ def eval_rm_command(
         atomic_write_json(json_out, {"split": config.split, "models": results, "ceilings": bounds})
 
 
-@app.command("gen", cls=recipe_command("eval-gen"))
 @boundary
 def eval_gen_command(
     ctx: typer.Context,
@@ -107,7 +105,7 @@ def eval_gen_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""
-    config = context.with_default_reward(ctx, context.section(ctx, recipe, "eval-gen", locals()))
+    config = context.with_default_reward(ctx, context.section(ctx, recipe, "eval-gen"))
     data, run = context.data_dir(ctx, data, config.split), context.generator_run(ctx, model)
     from perfusion_cli.evaluation.generation import evaluate_generator
     from perfusion_cli.io import atomic_write_json
@@ -155,3 +153,7 @@ def print_generation_summary(summary: dict) -> None:
         say(f"{metric}: n/a — {reason}")
     if summary.get("report"):
         say(f"report: {summary['report']}")
+
+
+register(app, "rm", eval_rm_command, routes("eval-rm", local=("checkpoint", "data", "json_out", "recipe")))
+register(app, "gen", eval_gen_command, routes("eval-gen", local=("model", "data", "report", "json_out", "recipe")))

@@ -9,9 +9,12 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
+from perfusion_cli.cli.flags import routes
 
 
 MAX_TABLES = 8  # a --requests run prints the tables of its last requests; every folder is logged as written
+
+ROUTES = routes("generate", local=("prompt", "merchant", "requests", "features", "model", "data", "out", "recipe"))
 
 
 @boundary
@@ -49,7 +52,7 @@ def generate_command(
     PNGs + metadata.json, one folder per request."""
     if (requests is None) == (merchant is None or prompt is None):
         raise fail('give --merchant ID "PROMPT", or --requests FILE.jsonl (one of them)')
-    config = context.with_default_reward(ctx, context.section(ctx, recipe, "generate", locals()))
+    config = context.with_default_reward(ctx, context.section(ctx, recipe, "generate"))
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     if features and config.cold_start != "features":
         raise fail("--features only applies with --cold-start features")

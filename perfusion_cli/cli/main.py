@@ -14,7 +14,7 @@ import typer
 
 from perfusion_cli import __version__
 from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, token, train_gen, train_rm
-from perfusion_cli.cli.help import recipe_command
+from perfusion_cli.cli.flags import register
 from perfusion_cli.workspace import ENV_VAR, Workspace
 
 app = typer.Typer(
@@ -45,15 +45,15 @@ def main_callback(
         os.environ.setdefault(key, value)
 
 
-app.command("prepare", cls=recipe_command("prepare", "synthetic", "train-gen"))(prepare.prepare_command)
-app.command("train-rm", cls=recipe_command("train-rm"))(train_rm.train_rm_command)
-app.command("train-gen", cls=recipe_command("train-gen"))(train_gen.train_gen_command)
+register(app, "prepare", prepare.prepare_command, prepare.ROUTES)
+register(app, "train-rm", train_rm.train_rm_command, train_rm.ROUTES)
+register(app, "train-gen", train_gen.train_gen_command, train_gen.ROUTES)
 app.add_typer(evaluate.app, name="eval")
-app.command("generate", cls=recipe_command("generate"))(generate.generate_command)
-app.command("bench", cls=recipe_command("bench", "generate", "train-gen"))(bench.bench_command)
-app.command("serve", cls=recipe_command("serve", "generate"))(serve.serve_command)
+register(app, "generate", generate.generate_command, generate.ROUTES)
+register(app, "bench", bench.bench_command, bench.ROUTES)
+register(app, "serve", serve.serve_command, serve.ROUTES)
 app.add_typer(token.app, name="token")
-app.command("pretrain-base", cls=recipe_command("pretrain-base"))(pretrain.pretrain_command)
+register(app, "pretrain-base", pretrain.pretrain_command, pretrain.ROUTES)
 app.command("env")(env.env_command)
 
 

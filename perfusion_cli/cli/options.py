@@ -38,3 +38,17 @@ BranchEvery = Annotated[Optional[int], typer.Option(
     "--branch-every", help="Compute the branch every N denoising steps, reusing its output in between.")]
 BranchUntil = Annotated[Optional[float], typer.Option(
     "--branch-until", help="Run the branch on the first fraction of the steps only (then the base alone).")]
+
+GroupSize = Annotated[Optional[int], typer.Option("--group-size", help="Candidates per group (K).")]
+GradientCheckpointing = Annotated[Optional[bool], typer.Option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    help="Recompute activations in the backward pass (less memory, about a third more time).")]
+
+# the flags train-rm and train-gen share, declared once (``flags.with_flags`` adds them to both commands)
+TRAINING = {"group_size": GroupSize, "base_model": BaseModel, "batch_size": BatchSize, "max_steps": MaxSteps, "grad_accum": GradAccum,
+            "lr_schedule": LrSchedule, "num_workers": NumWorkers, "mixed_precision": MixedPrecision,
+            "gradient_checkpointing": GradientCheckpointing,
+            "checkpoint_every": CheckpointEvery, "keep_last": KeepLast, "seed": Seed, "report_to": ReportTo,
+            "skip_bad_shards": SkipBadShards}
+# the parameters of a training command that set no config field
+TRAINING_LOCAL = ("data", "out", "resume", "overwrite", "recipe")

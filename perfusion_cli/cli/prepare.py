@@ -10,8 +10,14 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
+from perfusion_cli.cli.flags import routes
 from perfusion_cli.config import TINY_RECIPE
 from perfusion_cli.environment import available_cores
+
+ROUTES = routes("prepare", local=("logs", "out", "synthetic", "engine", "workers", "vocab", "exclude_token", "latents",
+                                  "device", "recipe"),
+                synthetic=("merchants", "sessions_per_merchant", "style", "taste", "noise", "seed"),
+                train_gen=("base_model", "resolution"))
 
 
 @boundary
@@ -41,8 +47,8 @@ def prepare_command(
         "--engine", help="local (this machine, --workers processes) or ray (a Ray cluster, or a local Ray runtime "
                          "with --workers CPUs; pip install 'perfusion\\[distributed]'); the same output.")] = "local",
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=1, max=1024, help="Processes that decode the images and write the shards (default: the cores "
-                                 "available); the output is the same for any number.")] = None,
+        "--workers", min=1, max=1024, help="Processes that decode the images and write the shards (default: the "
+                                           "cores available); the output is the same for any number.")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
         "--vocab", help="Prepared data whose merchant feature vocabulary to keep (so the models trained on it read "
                         "these shards: new logs for continued training); values it lacks map to the unknown id.")] = None,
@@ -76,13 +82,13 @@ def prepare_command(
 
         atomic_write_text(workspace.recipe, TINY_RECIPE.read_text(encoding="utf-8"))
         say(f"wrote {workspace.recipe} (the tiny CPU recipe: bundled tiny backbones, synthetic marketplace)")
-    config = context.section(ctx, recipe, "prepare", {"format": format, "min_records": min_records})
+    config = context.section(ctx, recipe, "prepare")
     if not latents and (base_model or resolution or device):
         raise fail("--base-model, --resolution and --device apply with --latents")
     if out is not None and "://" in out and not out.startswith("file://") and (synthetic or latents):
         raise fail("--synthetic and --latents write to a local --out folder (upload it afterwards, or prepare logs "
                    "without them to a URL)")
-    generator = context.section(ctx, recipe, "train-gen", {"base_model": base_model, "resolution": resolution})
+    generator = context.section(ctx, recipe, "train-gen")
     out = out or workspace.data
     from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.data.prepare import prepare, prepare_synthetic
@@ -92,9 +98,7 @@ def prepare_command(
     progress = RichProgress()
     try:
         if synthetic:
-            synthetic_config = context.section(ctx, recipe, "synthetic", {
-                "merchants": merchants, "sessions_per_merchant": sessions_per_merchant, "seed": seed, "style": style,
-                "taste": taste, "noise": noise})
+            synthetic_config = context.section(ctx, recipe, "synthetic")
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
         else:
             kept = load_manifest(vocab).vocab if vocab is not None else None

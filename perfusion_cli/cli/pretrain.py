@@ -9,7 +9,10 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
+from perfusion_cli.cli.flags import routes
 from perfusion_cli.config import ASSETS
+
+ROUTES = routes("pretrain-base", local=("out", "sdxl", "source", "recipe"))
 
 
 @boundary
@@ -23,7 +26,7 @@ def pretrain_command(
     vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", help="Training steps of the tiny VAE.")] = None,
     clip_steps: Annotated[Optional[int], typer.Option("--clip-steps", help="Training steps of the tiny CLIP.")] = None,
     images: Annotated[Optional[int], typer.Option("--images", help="Catalogue images to draw.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads (0: all).")] = None,
+    num_threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads (default: every core).")] = None,
     seed: options.Seed = None,
     recipe: options.Recipe = None,
 ) -> None:
@@ -31,9 +34,7 @@ def pretrain_command(
     with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads."""
     from perfusion_cli.training.base import pretrain_base, pretrain_sdxl
 
-    config = context.section(ctx, recipe, "pretrain-base", {
-        "unet_steps": unet_steps, "vae_steps": vae_steps, "clip_steps": clip_steps, "images": images,
-        "num_threads": threads, "seed": seed})
+    config = context.section(ctx, recipe, "pretrain-base")
     progress = RichProgress()
     try:
         timings = pretrain_sdxl(out, config, source, progress) if sdxl else pretrain_base(out, config, progress)

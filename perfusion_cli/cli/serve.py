@@ -12,6 +12,7 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary, fail, say
+from perfusion_cli.cli.flags import routes
 
 LOOPBACK_NAMES = {"localhost"}
 MIN_TOKEN = 16
@@ -24,6 +25,8 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+ROUTES = routes("serve", local=("model", "logs", "data", "token", "recipe"), generate=("steps", "device", "reward"))
 
 
 @boundary
@@ -63,10 +66,8 @@ def serve_command(
 ) -> None:
     """Serve personalized candidates over HTTP (JSON API + a page at /) and record merchants' picks in LOGS,
     in the raw-log format `perfusion prepare` reads. Needs the serve extra: pip install 'perfusion\\[serve]'."""
-    config = context.section(ctx, recipe, "serve", locals())
-    generate = context.with_default_reward(ctx, context.section(ctx, recipe, "generate", {"steps": steps,
-                                                                                        "device": device,
-                                                                                        "reward": reward}))
+    config = context.section(ctx, recipe, "serve")
+    generate = context.with_default_reward(ctx, context.section(ctx, recipe, "generate"))
     if token is not None and len(token) < MIN_TOKEN:
         raise fail(f"--token must be at least {MIN_TOKEN} characters (a random one: "
                    f"python -c 'import secrets; print(secrets.token_urlsafe())')")

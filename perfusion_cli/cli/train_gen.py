@@ -9,15 +9,18 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary
+from perfusion_cli.cli.flags import routes, with_flags
 from perfusion_cli.cli.training import run_trainer
 
+ROUTES = routes("train-gen", local=options.TRAINING_LOCAL)
 
+
+@with_flags(options.TRAINING)
 @boundary
 def train_gen_command(
     ctx: typer.Context,
     data: options.DataDir = None,
     out: options.Out = None,
-    group_size: Annotated[Optional[int], typer.Option("--group-size", help="Candidates per group (K).")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO β (5000 for SD 1.5, Diffusion-DPO's).")] = None,
     branch: Annotated[Optional[str], typer.Option(
         "--branch", help="controlnet (PerFusion's), xs (a thin ControlNet) or adapter (merchant tokens).")] = None,
@@ -34,18 +37,8 @@ def train_gen_command(
     reward: Annotated[Optional[str], typer.Option(
         "--reward", help="Reward-model run for --positives reward (default <workspace>/runs/rm).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Positives per group with --positives reward.")] = None,
-    base_model: options.BaseModel = None,
     resolution: options.Resolution = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the branch.")] = None,
-    batch_size: options.BatchSize = None,
-    max_steps: options.MaxSteps = None,
-    grad_accum: options.GradAccum = None,
-    lr_schedule: options.LrSchedule = None,
-    num_workers: options.NumWorkers = None,
-    mixed_precision: options.MixedPrecision = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="Recompute activations in the backward pass (less memory, about a third more time).")] = None,
     attention: options.Attention = None,
     share_encoder: Annotated[Optional[bool], typer.Option(
         "--share-encoder/--no-share-encoder", help="One frozen encoder pass for ε_θ and ε_ref.")] = None,
@@ -54,17 +47,13 @@ def train_gen_command(
     stored_latents: Annotated[Optional[bool], typer.Option(
         "--stored-latents/--no-stored-latents",
         help="Use the latents prepare --latents stored in the shards (default when the data has them).")] = None,
-    checkpoint_every: options.CheckpointEvery = None,
-    keep_last: options.KeepLast = None,
-    seed: options.Seed = None,
-    report_to: options.ReportTo = None,
-    skip_bad_shards: options.SkipBadShards = None,
     resume: options.Resume = None,
     overwrite: options.Overwrite = False,
     recipe: options.Recipe = None,
+    **flags,  # options.TRAINING
 ) -> None:
     """Train the personalized diffusion model PerFusion (DATA_DIR default: <workspace>/data)."""
-    config = context.section(ctx, recipe, "train-gen", locals())
+    config = context.section(ctx, recipe, "train-gen")
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
     from perfusion_cli.training.gen import train_generator  # torch: after the checks that need no model
 

@@ -8,9 +8,13 @@ import typer
 
 from perfusion_cli.cli import context, options
 from perfusion_cli.cli.console import boundary
+from perfusion_cli.cli.flags import routes, with_flags
 from perfusion_cli.cli.training import run_trainer
 
+ROUTES = routes("train-rm", local=options.TRAINING_LOCAL)
 
+
+@with_flags(options.TRAINING)
 @boundary
 def train_rm_command(
     ctx: typer.Context,
@@ -23,30 +27,19 @@ def train_rm_command(
         "--shared-plugin/--separate-plugins", help="One merchant encoder for both towers (ablation).")] = None,
     freeze_backbone: Annotated[Optional[bool], typer.Option(
         "--freeze-backbone/--train-backbone", help="Train only the plug-ins.")] = None,
-    base_model: options.BaseModel = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the plug-ins.")] = None,
     backbone_lr: Annotated[Optional[float], typer.Option("--backbone-lr", help="Learning rate of CLIP.")] = None,
-    batch_size: options.BatchSize = None,
-    max_steps: options.MaxSteps = None,
-    grad_accum: options.GradAccum = None,
-    lr_schedule: options.LrSchedule = None,
-    num_workers: options.NumWorkers = None,
-    mixed_precision: options.MixedPrecision = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validations.")] = None,
-    checkpoint_every: options.CheckpointEvery = None,
-    keep_last: options.KeepLast = None,
-    seed: options.Seed = None,
-    report_to: options.ReportTo = None,
-    skip_bad_shards: options.SkipBadShards = None,
     init_from: Annotated[Optional[str], typer.Option(
         "--init-from", help="Start from this trained reward model (a run folder): continued training on new "
                             "logs prepared with its vocabulary (prepare LOGS --vocab DATA).")] = None,
     resume: options.Resume = None,
     overwrite: options.Overwrite = False,
     recipe: options.Recipe = None,
+    **flags,  # options.TRAINING
 ) -> None:
     """Train the personalized reward model PerFusionRM (DATA_DIR default: <workspace>/data)."""
-    config = context.section(ctx, recipe, "train-rm", locals())
+    config = context.section(ctx, recipe, "train-rm")
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
     from perfusion_cli.training.rm import train_reward_model  # torch: after the checks that need no model
 
