@@ -178,6 +178,10 @@ class LogsSource:
                                 f"{SESSIONS_FILE} and the images they reference (docs/data-format.md)")
 
     @property
+    def location(self) -> Path | str:
+        return self.root
+
+    @property
     def sessions_file(self) -> str:
         return SESSIONS_FILE
 

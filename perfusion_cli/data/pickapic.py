@@ -80,6 +80,10 @@ class PickAPicSource:
                 raise DataError(f"{file} lacks the Pick-a-Pic column(s) {', '.join(missing)}")
 
     @property
+    def location(self) -> Path:
+        return self.path
+
+    @property
     def sessions_file(self) -> str:
         return self.files[0].name if len(self.files) == 1 else self.path.name
 
@@ -205,6 +209,9 @@ class PickAPicSource:
         return list(self.files)
 
     synthetic = False  # Pick-a-Pic has no hidden taste to measure
+
+    def copy_truth(self, target: Path) -> None:
+        raise TypeError("Pick-a-Pic data has no truth.json (synthetic is False)")
 
     def read_images(self, record: GroupRecord) -> list[tuple[str, bytes]]:
         file_index, group_index, offset, _ = record.images[0].split(":")

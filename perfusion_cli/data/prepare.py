@@ -42,6 +42,7 @@ from perfusion_cli.data.pickapic import PickAPicSource
 from perfusion_cli.data import records as R
 from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import ShardJob, SplitWriter, cut_shards
+from perfusion_cli.data.source import InputSource
 from perfusion_cli.data.splits import SPLITS, plan_splits
 from perfusion_cli.data.synthetic import TRUTH, write_marketplace
 from perfusion_cli.data.storage import is_url, upload
@@ -61,7 +62,7 @@ OUTPUTS = (SHARD_DIR, QUARANTINE, HELD_OUT, MERCHANTS, TRUTH, MANIFEST)
 
 
 def open_source(path: str | Path, config: PrepareConfig, workers: int = 1,
-                exclude_tokens: tuple[str, ...] = ()) -> LogsSource | PickAPicSource:
+                exclude_tokens: tuple[str, ...] = ()) -> InputSource:
     """``workers`` decode a logs folder's images in parallel (Pick-a-Pic is read in one process). A logs
     folder may be an fsspec URL; Pick-a-Pic is read from this machine's disk. ``exclude_tokens``: sessions
     that ``serve`` recorded under these token ids are held out (``excluded_token``)."""
@@ -113,8 +114,8 @@ def prepare(source_path: str | Path, out: str | Path, config: PrepareConfig,
         source.close()  # the worker processes, kept from pass one for pass two
 
 
-def _prepare_locally(source, source_path, out: Path, config: PrepareConfig, progress: Progress, command: str,
-                     vocab: FeatureVocab | None, engine: str) -> Manifest:
+def _prepare_locally(source: InputSource, source_path, out: Path, config: PrepareConfig, progress: Progress,
+                     command: str, vocab: FeatureVocab | None, engine: str) -> Manifest:
     _refuse_own_input(source, out)
     _refuse_raw_logs(out)
     check_output_dir(out, "the prepared data folder")
@@ -150,11 +151,11 @@ def _refuse_raw_logs(out: str | Path) -> None:
                         f"for the prepared data (the default is <workspace>/data)")
 
 
-def _refuse_own_input(source, out: Path) -> None:
+def _refuse_own_input(source: InputSource, out: Path) -> None:
     """Writing into the logs folder would replace its merchants.jsonl (and a re-run would find nothing)."""
-    if isinstance(source, LogsSource) and is_url(source.root):
+    if is_url(source.location):
         return  # logs at a URL are not this machine's files
-    root = (source.root if isinstance(source, LogsSource) else source.path).resolve()
+    root = Path(source.location).resolve()
     target = out.resolve()
     inputs = {path.resolve() for path in source.input_files() if path.exists()}
     written = {(target / name).resolve(): name for name in OUTPUTS}
@@ -180,8 +181,8 @@ def _locked(out: Path) -> Iterator[None]:
         handle.close()
 
 
-def _prepare_into(source, source_path, staging: Path, out: Path, config: PrepareConfig, progress: Progress,
-                  command: str, vocab: FeatureVocab | None, engine: str = "local") -> dict:
+def _prepare_into(source: InputSource, source_path, staging: Path, out: Path, config: PrepareConfig,
+                  progress: Progress, command: str, vocab: FeatureVocab | None, engine: str = "local") -> dict:
     profiles, merchant_rejections = source.merchants()
     if engine == "ray":
         from perfusion_cli.data import ray_engine
@@ -237,7 +238,7 @@ def _swap_in(staging: Path, out: Path, raw: dict) -> Manifest:
     return write_manifest(out, raw)
 
 
-def _scan(source, merchants: set[str], progress: Progress):
+def _scan(source: InputSource, merchants: set[str], progress: Progress):
     records: list[GroupRecord] = []
     rejections = []
     held: list[HeldOut] = []
@@ -269,7 +270,7 @@ def _write_shards(write, jobs: list[ShardJob], staging: Path, config: PrepareCon
     return splits
 
 
-def _manifest(source, config, command, vocab, splits, records, rejections, merchant_rejections, held,
+def _manifest(source: InputSource, config, command, vocab, splits, records, rejections, merchant_rejections, held,
               plan) -> dict:
     described = source.describe()
     in_shards = sum(writer.groups for writer in splits.values())

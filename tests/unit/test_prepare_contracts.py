@@ -19,6 +19,7 @@ from perfusion_cli.data import prepare as prepare_module
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.logs import LogsSource
 from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.data.source import InputSource
 from perfusion_cli.data.vocab import OOV
 from perfusion_cli.errors import DataError
 from tests.helpers import children, many_sessions, prepare_logs, read_jsonl, write_logs
@@ -170,6 +171,20 @@ def test_pickapic_rows_become_groups_of_two_and_ties_are_held_out(tmp_path):
                 assert valid.all()
     assert groups["a red dress"] == [True, False]
     assert groups["a blue dress"] == [False, True]
+
+
+def test_both_input_formats_provide_the_input_source_contract(market, tmp_path):
+    red, blue = _jpeg((200, 0, 0)), _jpeg((0, 0, 200))
+    _pickapic(tmp_path / "pick.parquet", [("a red dress", red, blue, 1.0, "u1")])
+    logs = prepare_module.open_source(market[0] / "raw", PrepareConfig())
+    pick = prepare_module.open_source(tmp_path / "pick.parquet", PrepareConfig())
+    members = [name for name in dir(InputSource) if not name.startswith("_")]
+    assert {"location", "scan", "write_shards", "read_images", "input_files", "describe", "close"} <= set(members)
+    for source, kind in ((logs, "logs"), (pick, "pickapic")):
+        assert isinstance(source, InputSource) and source.kind == kind
+        assert all(hasattr(type(source), name) or hasattr(source, name) for name in members)
+    assert Path(logs.location).resolve() == (market[0] / "raw").resolve() and pick.location == tmp_path / "pick.parquet"
+    assert logs.synthetic and not pick.synthetic
 
 
 def test_pickapic_missing_column_is_a_clear_error(tmp_path):
