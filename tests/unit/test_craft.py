@@ -1,6 +1,7 @@
 """The package's shape: a fast CLI that imports no heavy library, and imports that never run back up."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +11,32 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "perfusion_cli"
 HEAVY = ("torch", "diffusers", "transformers", "webdataset", "accelerate", "numpy", "PIL")
 
-# docs/architecture.md: data flows one way; a module imports only from its own layer or the ones above it here.
-LAYERS = [
-    {"__init__", "errors", "config", "io", "progress", "environment", "runs", "workspace"},
-    {"data"},
-    {"models"},
-    {"losses", "metrics", "ranking", "objective", "training", "accounting", "latents"},
-    {"pipeline"},
-    {"evaluation", "generation", "bench", "plan", "preflight"},
-    {"serving"},
-    {"cli", "__main__"},
-]
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _documented_layers() -> list[set[str]]:
+    """docs/architecture.md's layer table (``| 0. foundations | `errors`, `config`, … |``), top layer first: the
+    test reads the page, so the page and the rule cannot disagree."""
+    layers = []
+    for line in ARCHITECTURE.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| (\d+)\. [^|]+\| (.+) \|$", line)
+        if match:
+            assert int(match.group(1)) == len(layers), f"layer numbers out of order: {line}"
+            layers.append({name.strip("/") for name in re.findall(r"`([^`]+)`", match.group(2))
+                           if re.fullmatch(r"[a-z_]+/?", name)})
+    return layers
+
+
+LAYERS = _documented_layers()
+LAYERS[0].add("__init__")  # the package itself (its version)
+
+
+def test_every_module_of_the_package_is_in_one_documented_layer():
+    modules = {path.stem if path.parent == PACKAGE else path.relative_to(PACKAGE).parts[0]
+               for path in PACKAGE.rglob("*.py")}
+    placed = [name for layer in LAYERS for name in layer]
+    assert len(placed) == len(set(placed)), "a module in two layers"
+    assert modules == set(placed), (modules - set(placed), set(placed) - modules)
 
 
 def _layer(module: str) -> int:
