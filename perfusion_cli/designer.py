@@ -26,10 +26,9 @@ from PIL.PngImagePlugin import PngInfo
 from perfusion_cli import __version__
 from perfusion_cli.config import GenerateConfig
 from perfusion_cli.data.identifiers import slug
-from perfusion_cli.data.manifest import load_manifest
+from perfusion_cli.data.manifest import Manifest, load_manifest
 from perfusion_cli.data.merchants import COLD_START_ADVICE, read_merchants, require_known
 from perfusion_cli.data.requests import Request
-from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import ConfigError, DataError
@@ -203,7 +202,7 @@ class Designer:
         seeds = [request.seed + i for i in range(request.n)]
         _, _, truncated = tokenize(self.pipeline.tokenizer, [request.prompt])
         scores = self.scores(request.prompt, images, condition)
-        oracle = _oracle(self.data_dir, request.merchant, images)
+        oracle = _oracle(self.manifest, request.merchant, images)
         order = self.ranked(scores["values"], request.n)
         folder = output_folder(out_root, request.merchant, request.prompt, request.seed, config.personalization)
         entries = []
@@ -288,9 +287,14 @@ def _reward_scores(reward, prompt, images, features, n_features: int) -> dict:
     return {"values": [float(v) for v in values], "note": note}
 
 
-def _oracle(data_dir: Path, merchant: str, images: torch.Tensor) -> list[float] | None:
-    """The synthetic marketplace's hidden-taste utility, when the data is synthetic and knows the merchant."""
-    truth = load_truth(data_dir)
+def _oracle(manifest: Manifest, merchant: str, images: torch.Tensor) -> list[float] | None:
+    """The synthetic marketplace's hidden-taste utility, when the data is synthetic and knows the merchant (the
+    marketplace is imported only then)."""
+    if not manifest.synthetic:
+        return None
+    from perfusion_cli.marketplace.synthetic import load_truth, oracle_utility
+
+    truth = load_truth(manifest.data_dir)
     if truth is None or merchant not in truth:
         return None
     return [oracle_utility(truth[merchant], image.cpu().numpy()) for image in images]

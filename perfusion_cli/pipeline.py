@@ -20,7 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from perfusion_cli.models.backbones import SDComponents, load_sd
-from perfusion_cli.models.branches import load_branch
+from perfusion_cli.models.branch_kinds import load_branch
 from perfusion_cli.models.frozen_sd import vae_dtype
 from perfusion_cli.models.text import TextConditions, encode_prompts
 from perfusion_cli.runs import loading, model_folder

@@ -31,7 +31,7 @@ from perfusion_cli.config import (SECTIONS, GenerateConfig, GenTrainConfig, Merc
                                   load_recipe)
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
-from perfusion_cli.models.branches import create_branch
+from perfusion_cli.models.branch_kinds import create_branch
 from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
 from perfusion_cli.models.reward import PerFusionRM
 from perfusion_cli.models.text import TextConditions, encode_ids

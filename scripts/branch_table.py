@@ -23,7 +23,7 @@ from pathlib import Path
 from tables import HEADER, measured_by_this_code, quality_cells, read, run, trained_by_this_code, workspace
 
 KINDS = ("controlnet", "xs", "adapter")
-# bench's names for the reuse settings (perfusion_cli.bench.CHEAP) → (--branch-every, --branch-until)
+# bench's names for the reuse settings (perfusion_cli.benchmark.CHEAP) → (--branch-every, --branch-until)
 REUSE = {"every 2nd step": (2, 1.0), "first half only": (1, 0.5), "every 2nd step, first 60 %": (2, 0.6)}
 REUSED_KINDS = ("controlnet", "xs")
 

@@ -27,7 +27,7 @@ def write_logs(root: Path, sessions: int) -> int:
     if (root / "sessions.jsonl").is_file():
         return sum(len(json.loads(line)["candidates"]) for line in (root / "sessions.jsonl").open())
     from perfusion_cli.config import SyntheticConfig
-    from perfusion_cli.data.synthetic import write_marketplace
+    from perfusion_cli.marketplace.synthetic import write_marketplace
 
     drawn = SyntheticConfig(merchants=max(2, sessions // 20), sessions_per_merchant=20)
     small = write_marketplace(root / "small", drawn)

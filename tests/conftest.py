@@ -67,7 +67,7 @@ def tiny_sd_dir(tmp_path_factory):
 
     from perfusion_cli.models.tiny import (build_tiny_clip, build_tiny_unet, build_tiny_vae, build_tokenizer,
                                            tiny_noise_scheduler)
-    from perfusion_cli.training.base import text_encoder_from_clip
+    from perfusion_cli.training.tiny_bases import text_encoder_from_clip
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     tokenizer = build_tokenizer()

@@ -54,7 +54,7 @@ def bench_command(
     train = context.section(ctx, recipe, "train-gen")
     data, run = context.data_dir(ctx, data), context.generator_run(ctx, model)
     reward = reward if reward is not None else context.workspace(ctx).default_reward()
-    from perfusion_cli.bench import run_bench
+    from perfusion_cli.benchmark import run_bench
     from perfusion_cli.io import atomic_write_json
 
     progress = RichProgress()

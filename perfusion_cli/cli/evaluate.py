@@ -32,7 +32,7 @@ def eval_rm_command(
     config = context.section(ctx, recipe, "eval-rm")
     data = context.data_dir(ctx, data, config.split)
     sources = checkpoint or [str(context.workspace(ctx).rm_run)]
-    from perfusion_cli.evaluation.ranking import evaluate_reward_model
+    from perfusion_cli.evaluation.rm import evaluate_reward_model
     from perfusion_cli.io import atomic_write_json
 
     progress = RichProgress()
@@ -40,10 +40,14 @@ def eval_rm_command(
         results = [evaluate_reward_model(source, data, config, progress) for source in sources]
     finally:
         progress.stop()
-    from perfusion_cli.evaluation.ceilings import MEANING, ceilings
+    from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.evaluation.intervals import attach_intervals
 
-    bounds = ceilings(data, config)  # synthetic data: the oracle, the tastes, the records ceiling, perfect eyes
+    bounds, meaning = [], {}
+    if load_manifest(data).synthetic:  # the oracle, the tastes, the records ceiling, perfect eyes
+        from perfusion_cli.evaluation.ceilings import MEANING as meaning, ceilings
+
+        bounds = ceilings(data, config)
     shares_of = ("oracle", "records ceiling", "perfect eyes")
     attach_intervals(results, bounds, shares_of)  # merchant bootstrap, paired across the rows
 
@@ -68,7 +72,7 @@ def eval_rm_command(
     if results and "gauc_interval" in results[0]:
         console.print("  (brackets: 95 % intervals, merchants resampled alike for every row)")
     for bound in bounds:
-        console.print(f"  {bound['model']}: {MEANING[bound['model']]}")
+        console.print(f"  {bound['model']}: {meaning[bound['model']]}")
     for result in results:
         if result["skipped_shards"] or result["skipped_samples"]:
             say(f"{result['model']}: skipped {len(result['skipped_shards'])} unreadable shard(s) and "
@@ -107,7 +111,7 @@ def eval_gen_command(
     """Personalized vs base generation on held-out pairs: CLIP, Aesthetic, PerFusionRM, oracle, FID, win rates."""
     config = context.with_default_reward(ctx, context.section(ctx, recipe, "eval-gen"))
     data, run = context.data_dir(ctx, data, config.split), context.generator_run(ctx, model)
-    from perfusion_cli.evaluation.generation import evaluate_generator
+    from perfusion_cli.evaluation.gen import evaluate_generator
     from perfusion_cli.io import atomic_write_json
 
     progress = RichProgress()

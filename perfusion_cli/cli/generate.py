@@ -68,7 +68,7 @@ def generate_command(
             require_known(request.merchant, known, data, COLD_START_ADVICE)
     from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.environment import pick_device
-    from perfusion_cli.generation import Designer
+    from perfusion_cli.designer import Designer
     from perfusion_cli.preflight import check_generation
 
     per_call = min(config.batch_size, sum(request.n for request in todo))

@@ -32,7 +32,7 @@ def pretrain_command(
 ) -> None:
     """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about two hours);
     with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads."""
-    from perfusion_cli.training.base import pretrain_base, pretrain_sdxl
+    from perfusion_cli.training.tiny_bases import pretrain_base, pretrain_sdxl
 
     config = context.section(ctx, recipe, "pretrain-base")
     progress = RichProgress()

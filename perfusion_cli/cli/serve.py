@@ -87,7 +87,7 @@ def serve_command(
         from perfusion_cli.serving.app import create_app, versions
     except ImportError as exc:
         raise fail(f"perfusion serve needs the serve extra ({exc.name} is missing): pip install 'perfusion[serve]'")
-    from perfusion_cli.generation import Designer
+    from perfusion_cli.designer import Designer
     from perfusion_cli.serving.gallery import Gallery
     from perfusion_cli.serving.journal import SessionJournal
     from perfusion_cli.serving.studio import Studio

@@ -25,7 +25,6 @@ from perfusion_cli.data.records import (GroupRecord, HeldOut, Rejection, RowErro
 from perfusion_cli.data.shards import ShardInfo, ShardJob, write_in_order, write_shard
 from perfusion_cli.errors import DataError
 from perfusion_cli.data.storage import is_url, open_folder, sha256_of
-from perfusion_cli.data.synthetic import truth_problem
 
 MERCHANTS_FILE = "merchants.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
@@ -312,6 +311,8 @@ class LogsSource:
         taste). A ``truth.json`` of another shape is a file of the user's, not ours: the logs are real."""
         if not self.folder.is_file(TRUTH_FILE):
             return False
+        from perfusion_cli.marketplace.synthetic import truth_problem  # only for logs that carry a truth.json
+
         with self.folder.open(TRUTH_FILE) as handle:
             return truth_problem(handle.read()) is None
 

@@ -38,6 +38,11 @@ class Manifest:
         return int(self.raw["max_candidates"])
 
     @property
+    def synthetic(self) -> bool:
+        """Prepared from the synthetic marketplace (its ``truth.json`` copied beside the shards)."""
+        return bool(self.raw.get("synthetic"))
+
+    @property
     def source(self) -> dict:
         return self.raw["source"]
 

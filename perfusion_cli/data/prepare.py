@@ -35,7 +35,7 @@ from perfusion_cli import __version__
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.decode import parse_background
 from perfusion_cli.data.images import ImageLimits
-from perfusion_cli.data.logs import LogsSource, raw_logs_in
+from perfusion_cli.data.logs import TRUTH_FILE as TRUTH, LogsSource, raw_logs_in
 from perfusion_cli.data.manifest import MANIFEST, SHARD_DIR, Manifest, write_manifest
 from perfusion_cli.data.merchants import LEGACY, MERCHANTS, merchant_table
 from perfusion_cli.data.pickapic import PickAPicSource
@@ -44,7 +44,6 @@ from perfusion_cli.data.records import GroupRecord, HeldOut
 from perfusion_cli.data.shards import ShardJob, SplitWriter, cut_shards
 from perfusion_cli.data.source import InputSource
 from perfusion_cli.data.splits import SPLITS, plan_splits
-from perfusion_cli.data.synthetic import TRUTH, write_marketplace
 from perfusion_cli.data.storage import is_url, upload
 from perfusion_cli.data.vocab import FeatureVocab, build_vocab
 from perfusion_cli.errors import ConfigError, DataError
@@ -135,6 +134,8 @@ def _prepare_locally(source: InputSource, source_path, out: Path, config: Prepar
 def prepare_synthetic(out: str | Path, synthetic: SyntheticConfig, config: PrepareConfig,
                       progress: Progress | None = None, command: str = "", workers: int = 1) -> Manifest:
     """Write the synthetic marketplace to ``out/raw`` and prepare it into ``out`` by the same path."""
+    from perfusion_cli.marketplace.synthetic import write_marketplace  # only where synthetic data is asked for
+
     progress = progress or NullProgress()
     _refuse_raw_logs(out)
     check_output_dir(Path(out), "the prepared data folder")

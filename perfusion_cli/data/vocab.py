@@ -21,6 +21,7 @@ from perfusion_cli.errors import VocabularyMismatch
 
 OOV = 0
 MERCHANT_ID = "merchant_id"
+MERCHANT_ID_COLUMN = 0  # every vocabulary's first feature is the merchant id (FeatureVocab holds it to that)
 
 
 @dataclass
@@ -63,6 +64,11 @@ def category_key(value: Any) -> str:
 @dataclass
 class FeatureVocab:
     features: list[Feature]
+
+    def __post_init__(self) -> None:
+        if not self.features or self.features[MERCHANT_ID_COLUMN].name != MERCHANT_ID:
+            raise VocabularyMismatch(f"a merchant feature vocabulary starts with {MERCHANT_ID!r} (column "
+                                     f"{MERCHANT_ID_COLUMN}); this one has {self.names[:1] or 'no feature'}")
 
     @property
     def names(self) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfusion_cli.data.oracle import ImageFeatures
+from perfusion_cli.marketplace.oracle import ImageFeatures
 
 LIGHTNESS_BUMPS = np.linspace(0.1, 0.9, 9)
 ATTRIBUTES = ["hue cos", "hue sin", "busyness", "framing", "log aspect", "vividness",

@@ -35,12 +35,12 @@ from perfusion_cli.config import EvalRMConfig
 from perfusion_cli.data.loader import EvalStream, StreamSpec
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
-from perfusion_cli.data.oracle import ImageFeatures, Taste, measure, stack, utilities
-from perfusion_cli.data.synthetic import load_truth, profile_taste, read_truth
+from perfusion_cli.marketplace.oracle import ImageFeatures, Taste, measure, stack, utilities
+from perfusion_cli.marketplace.synthetic import load_truth, profile_taste, read_truth
 from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 from perfusion_cli.evaluation.taste_learner import LearnedTaste, fit_taste, profile_onehot
 from perfusion_cli.evaluation.taste_posterior import TastePosterior
-from perfusion_cli.ranking import RankingScores, ranking_metrics
+from perfusion_cli.reward_scoring import RankingScores, ranking_metrics
 
 
 MEANING = {

@@ -23,7 +23,6 @@ from perfusion_cli.config import DEFAULT_CLIP, EvalGenConfig
 from perfusion_cli.data.identifiers import file_stem
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.manifest import Manifest, load_manifest
-from perfusion_cli.data.synthetic import load_truth, oracle_utility
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import PerfusionError
 from perfusion_cli.evaluation.fid import compute_fid
@@ -119,7 +118,11 @@ def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest)
         reasons["perfusionrm"] = "no reward model (train one with `perfusion train-rm`, or pass --reward)"
     for metric in INTEGRITY:
         scorers[metric] = metric
-    truth = load_truth(manifest.data_dir)
+    truth = None
+    if manifest.synthetic:  # the marketplace is imported only for its own data
+        from perfusion_cli.marketplace.synthetic import load_truth
+
+        truth = load_truth(manifest.data_dir)
     if truth is not None:
         scorers["oracle"] = truth
     else:
@@ -143,7 +146,9 @@ def _score(metric: str, scorer, pairs: list[EvalPair], images: torch.Tensor) -> 
         features = torch.tensor([pair.features for pair in pairs])
         values = scorer.score([p.prompt for p in pairs], images.to(scorer.module.clip.device),
                               features.to(scorer.module.clip.device)).cpu()
-    else:
+    else:  # the oracle: the scorer is the marketplace's truth, so this is synthetic data
+        from perfusion_cli.marketplace.synthetic import oracle_utility
+
         values = torch.tensor([oracle_utility(scorer[pairs[p].merchant_id], images[p, j].numpy())
                                if pairs[p].merchant_id in scorer else float("nan")
                                for p in range(count) for j in range(n)])

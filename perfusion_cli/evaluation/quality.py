@@ -16,7 +16,7 @@ import torch
 from perfusion_cli.config import EvalGenConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.manifest import load_manifest
-from perfusion_cli.data.oracle import integrity
+from perfusion_cli.marketplace.oracle import integrity
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import PerFusionPipeline

@@ -10,7 +10,7 @@ from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import DataError
 from perfusion_cli.models.reward import ZERO_SHOT, load_reward_model
 from perfusion_cli.progress import NullProgress, Progress
-from perfusion_cli.ranking import ranking_metrics, score_split
+from perfusion_cli.reward_scoring import ranking_metrics, score_split
 
 
 def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, progress: Progress | None = None) -> dict:

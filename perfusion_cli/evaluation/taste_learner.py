@@ -1,5 +1,5 @@
 """A convex taste learned from training picks over any image features (synthetic data): the ``perfect eyes``
-ceiling, and every rung of ``scripts/rm_ladder.py``.
+ceiling of ``eval rm`` (and the ladder of docs/notes/benchmarks-history.md, whose script is retired).
 
     s(candidate of merchant m) = ⟨B ψ(m) + D_m, φ(candidate)⟩
 

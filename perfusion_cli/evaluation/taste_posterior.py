@@ -22,8 +22,8 @@ from itertools import permutations
 
 import numpy as np
 
-from perfusion_cli.data.oracle import ImageFeatures, utilities
-from perfusion_cli.data.synthetic import PERSONAL_SPREAD, personal_parts, profile_taste
+from perfusion_cli.marketplace.oracle import ImageFeatures, utilities
+from perfusion_cli.marketplace.synthetic import PERSONAL_SPREAD, personal_parts, profile_taste
 
 SAMPLES = 8192
 

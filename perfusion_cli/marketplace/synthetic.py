@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from perfusion_cli.data.drawing import ITEM_MATERIALS, draw, random_design
-from perfusion_cli.data.oracle import TASTE_MIXES, Taste, oracle_utility, utility_of, measure  # noqa: F401
 from perfusion_cli.config import SyntheticConfig
+from perfusion_cli.data.logs import TRUTH_FILE as TRUTH
 from perfusion_cli.data.manifest import MANIFEST, load_manifest
 from perfusion_cli.errors import DataError
 from perfusion_cli.io import atomic_write_bytes, atomic_write_json
+from perfusion_cli.marketplace.drawing import ITEM_MATERIALS, draw, random_design
+from perfusion_cli.marketplace.oracle import TASTE_MIXES, Taste, oracle_utility, utility_of, measure  # noqa: F401
 
 CATEGORY_ITEMS = {
     "womenswear": ("dress", "skirt", "t-shirt"),
@@ -53,7 +54,6 @@ CATEGORY_WIDTH = {"womenswear": 0.4, "menswear": -0.3, "kidswear": 0.2, "accesso
 REGION_VIVID = {"nordic": -0.6, "mediterranean": 0.6, "continental": -0.2, "coastal": 0.3}
 SESSION_DAYS = 180
 FIRST_ID = 101  # merchants are numbered as real marketplaces number them: 101, 102, … (so 123 is one)
-TRUTH = "truth.json"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The kinds of personalized branch ``train-gen`` can train (``--branch``), and the one way to load one.
 
-- ``controlnet``: PerFusion's own, a ControlNet copy of the U-Net's encoder half (``branch.py``);
-- ``xs``: the same class as a thin ControlNet (ControlNet-XS's sizes, ``width`` < 1; ``branch.py``);
+- ``controlnet``: PerFusion's own, a ControlNet copy of the U-Net's encoder half (``controlnet_branch.py``);
+- ``xs``: the same class as a thin ControlNet (ControlNet-XS's sizes, ``width`` < 1; ``controlnet_branch.py``);
 - ``adapter``: the merchant as extra tokens through decoupled cross-attention (``adapter.py``).
 
 Both have the same interface: ``condition`` / ``condition_from_embedding`` (the merchant as the
@@ -22,7 +22,7 @@ from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.errors import CheckpointError
 from perfusion_cli.models.adapter import MerchantAdapter
-from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.runs import loading, model_class
 
 KINDS = {"controlnet": PersonalizedBranch, "xs": PersonalizedBranch, "adapter": MerchantAdapter}

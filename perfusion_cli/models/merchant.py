@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from perfusion_cli.config import MerchantEncoderConfig
+from perfusion_cli.data.vocab import MERCHANT_ID_COLUMN, OOV
 from perfusion_cli.errors import VocabularyMismatch
 
 
@@ -62,8 +63,9 @@ class MerchantEncoder(nn.Module):
         if not features.is_meta and (bool((features < 0).any()) or bool((features >= limits).any())):
             raise VocabularyMismatch("merchant feature ids fall outside the model's vocabulary: the data was "
                                   "prepared with a different vocabulary than the model was trained on")
-        if self.training and self.id_dropout > 0:  # the vocabulary's first feature is the merchant id
+        if self.training and self.id_dropout > 0:  # the merchant id's column, as the vocabulary places it
             dropped = torch.rand(features.shape[0], device=features.device) < self.id_dropout
-            features = torch.cat([features[:, :1].masked_fill(dropped[:, None], 0), features[:, 1:]], dim=1)
+            features = features.clone()
+            features[:, MERCHANT_ID_COLUMN] = features[:, MERCHANT_ID_COLUMN].masked_fill(dropped, OOV)
         embedded = self.embedding(features + self.offsets.to(features.device))  # [B, F, d]
         return self.mlp(self.cross(embedded.flatten(1)))

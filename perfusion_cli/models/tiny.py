@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from perfusion_cli.data.drawing import ITEMS, MATERIALS, PATTERNS
+from perfusion_cli.marketplace.drawing import ITEMS, MATERIALS, PATTERNS
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 COLOUR_WORDS = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "violet", "magenta",

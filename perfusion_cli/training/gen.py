@@ -20,7 +20,7 @@ from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.latents import check_tag
 from perfusion_cli.models.backbones import base_reference
-from perfusion_cli.models.branches import create_branch
+from perfusion_cli.models.branch_kinds import create_branch
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.objective import GroupDPOObjective

@@ -21,7 +21,7 @@ from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.losses import bradley_terry_loss, plackett_luce_loss
 from perfusion_cli.models.reward import RewardModel, create_reward_model, load_reward_model
 from perfusion_cli.progress import Progress
-from perfusion_cli.ranking import ranking_metrics, score_split
+from perfusion_cli.reward_scoring import ranking_metrics, score_split
 from perfusion_cli.training.loop import TrainTask, run_training, start_run
 
 LOSSES = {"pl": plackett_luce_loss, "bt": bradley_terry_loss}

@@ -31,7 +31,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from perfusion_cli.config import BaseTrainConfig
-from perfusion_cli.data.drawing import ITEM_MATERIALS, ITEMS, draw, random_design
+from perfusion_cli.marketplace.drawing import ITEM_MATERIALS, ITEMS, draw, random_design
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import clip_pixels, tokenize
 from perfusion_cli.models.text import TextConditions, encode_prompts

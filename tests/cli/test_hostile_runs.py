@@ -90,7 +90,7 @@ def test_escapes_in_a_prompt_never_reach_the_terminal(trained_workspace, tmp_pat
 def test_requests_are_written_as_they_finish(trained_workspace, tmp_path):
     """Memory holds one wave of requests: after the first request's folder is written the last is not yet made."""
     from perfusion_cli.data.requests import Request
-    from perfusion_cli.generation import Designer
+    from perfusion_cli.designer import Designer
     from tests.helpers import tiny_config
 
     config = tiny_config("generate", batch_size=2, n=2)

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 
-
 @pytest.fixture(scope="session")
 def serve_workspace(trained_workspace):
     return trained_workspace

@@ -179,7 +179,7 @@ def test_sigterm_while_waiting_for_data_checkpoints_and_exits(workspace):
 
 
 def test_generate_output_folders_never_collide(tmp_path):
-    from perfusion_cli.generation import output_folder
+    from perfusion_cli.designer import output_folder
 
     first = output_folder(tmp_path, "M1", "linen dress", 0, True)
     first.mkdir(parents=True)

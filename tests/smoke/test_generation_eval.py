@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import torch
 
-from perfusion_cli.bench import run_bench
-from perfusion_cli.evaluation.generation import evaluate_generator
+from perfusion_cli.benchmark import run_bench
+from perfusion_cli.evaluation.gen import evaluate_generator
 from perfusion_cli.evaluation.scores import AestheticHead
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training.rm import train_reward_model

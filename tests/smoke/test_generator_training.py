@@ -8,7 +8,7 @@ import torch
 
 from perfusion_cli.config import GenerateConfig
 from perfusion_cli.errors import DataError
-from perfusion_cli.generation import generate
+from perfusion_cli.designer import generate
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training.gen import train_generator
 from tests.helpers import tiny_config

@@ -16,7 +16,7 @@ import pytest
 from perfusion_cli.config import PrepareConfig
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.prepare import prepare
-from perfusion_cli.evaluation.generation import evaluate_generator
+from perfusion_cli.evaluation.gen import evaluate_generator
 from tests.helpers import tiny_config
 from tests.serve.conftest import Server
 

@@ -5,7 +5,7 @@ and stay products (clean backgrounds) — on the tiny SD base and on the tiny SD
 import pytest
 
 from perfusion_cli.config import TINY_RECIPE, GenTrainConfig, build, load_recipe
-from perfusion_cli.evaluation.generation import evaluate_generator
+from perfusion_cli.evaluation.gen import evaluate_generator
 from perfusion_cli.training.gen import train_generator
 from tests.helpers import tiny_config, tiny_market
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from perfusion_cli.evaluation.ranking import evaluate_reward_model
+from perfusion_cli.evaluation.rm import evaluate_reward_model
 from perfusion_cli.models.reward import load_reward_model
-from perfusion_cli.ranking import score_split
+from perfusion_cli.reward_scoring import score_split
 from perfusion_cli.training.rm import train_reward_model
 from tests.helpers import tiny_config
 

@@ -9,7 +9,7 @@ import pytest
 
 from perfusion_cli.config import TINY_RECIPE, EvalRMConfig, RMTrainConfig, build, load_recipe
 from perfusion_cli.evaluation.ceilings import ceilings
-from perfusion_cli.evaluation.ranking import evaluate_reward_model
+from perfusion_cli.evaluation.rm import evaluate_reward_model
 from perfusion_cli.training.rm import train_reward_model
 from tests.helpers import tiny_market
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from perfusion_cli.data.drawing import BACKGROUND
-from perfusion_cli.data.oracle import measure, product_mask
+from perfusion_cli.marketplace.drawing import BACKGROUND
+from perfusion_cli.marketplace.oracle import measure, product_mask
 from perfusion_cli.models.backbones import resolve
 
 PROMPTS = ["linen dress", "denim trousers", "leather handbag", "wool hoodie"]

@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from perfusion_cli.data.oracle import ImageFeatures, stack, utilities
-from perfusion_cli.data.synthetic import PERSONAL_SPREAD, profile_taste
+from perfusion_cli.marketplace.oracle import ImageFeatures, stack, utilities
+from perfusion_cli.marketplace.synthetic import PERSONAL_SPREAD, profile_taste
 from perfusion_cli.evaluation.attributes import ATTRIBUTES, attributes
 
 

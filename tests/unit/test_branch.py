@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig
 from perfusion_cli.data.loader import GroupBatch
 from perfusion_cli.data.vocab import Feature, FeatureVocab
-from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.tiny import build_tiny_sdxl_unet, build_tiny_unet
 from perfusion_cli.models.unet_halves import decode, encode, supports_split

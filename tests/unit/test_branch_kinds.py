@@ -6,7 +6,7 @@ import torch
 from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.adapter import MerchantAdapter
-from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.tiny import build_tiny_sdxl_unet, build_tiny_unet
 from perfusion_cli.pipeline import COMPUTE, OFF, REUSE, branch_schedule
 from tests.helpers import text_conditions

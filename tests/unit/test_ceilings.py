@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from perfusion_cli.config import EvalRMConfig
-from perfusion_cli.data.oracle import oracle_utility
-from perfusion_cli.data.synthetic import load_truth
+from perfusion_cli.marketplace.oracle import oracle_utility
+from perfusion_cli.marketplace.synthetic import load_truth
 from perfusion_cli.evaluation.ceilings import ceilings
-from perfusion_cli.ranking import ranking_metrics, score_groups
+from perfusion_cli.reward_scoring import ranking_metrics, score_groups
 
 
 @pytest.mark.parametrize("split", ["val", "train"])

@@ -288,7 +288,7 @@ def test_one_merchant_whatever_form_its_id_takes(third_pass):
 
 
 def test_a_foreign_truth_json_makes_no_synthetic_data(third_pass):
-    from perfusion_cli.data.synthetic import load_truth
+    from perfusion_cli.marketplace.synthetic import load_truth
 
     _, data, manifest, _ = third_pass
     assert manifest.raw["synthetic"] is False and not (data / "truth.json").exists()
@@ -297,7 +297,7 @@ def test_a_foreign_truth_json_makes_no_synthetic_data(third_pass):
 
 
 def test_a_damaged_truth_json_of_synthetic_data_is_one_line(market, tmp_path):
-    from perfusion_cli.data.synthetic import load_truth
+    from perfusion_cli.marketplace.synthetic import load_truth
 
     data_dir, _ = market
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))

@@ -13,7 +13,7 @@ from diffusers.models.attention_processor import Attention
 from perfusion_cli.accounting import count, parameters
 from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig
 from perfusion_cli.models.architectures import build_clip, build_sd
-from perfusion_cli.models.branch import PersonalizedBranch
+from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.text import TextConditions
 from perfusion_cli.plan import plan_recipe, planning_vocab, train_gen_step, train_rm_step
 

@@ -8,7 +8,7 @@ import pytest
 
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.prepare import prepare
-from perfusion_cli.data.synthetic import write_marketplace
+from perfusion_cli.marketplace.synthetic import write_marketplace
 from perfusion_cli.errors import ConfigError
 from tests.helpers import folder_files
 

@@ -13,7 +13,7 @@ import pytest
 from perfusion_cli.config import PrepareConfig, SyntheticConfig
 from perfusion_cli.data.image_checks import BLOCK
 from perfusion_cli.data.prepare import prepare
-from perfusion_cli.data.synthetic import write_marketplace
+from perfusion_cli.marketplace.synthetic import write_marketplace
 from tests.helpers import children, folder_files
 
 

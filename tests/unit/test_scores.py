@@ -6,7 +6,7 @@ import torch
 
 from perfusion_cli.config import EvalGenConfig
 from perfusion_cli.errors import CheckpointError
-from perfusion_cli.evaluation.generation import EvalPair, Generated, _summarize
+from perfusion_cli.evaluation.gen import EvalPair, Generated, _summarize
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
 
 

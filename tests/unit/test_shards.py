@@ -39,7 +39,7 @@ def test_shard_bytes_are_webdataset_tarwriters(tmp_path):
 def test_prepare_runs_without_importing_torch(tmp_path):
     """Start-up is part of every prepare (and of every worker process it spawns): no torch in that path."""
     from perfusion_cli.config import SyntheticConfig
-    from perfusion_cli.data.synthetic import write_marketplace
+    from perfusion_cli.marketplace.synthetic import write_marketplace
 
     logs = write_marketplace(tmp_path / "logs", SyntheticConfig(merchants=4, sessions_per_merchant=6, seed=1))
     script = ("import sys\nfrom perfusion_cli.cli.main import main\n"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perfusion_cli.data.drawing import BACKGROUND, Design, draw
-from perfusion_cli.data.oracle import NO_PRODUCT, Taste, measure
-from perfusion_cli.data.synthetic import load_truth, oracle_utility
+from perfusion_cli.marketplace.drawing import BACKGROUND, Design, draw
+from perfusion_cli.marketplace.oracle import NO_PRODUCT, Taste, measure
+from perfusion_cli.marketplace.synthetic import load_truth, oracle_utility
 from tests.helpers import read_jsonl
 
 

@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from perfusion_cli.data.oracle import ImageFeatures, utilities
-from perfusion_cli.data.synthetic import choose_selected, profile_taste
+from perfusion_cli.marketplace.oracle import ImageFeatures, utilities
+from perfusion_cli.marketplace.synthetic import choose_selected, profile_taste
 from perfusion_cli.evaluation.taste_posterior import TastePosterior, picks_log_likelihood
 
 PROFILE = {"category": "womenswear", "style": "bohemian", "region": "nordic", "price_level": 30.0}
