@@ -57,11 +57,8 @@ def bench_command(
     from perfusion_cli.benchmark import run_bench
     from perfusion_cli.io import atomic_write_json
 
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         result = run_bench(run, data, config, train, reward, progress=progress, command=context.command_line())
-    finally:
-        progress.stop()
     print_bench(result)
     if json_out:
         atomic_write_json(json_out, result)

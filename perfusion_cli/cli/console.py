@@ -109,6 +109,12 @@ class RichProgress:
             self._progress.stop()
             self._progress = None
 
+    def __enter__(self) -> "RichProgress":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()  # whatever happened: the terminal gets its cursor and line back
+
     def log(self, message: str) -> None:
         if self._progress is not None:
             self._progress.console.print(message, highlight=False, markup=False)

@@ -35,11 +35,8 @@ def eval_rm_command(
     from perfusion_cli.evaluation.rm import evaluate_reward_model
     from perfusion_cli.io import atomic_write_json
 
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         results = [evaluate_reward_model(source, data, config, progress) for source in sources]
-    finally:
-        progress.stop()
     from perfusion_cli.data.manifest import load_manifest
     from perfusion_cli.evaluation.intervals import attach_intervals
 
@@ -114,11 +111,8 @@ def eval_gen_command(
     from perfusion_cli.evaluation.gen import evaluate_generator
     from perfusion_cli.io import atomic_write_json
 
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         summary = evaluate_generator(run, data, config, report, progress)
-    finally:
-        progress.stop()
     print_generation_summary(summary)
     if json_out:
         atomic_write_json(json_out, summary)

@@ -74,15 +74,13 @@ def generate_command(
     per_call = min(config.batch_size, sum(request.n for request in todo))
     check_generation(run, config, load_manifest(data).vocab, per_call, pick_device(config.device))
 
-    progress, shown = RichProgress(), []
-    try:
+    shown = []
+    with RichProgress() as progress:
         designer = Designer(run, data, config, progress)
         for metadata in designer.serve(todo, out or context.workspace(ctx).outputs, features):
             if len(todo) > 1:
                 progress.log(f"wrote {metadata['folder']}")  # each request as it finishes
             shown.append(metadata)
-    finally:
-        progress.stop()
     for metadata in shown[-MAX_TABLES:]:
         rows = [[image["file"], image["seed"], "-" if image["reward"] is None else image["reward"],
                  "-" if image["oracle"] is None else image["oracle"]] for image in metadata["images"]]

@@ -95,8 +95,7 @@ def prepare_command(
 
     workers = workers or available_cores()
     started = time.perf_counter()
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         if synthetic:
             synthetic_config = context.section(ctx, recipe, "synthetic")
             manifest = prepare_synthetic(out, synthetic_config, config, progress, context.command_line(), workers)
@@ -111,8 +110,6 @@ def prepare_command(
             tag = store_latents(out, generator.base_model, generator.resolution, pick_device(device or "auto"),
                                 progress=progress)
             manifest = load_manifest(out)
-    finally:
-        progress.stop()
     print_summary(manifest, out, time.perf_counter() - started)
     if latents:
         say(f"stored latents: {tag['base_model']} at {tag['resolution']} px (VAE {tag['vae'][:12]}…, text encoder "

@@ -35,10 +35,7 @@ def pretrain_command(
     from perfusion_cli.training.tiny_bases import pretrain_base, pretrain_sdxl
 
     config = context.section(ctx, recipe, "pretrain-base")
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         timings = pretrain_sdxl(out, config, source, progress) if sdxl else pretrain_base(out, config, progress)
-    finally:
-        progress.stop()
     console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))
     say(f"wrote {out / 'tiny-sdxl'}" if sdxl else f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}")

@@ -16,12 +16,9 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
     from perfusion_cli.preflight import check_training, process_device
 
     check_training(config, load_manifest(data_dir).vocab, process_device())  # before any weight loads
-    progress = RichProgress()
-    try:
+    with RichProgress() as progress:
         summary = train(config, data_dir, run_dir, resume=resume, progress=progress, command=command,
                         overwrite=overwrite)
-    finally:
-        progress.stop()
     if not PartialState().is_main_process:
         return summary
     final = summary["final"]
