@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= demo
 PERFUSION := ../$(BIN)/perfusion
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The edit-run loop: everything but the end-to-end checks marked slow (real architectures, learning tests).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # The whole job on the synthetic marketplace with the bundled tiny models, in the workspace $(DEMO)/.
 demo: $(STAMP)
