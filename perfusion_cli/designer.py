@@ -1,6 +1,6 @@
 """``perfusion generate``: images for one merchant and prompt, PNGs plus ``metadata.json``.
 
-The merchant is looked up in the prepared data's ``merchants.jsonl`` and encoded with the vocabulary
+The merchant is looked up in the prepared data's ``merchant_table.jsonl`` and encoded with the vocabulary
 the generator was trained with. An unknown merchant is an error unless ``cold_start`` says how to
 build u: ``mean`` (the average u of the training merchants) or ``features`` (a profile given as
 ``key=value`` pairs; its ``merchant_id`` maps to the out-of-vocabulary id). Image i uses seed

@@ -227,8 +227,7 @@ class LogsSource:
                     if rejection:
                         yield rejection
                         continue
-                    yield self.excluded(first_of_session(self.validate_row(number, obj, known_merchants), obj,
-                                                         first_line), obj)
+                    yield self.in_order(self.validate_row(number, obj, known_merchants), obj, first_line)
         except BaseException:
             self._images.stop_workers()
             raise
@@ -254,12 +253,16 @@ class LogsSource:
 
     def validate_row(self, number: int, obj: dict, known_merchants: set[str]) -> GroupRecord | Rejection:
         """One parsed session line, images included, as a record or a rejection (a duplicate session id is
-        the caller's to find: it depends on the lines before, ``first_of_session``)."""
+        the caller's to find: it depends on the lines before, ``in_order``)."""
         return checked(SESSIONS_FILE, number, _snippet(obj), lambda: self._validate(number, obj, known_merchants))
 
-    def excluded(self, item: GroupRecord | Rejection, obj: dict) -> GroupRecord | Rejection | HeldOut:
-        """A valid session that a token of ``excluded_tokens`` recorded (its ``recorded_by``, written by ``serve``)
-        is held out with reason ``excluded_token``: a poisoned batch dropped, and counted."""
+    def in_order(self, item: GroupRecord | Rejection, obj: dict,
+                 first_line: dict[str, int]) -> GroupRecord | Rejection | HeldOut:
+        """What a validated row (``item``, of line ``obj``) becomes in input order — both engines ask here: a
+        session id an earlier line had is a rejection (``first_of_session``); a valid session that a token of
+        ``excluded_tokens`` recorded (its ``recorded_by``, written by ``serve``) is held out with reason
+        ``excluded_token``: a poisoned batch dropped, and counted."""
+        item = first_of_session(item, obj, first_line)
         if isinstance(item, GroupRecord) and self.excluded_tokens and obj.get("recorded_by") in self.excluded_tokens:
             return HeldOut(SESSIONS_FILE, item.row, R.EXCLUDED_TOKEN, item.session_id, item.merchant_id)
         return item

@@ -24,8 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from perfusion_cli.data.logs import (SESSIONS_FILE, LogsSource, first_of_session, iter_jsonl, worker_source,
-                                     write_checked_shard)
+from perfusion_cli.data.logs import SESSIONS_FILE, LogsSource, iter_jsonl, worker_source, write_checked_shard
 from perfusion_cli.data.records import GroupRecord, HeldOut, Rejection
 from perfusion_cli.data.shards import ShardInfo, ShardJob
 from perfusion_cli.errors import DataError
@@ -93,7 +92,7 @@ def scan(source: LogsSource, merchants: set[str], progress: Progress):
             rejections.append(Rejection(**result["rejection"]))
             continue
         record = _record(result["record"])
-        item = source.excluded(first_of_session(record, obj, first_line), obj)
+        item = source.in_order(record, obj, first_line)
         if isinstance(item, HeldOut):
             held.append(item)
         elif isinstance(item, GroupRecord):

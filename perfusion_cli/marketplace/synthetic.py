@@ -205,7 +205,7 @@ def read_truth(path: str | Path) -> dict | None:
     folder, path = (path, path / TRUTH) if path.is_dir() else (path.parent, path)
     if not path.is_file():
         return None
-    if (folder / MANIFEST).is_file() and not load_manifest(folder).raw.get("synthetic"):
+    if (folder / MANIFEST).is_file() and not load_manifest(folder).synthetic:
         return None
     data = path.read_bytes()
     problem = truth_problem(data)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from perfusion_cli.errors import ConfigError
+from perfusion_cli.io import atomic_path
 
 TOKENS_FILE = "tokens.jsonl"
 OPERATOR = "operator"
@@ -93,21 +94,18 @@ class TokenFile:
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, dict]]:
-        """The rows to change in place, written back whole (temporary file made 0600, fsync, rename) under a
-        lock, so two ``perfusion token`` commands at once lose nothing."""
+        """The rows to change in place, written back whole under a lock (``io.atomic_path``: a temporary file,
+        created 0600, renamed into place), so two ``perfusion token`` commands at once lose nothing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             rows = self._read()
             yield rows
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), 0o600)  # whatever the umask
-                handle.writelines(json.dumps(row) + "\n" for row in rows.values())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
+            with atomic_path(self.path) as temporary:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                    os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+                    handle.writelines(json.dumps(row) + "\n" for row in rows.values())
 
     # -- the server's side -------------------------------------------------------------------------------
 
