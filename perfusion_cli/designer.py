@@ -27,7 +27,7 @@ from perfusion_cli import __version__
 from perfusion_cli.config import GenerateConfig
 from perfusion_cli.data.identifiers import slug
 from perfusion_cli.data.manifest import Manifest, load_manifest
-from perfusion_cli.data.merchants import COLD_START_ADVICE, read_merchants, require_known
+from perfusion_cli.data.merchants import COLD_START_ADVICE, read_merchants, require_known, typed_profile
 from perfusion_cli.data.requests import Request
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.environment import pick_device
@@ -49,31 +49,6 @@ def parse_profile(pairs: list[str], vocab: FeatureVocab) -> dict:
             raise ConfigError(f"--features expects key=value pairs, got {pair!r}")
         profile[key] = value
     return typed_profile(profile, vocab, "--features")
-
-
-def typed_profile(profile: dict, vocab: FeatureVocab, where: str = "features") -> dict:
-    """A cold-start profile checked against the vocabulary: known feature names only, numeric features as
-    numbers (a numeric string is read as one), categorical ones as given."""
-    kinds = {feature.name: feature.kind for feature in vocab.features}
-    typed = {}
-    for key, value in profile.items():
-        if key not in kinds or key == "merchant_id":
-            known = ", ".join(k for k in kinds if k != "merchant_id")
-            raise ConfigError(f"{where}: unknown feature {key!r} (the model knows: {known})")
-        if kinds[key] == "numeric" and value is not None:
-            try:
-                if isinstance(value, bool):
-                    raise ValueError
-                typed[key] = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{where}: {key} is numeric, got {value!r}") from None
-            if not math.isfinite(typed[key]):
-                raise ConfigError(f"{where}: {key} must be finite, got {value!r}")
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise ConfigError(f"{where}: {key} must be a string, number or boolean, got {type(value).__name__}")
-        else:
-            typed[key] = value
-    return typed
 
 
 def merchant_condition(pipeline: PerFusionPipeline, merchants: dict[str, dict], data_dir: Path, merchant: str,

@@ -19,6 +19,8 @@ from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from perfusion_cli.data.merchants import profile_features
+from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, load_sd
 from perfusion_cli.models.branch_kinds import load_branch
 from perfusion_cli.models.frozen_sd import vae_dtype
@@ -97,19 +99,27 @@ class PerFusionPipeline(DiffusionPipeline):
     def base_model(self) -> str:
         return self.branch.config.base_model
 
+    def merchant_features(self, merchant: dict | list[dict], batch: int) -> torch.Tensor:
+        """[B, F] feature ids of one merchant profile (for every prompt) or one per prompt."""
+        profiles = [merchant] * batch if isinstance(merchant, dict) else list(merchant)
+        if len(profiles) != batch:
+            raise ConfigError(f"merchant: {len(profiles)} profiles for {batch} prompts (give one, or one per prompt)")
+        return torch.tensor([profile_features(self.branch.vocab, profile) for profile in profiles])
+
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[TextConditions, int]:
         return encode_prompts(self.tokenizers, self.text_encoders, prompts)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], features: torch.Tensor | None = None,
-                 merchant_embedding: torch.Tensor | None = None, num_inference_steps: int = 30,
+    def __call__(self, prompt: str | list[str], merchant: dict | list[dict] | None = None,
+                 features: torch.Tensor | None = None, merchant_embedding: torch.Tensor | None = None, num_inference_steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  personalization_scale: float = 1.0, output_type: str = "pil",
                  on_step: Callable[[int], None] | None = None, branch_every: int = 1,
                  branch_until: float = 1.0) -> ImagePipelineOutput:
-        """Images for prompts; personalized by ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
+        """Images for prompts; personalized by ``merchant`` (a line of ``merchants.jsonl``: ``merchant_id`` plus
+        profile, or one per prompt), ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
 
         With neither, this samples the frozen base model: the same seeds then give the
         non-personalized counterpart of a personalized image. ``branch_every`` N computes the branch on
@@ -119,6 +129,8 @@ class PerFusionPipeline(DiffusionPipeline):
         # 1. inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
+        if merchant is not None:
+            features = self.merchant_features(merchant, batch)
         height, width = height or self.default_resolution, width or self.default_resolution
         personalized = features is not None or merchant_embedding is not None
         guided = guidance_scale > 1.0

@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli import __version__
-from perfusion_cli.cli import bench, env, evaluate, generate, prepare, pretrain, serve, token, train_gen, train_rm
+from perfusion_cli.cli import (bench, env, evaluate, export, generate, prepare, pretrain, serve, token, train_gen,
+                               train_rm)
 from perfusion_cli.cli.flags import register
 from perfusion_cli.workspace import ENV_VAR, Workspace
 
@@ -52,6 +53,7 @@ app.add_typer(evaluate.app, name="eval")
 register(app, "generate", generate.generate_command, generate.ROUTES)
 register(app, "bench", bench.bench_command, bench.ROUTES)
 register(app, "serve", serve.serve_command, serve.ROUTES)
+app.command("export")(export.export_command)
 app.add_typer(token.app, name="token")
 register(app, "pretrain-base", pretrain.pretrain_command, pretrain.ROUTES)
 app.command("env")(env.env_command)

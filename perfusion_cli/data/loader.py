@@ -85,7 +85,12 @@ def load_image(data: bytes, resolution: int, background: tuple[int, int, int] = 
     Resizing only the square (PIL's ``box``) bounds the work and memory by the output size, whatever the
     aspect ratio: resizing the whole image first would blow a 1×50,000 strip up to 64×3.2 M pixels.
     """
-    image = decode(data, background)
+    return square_tensor(decode(data, background), resolution)
+
+
+def square_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An 8-bit RGB image (``decode`` / ``render``'s output) → its centred square at ``resolution``, [3, R, R] in
+    [0, 1]."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2

@@ -9,11 +9,14 @@ encode a merchant with the vocabulary a model was trained on. Folders prepared b
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
-from perfusion_cli.data.vocab import FeatureVocab
-from perfusion_cli.errors import DataError
+from perfusion_cli.data.identifiers import canonical_id
+from perfusion_cli.data.records import RowError
+from perfusion_cli.data.vocab import MERCHANT_ID, FeatureVocab
+from perfusion_cli.errors import ConfigError, DataError
 
 MERCHANTS = "merchant_table.jsonl"
 LEGACY = "merchants.jsonl"  # the table's name before 0.2: the same name as the raw logs' profiles
@@ -64,3 +67,43 @@ def require_known(merchant: str, merchants: dict[str, dict], data_dir: str | Pat
     shown = ", ".join(trained[:5]) + (", …" if len(trained) > 5 else "")
     raise UnknownMerchant(f"unknown merchant {merchant!r}: it is not in the prepared data ({data_dir}), which holds "
                           f"{len(merchants)} merchant(s): {shown or 'none'} — {advice}")
+
+
+def typed_profile(profile: dict, vocab: FeatureVocab, where: str = "features") -> dict:
+    """A cold-start profile checked against the vocabulary: known feature names only, numeric features as
+    numbers (a numeric string is read as one), categorical ones as given."""
+    kinds = {feature.name: feature.kind for feature in vocab.features}
+    typed = {}
+    for key, value in profile.items():
+        if key not in kinds or key == "merchant_id":
+            known = ", ".join(k for k in kinds if k != "merchant_id")
+            raise ConfigError(f"{where}: unknown feature {key!r} (the model knows: {known})")
+        if kinds[key] == "numeric" and value is not None:
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                typed[key] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} is numeric, got {value!r}") from None
+            if not math.isfinite(typed[key]):
+                raise ConfigError(f"{where}: {key} must be finite, got {value!r}")
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{where}: {key} must be a string, number or boolean, got {type(value).__name__}")
+        else:
+            typed[key] = value
+    return typed
+
+
+def profile_features(vocab: FeatureVocab, profile: dict, where: str = "merchant") -> list[int]:
+    """A merchant as a line of the raw logs' ``merchants.jsonl`` (``merchant_id`` plus profile features) → the
+    feature ids a model trained under ``vocab`` reads; an id the model never saw is out of vocabulary (a cold
+    start from the rest of the profile)."""
+    if not isinstance(profile, dict) or MERCHANT_ID not in profile:
+        raise ConfigError(f"{where}: a merchant is a dict with {MERCHANT_ID!r} and its profile features, as a line of "
+                          f"merchants.jsonl; got {type(profile).__name__}")
+    try:
+        merchant_id = canonical_id(profile[MERCHANT_ID], MERCHANT_ID)
+    except RowError as exc:
+        raise ConfigError(f"{where}: {exc.detail}") from None
+    rest = {key: value for key, value in profile.items() if key != MERCHANT_ID}
+    return vocab.encode(merchant_id, typed_profile(rest, vocab, where))

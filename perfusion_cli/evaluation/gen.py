@@ -30,6 +30,7 @@ from perfusion_cli.evaluation.intervals import interval, merchant_means, resampl
 from perfusion_cli.evaluation.quality import INTEGRITY, denoising_errors, integrity_scores, kept_quality
 from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
+from perfusion_cli.model_card import record_evaluation
 from perfusion_cli.models.backbones import is_tiny
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
@@ -198,6 +199,9 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
         if report_dir:
             summary["report"] = str(write_report(Path(report_dir), summary, pairs, files, result, run_dir,
                                                  config.reward))
+    record_evaluation(run_dir, "eval gen", config.split, data_dir,
+                      {key: summary[key] for key in ("split", "pairs", "merchants", "steps", "guidance", "models",
+                                                     "win_rate", "kept_quality")})
     return summary
 
 

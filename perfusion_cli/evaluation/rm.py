@@ -8,6 +8,7 @@ from perfusion_cli.config import EvalRMConfig
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import DataError
+from perfusion_cli.model_card import record_evaluation
 from perfusion_cli.models.reward import ZERO_SHOT, load_reward_model
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.reward_scoring import ranking_metrics, score_split
@@ -29,4 +30,6 @@ def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, pro
         skipped = f" ({len(scores.skipped_shards)} unreadable shard(s) skipped)" if scores.skipped_shards else ""
         raise DataError(f"no group of split {config.split!r} in {data_dir} could be scored{skipped} — re-run "
                         f"`perfusion prepare`")
+    record_evaluation(source, "eval rm", config.split, data_dir,
+                      {"split": config.split, **{key: metrics[key] for key in ("map", "gauc", "n_groups", "n_merchants")}})
     return {"model": str(source), "split": config.split, **metrics}

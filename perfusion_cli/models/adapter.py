@@ -71,7 +71,8 @@ class _Processor:
         return output + merchant_scale * F.linear(attended, attn.to_out[0].weight) / attn.rescale_output_factor
 
 
-def _key(name: str) -> str:
+def layer_key(name: str) -> str:
+    """A U-Net attention processor's name as the key of its layer in ``MerchantAdapter.layers``."""
     return name.replace(".", "__")
 
 
@@ -91,7 +92,7 @@ class MerchantAdapter(ModelMixin, ConfigMixin):
         self.merchant = MerchantEncoder(cardinalities, encoder)
         self.to_tokens = nn.Linear(encoder.user_dim, tokens * token_dim)
         self.norm = nn.LayerNorm(token_dim)
-        self.layers = nn.ModuleDict({_key(name): MerchantKV(token_dim, inner)
+        self.layers = nn.ModuleDict({layer_key(name): MerchantKV(token_dim, inner)
                                      for name, inner in cross_attention.items()})
 
     @classmethod
@@ -111,7 +112,7 @@ class MerchantAdapter(ModelMixin, ConfigMixin):
     def attach(self, unet: UNet2DConditionModel, processor: type | None = None) -> None:
         """Install the processors on the frozen U-Net (every layer: calls without tokens stay the base).
         ``processor``: the attention implementation underneath (default SDPA)."""
-        unet.set_attn_processor({name: _Processor(self.layers[_key(name)] if _key(name) in self.layers else None,
+        unet.set_attn_processor({name: _Processor(self.layers[layer_key(name)] if layer_key(name) in self.layers else None,
                                                   processor() if processor else None)
                                  for name in unet.attn_processors})
 

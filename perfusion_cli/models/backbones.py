@@ -157,3 +157,13 @@ def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+def unet_layout(base: str) -> UNet2DConditionModel:
+    """The base's U-Net built from its ``config.json`` on the meta device: its module layout, no weights read."""
+    from accelerate import init_empty_weights
+
+    path = resolve(base, "sd")
+    config = _load("the U-Net's config", path, UNet2DConditionModel.load_config, path, subfolder="unet")
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(config)

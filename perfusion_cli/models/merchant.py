@@ -6,17 +6,25 @@
     u = MLP(x_L)
 
 Paper §4.2, eqs. 2-3; DCN-V2 is Wang et al. 2021 ("DCN V2", full-rank cross matrices).
+
+``MerchantEncoderModel`` is one encoder on its own, with the vocabulary it reads: what ``perfusion export``
+writes for merchants a model has not seen (their u from their profile).
 """
 
 from __future__ import annotations
 
 import itertools
 
+from dataclasses import asdict
+
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from perfusion_cli.config import MerchantEncoderConfig
-from perfusion_cli.data.vocab import MERCHANT_ID_COLUMN, OOV
+from perfusion_cli.data.merchants import profile_features
+from perfusion_cli.data.vocab import MERCHANT_ID_COLUMN, OOV, FeatureVocab
 from perfusion_cli.errors import VocabularyMismatch
 
 
@@ -69,3 +77,29 @@ class MerchantEncoder(nn.Module):
             features[:, MERCHANT_ID_COLUMN] = features[:, MERCHANT_ID_COLUMN].masked_fill(dropped, OOV)
         embedded = self.embedding(features + self.offsets.to(features.device))  # [B, F, d]
         return self.mlp(self.cross(embedded.flatten(1)))
+
+
+class MerchantEncoderModel(ModelMixin, ConfigMixin):
+    """A trained merchant encoder with its feature vocabulary, saved and loaded as a diffusers model folder."""
+
+    @register_to_config
+    def __init__(self, features: list[dict], merchant_encoder: dict):
+        super().__init__()
+        self.encoder = MerchantEncoder(FeatureVocab.from_json(features).cardinalities,
+                                       MerchantEncoderConfig(**merchant_encoder))
+
+    @classmethod
+    def of(cls, encoder: MerchantEncoder, vocab: FeatureVocab, config: MerchantEncoderConfig) -> "MerchantEncoderModel":
+        model = cls(features=vocab.to_json(), merchant_encoder=asdict(config))
+        model.encoder.load_state_dict(encoder.state_dict())
+        return model.eval()
+
+    @property
+    def vocab(self) -> FeatureVocab:
+        return FeatureVocab.from_json(self.config.features)
+
+    @torch.no_grad()
+    def embed(self, profiles: list[dict]) -> torch.Tensor:
+        """Merchants as lines of ``merchants.jsonl`` (``merchant_id`` + profile) → u [B, user_dim]."""
+        ids = [profile_features(self.vocab, profile) for profile in profiles]
+        return self.encoder(torch.tensor(ids, device=self.device))

@@ -12,10 +12,10 @@ import io
 import secrets
 from dataclasses import dataclass
 
-from perfusion_cli.data.merchants import UnknownMerchant
+from perfusion_cli.data.merchants import UnknownMerchant, typed_profile
 from perfusion_cli.data.requests import Request, checked_request
 from perfusion_cli.errors import ConfigError, DataError
-from perfusion_cli.designer import Designer, typed_profile
+from perfusion_cli.designer import Designer
 from perfusion_cli.pipeline import to_pil
 from perfusion_cli.serving.gallery import Gallery, Shown, new_id
 from perfusion_cli.serving.journal import Pick, SessionJournal

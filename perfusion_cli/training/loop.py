@@ -38,6 +38,7 @@ from perfusion_cli.data.loader import GroupBatch, StreamSpec, train_batches
 from perfusion_cli.data.manifest import Manifest
 from perfusion_cli.errors import CheckpointError, ConfigError, PerfusionError, TrainingError
 from perfusion_cli.io import atomic_write_json
+from perfusion_cli.model_card import write_card
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from perfusion_cli.training.folder import TrainingFolder
@@ -275,6 +276,7 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
     if main:
         task.save_final(folder.current.model)
         atomic_write_json(folder.current.run_file, summary)
+        write_card(folder.current.root, new_weights=True)  # README.md: what made the weights, what they measured
     accelerator.wait_for_everyone()
     folder.promote()
     accelerator.end_training()
