@@ -38,7 +38,7 @@ def provenance(summary: dict) -> str:
     config, data, machine = summary.get("config", {}), summary.get("data", {}), summary.get("machine", {})
     rows = [("base model", f"`{summary.get('base_model', config.get('base_model', '?'))}`"),
             ("data", f"`{data.get('path', '?')}` (fingerprint `{data.get('fingerprint', '?')}`)"),
-            ("command", f"`{summary.get('command', '?')}`"),
+            ("command", f"`{summary['command']}`" if summary.get("command") else "the Python API"),
             ("steps", f"{summary.get('steps', '?')} ({summary.get('processes', 1)} process(es), "
                       f"{summary.get('seconds', '?')} s)"),
             ("settings", ", ".join(f"{key} {config[key]}" for key in SETTINGS if key in config)),
@@ -115,7 +115,7 @@ def evaluations(run: RunDir) -> dict:
     return recorded if isinstance(recorded, dict) else {}
 
 
-def recordevaluations(source: str | Path, what: str, split: str, data_dir: str | Path, result: dict) -> None:
+def record_evaluation(source: str | Path, what: str, split: str, data_dir: str | Path, result: dict) -> None:
     """Keep an evaluation's result (``what``: ``eval rm`` or ``eval gen``) with the run it measured and render the
     run's card again; a source that is not a finished run (``zero-shot:…``, a bare model folder) is left alone."""
     run = run_of(source)
