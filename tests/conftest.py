@@ -48,16 +48,27 @@ def trained_workspace(tmp_path_factory, market):
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory):
-    """A randomly initialized tiny CLIP saved in Hugging Face format (no pre-training needed)."""
-    from perfusion_cli.models.tiny import build_tiny_clip, build_tokenizer
+def _random_towers(tmp_path_factory, name: str):
+    """A randomly initialized tiny CLIP or SigLIP with the tiny tokenizer, saved in Hugging Face format."""
+    from perfusion_cli.models import tiny
 
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    tokenizer = build_tokenizer()
-    build_tiny_clip(tokenizer, seed=0).save_pretrained(folder)
+    folder = tmp_path_factory.mktemp(f"tiny-{name}")
+    tokenizer = tiny.build_tokenizer()
+    getattr(tiny, f"build_tiny_{name}")(tokenizer, seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialized tiny CLIP (no pre-training needed)."""
+    return _random_towers(tmp_path_factory, "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory):
+    """A randomly initialized tiny SigLIP (transformers' SiglipModel)."""
+    return _random_towers(tmp_path_factory, "siglip")
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from perfusion_cli.cli import context, options
-from perfusion_cli.cli.console import RichProgress, boundary, console, say, table
+from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say, table
 from perfusion_cli.cli.flags import routes
 from perfusion_cli.config import ASSETS
 
-ROUTES = routes("pretrain-base", local=("out", "sdxl", "source", "recipe"))
+ROUTES = routes("pretrain-base", local=("out", "sdxl", "siglip", "source", "recipe"))
 
 
 @boundary
@@ -21,7 +21,9 @@ def pretrain_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for tiny-clip/ and tiny-sd/ (--sdxl: tiny-sdxl/).")] = ASSETS,
     sdxl: Annotated[bool, typer.Option("--sdxl", help="Make the tiny SDXL-architecture base from the tiny SD one "
                                                       "in --source (its tiny-clip/ and tiny-sd/).")] = False,
-    source: Annotated[Path, typer.Option("--source", help="Where --sdxl finds tiny-clip/ and tiny-sd/.")] = ASSETS,
+    siglip: Annotated[bool, typer.Option("--siglip", help="Make the tiny SigLIP reward-model base (tiny-siglip/), "
+                                                          "with --source's tiny-clip/ tokenizer.")] = False,
+    source: Annotated[Path, typer.Option("--source", help="Where --sdxl and --siglip find tiny-clip/ (and tiny-sd/).")] = ASSETS,
     unet_steps: Annotated[Optional[int], typer.Option("--unet-steps", help="Training steps of the tiny U-Net.")] = None,
     vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", help="Training steps of the tiny VAE.")] = None,
     clip_steps: Annotated[Optional[int], typer.Option("--clip-steps", help="Training steps of the tiny CLIP.")] = None,
@@ -31,11 +33,19 @@ def pretrain_command(
     recipe: options.Recipe = None,
 ) -> None:
     """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about two hours);
-    with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads."""
-    from perfusion_cli.training.tiny_bases import pretrain_base, pretrain_sdxl
+    with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads; with --siglip, the tiny SigLIP that
+    `train-rm --base-model tiny-siglip` loads."""
+    from perfusion_cli.training.tiny_bases import pretrain_base, pretrain_sdxl, pretrain_siglip
 
+    if sdxl and siglip:
+        raise fail("--sdxl and --siglip make different bases: pass one of them")
     config = context.section(ctx, recipe, "pretrain-base")
     with RichProgress() as progress:
-        timings = pretrain_sdxl(out, config, source, progress) if sdxl else pretrain_base(out, config, progress)
+        if sdxl:
+            timings, made = pretrain_sdxl(out, config, source, progress), [out / "tiny-sdxl"]
+        elif siglip:
+            timings, made = pretrain_siglip(out, config, source, progress), [out / "tiny-siglip"]
+        else:
+            timings, made = pretrain_base(out, config, progress), [out / "tiny-clip", out / "tiny-sd"]
     console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))
-    say(f"wrote {out / 'tiny-sdxl'}" if sdxl else f"wrote {out / 'tiny-clip'} and {out / 'tiny-sd'}")
+    say("wrote " + " and ".join(map(str, made)))

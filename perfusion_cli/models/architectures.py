@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, is_tiny, resolve
+from perfusion_cli.models.towers import build_towers
 
 ARCHITECTURES = Path(__file__).resolve().parent.parent / "architectures"
 SD_PARTS = ("unet", "vae", "text_encoder", "scheduler")
@@ -61,6 +62,7 @@ def sd_configs(base: str) -> dict[str, dict]:
 
 
 def clip_config(base: str) -> dict:
+    """A reward-model base's config (CLIP or SigLIP: its ``model_type`` says which)."""
     shipped = _shipped(base)
     if shipped is not None:
         return _read(shipped)
@@ -106,8 +108,9 @@ def build_sd(base: str, dtype: torch.dtype = torch.float32) -> SDArchitecture:
     )
 
 
-def build_clip(base: str, dtype: torch.dtype = torch.float32) -> CLIPModel:
-    return CLIPModel(CLIPConfig(**_without_meta(clip_config(base)))).to(dtype)
+def build_clip(base: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A reward-model base built from its config: a ``CLIPModel`` or a ``SiglipModel``."""
+    return build_towers(clip_config(base)).to(dtype)
 
 
 def _text_config(values: dict) -> CLIPTextConfig:
@@ -143,7 +146,8 @@ def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16,
 
 
 def write_random_clip(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
-    """A random-weight CLIP folder in the hub layout, with the bundled tokenizer."""
+    """A random-weight CLIP or SigLIP folder in the hub layout, with the bundled tokenizer (its ids fit either's
+    vocabulary; a SigLIP pads to its text length, 64 for SigLIP 2)."""
     from perfusion_cli.models.tiny import build_tokenizer
 
     torch.manual_seed(seed)

@@ -22,30 +22,37 @@ TINY = "tiny"
 
 
 TINY_SDXL = "tiny-sdxl"
+TINY_SIGLIP = "tiny-siglip"  # a reward-model base only: the bundled tiny SigLIP
+
+
+# (bundled base, what is asked for) → its folder under ASSETS; tiny-sdxl's CLIP (reward models, metrics) is tiny's
+TINY_FOLDERS = {(TINY, "clip"): "tiny-clip", (TINY, "sd"): "tiny-sd", (TINY_SDXL, "clip"): "tiny-clip",
+                (TINY_SDXL, "sd"): TINY_SDXL, (TINY_SIGLIP, "clip"): TINY_SIGLIP}
+MAKES = {"tiny-clip": "pretrain-base", "tiny-sd": "pretrain-base", TINY_SDXL: "pretrain-base --sdxl",
+         TINY_SIGLIP: "pretrain-base --siglip"}
 
 
 def resolve(base: str, kind: str) -> str:
-    """The folder or hub id to load for ``base``; ``kind`` picks the bundled tiny model ('clip' or 'sd').
-
-    ``tiny-sdxl`` is the bundled SDXL-architecture base (two text encoders, ``text_time`` conditions); its CLIP
-    (for reward models and metrics) is the tiny one."""
-    if is_tiny(base):
-        name = "tiny-clip" if kind == "clip" else "tiny-sd" if base == TINY else TINY_SDXL
-        path = ASSETS / name
-        if not (path / ("config.json" if kind == "clip" else "model_index.json")).is_file():
-            command = "pretrain-base --sdxl" if name == TINY_SDXL else "pretrain-base"
-            raise CheckpointError(f"the bundled {name} backbone is missing from {path} — "
-                                  f"run `perfusion {command} --out {ASSETS}`")
-        return str(path)
-    return base
+    """The folder or hub id to load for ``base``; ``kind`` picks the bundled tiny model ('clip' or 'sd')."""
+    if not is_tiny(base):
+        return base
+    if (base, kind) not in TINY_FOLDERS:
+        raise CheckpointError(f"{base} is a reward-model base (SigLIP), not a diffusion base: pass tiny or tiny-sdxl "
+                              f"for the generator")
+    name = TINY_FOLDERS[base, kind]
+    path = ASSETS / name
+    if not (path / ("config.json" if kind == "clip" else "model_index.json")).is_file():
+        raise CheckpointError(f"the bundled {name} backbone is missing from {path} — run `perfusion {MAKES[name]} "
+                              f"--out {ASSETS}`")
+    return str(path)
 
 
 def is_tiny(base: str) -> bool:
-    """One of the bundled CPU backbones (``tiny``, ``tiny-sdxl``)."""
-    return base in (TINY, TINY_SDXL)
+    """One of the bundled CPU backbones (``tiny``, ``tiny-sdxl``, ``tiny-siglip``)."""
+    return base in (TINY, TINY_SDXL, TINY_SIGLIP)
 
 
-def _load(what: str, base: str, loader, *args, **kwargs):
+def load_part(what: str, base: str, loader, *args, **kwargs):
     try:
         return loader(*args, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -57,8 +64,8 @@ def _load(what: str, base: str, loader, *args, **kwargs):
 
 def load_clip(base: str, dtype: torch.dtype = torch.float32) -> tuple[CLIPModel, CLIPTokenizer]:
     path = resolve(base, "clip")
-    model = _load("CLIP", path, CLIPModel.from_pretrained, path, dtype=dtype, use_safetensors=True)
-    tokenizer = _load("the CLIP tokenizer", path, CLIPTokenizer.from_pretrained, path)
+    model = load_part("CLIP", path, CLIPModel.from_pretrained, path, dtype=dtype, use_safetensors=True)
+    tokenizer = load_part("the CLIP tokenizer", path, CLIPTokenizer.from_pretrained, path)
     return model, tokenizer
 
 
@@ -97,7 +104,7 @@ def pipeline_config(path: str) -> dict:
     """A diffusers folder's (or hub id's) ``model_index.json``: which components it has, pipeline settings."""
     from diffusers import DiffusionPipeline
 
-    return _load("the model index (model_index.json)", path, DiffusionPipeline.load_config, path)
+    return load_part("the model index (model_index.json)", path, DiffusionPipeline.load_config, path)
 
 
 def load_sd(base: str, dtype: torch.dtype = torch.float32) -> SDComponents:
@@ -106,22 +113,22 @@ def load_sd(base: str, dtype: torch.dtype = torch.float32) -> SDComponents:
     common = {"use_safetensors": True}
 
     def encoder(cls, subfolder: str):
-        return _load(f"the {subfolder.replace('_', ' ')}", path, cls.from_pretrained, path, subfolder=subfolder,
+        return load_part(f"the {subfolder.replace('_', ' ')}", path, cls.from_pretrained, path, subfolder=subfolder,
                      dtype=dtype, **common)
 
     def tokenizer(subfolder: str):
-        return _load(f"the {subfolder.replace('_', ' ')}", path, CLIPTokenizer.from_pretrained, path,
+        return load_part(f"the {subfolder.replace('_', ' ')}", path, CLIPTokenizer.from_pretrained, path,
                      subfolder=subfolder)
 
     index = pipeline_config(path)
     sdxl = (index.get("text_encoder_2") or [None])[0] is not None
     return SDComponents(
-        vae=_load("the VAE", path, AutoencoderKL.from_pretrained, path, subfolder="vae", torch_dtype=dtype, **common),
+        vae=load_part("the VAE", path, AutoencoderKL.from_pretrained, path, subfolder="vae", torch_dtype=dtype, **common),
         text_encoder=encoder(CLIPTextModel, "text_encoder"),
         tokenizer=tokenizer("tokenizer"),
-        unet=_load("the U-Net", path, UNet2DConditionModel.from_pretrained, path, subfolder="unet",
+        unet=load_part("the U-Net", path, UNet2DConditionModel.from_pretrained, path, subfolder="unet",
                    torch_dtype=dtype, **common),
-        noise_scheduler=_load("the scheduler", path, DDPMScheduler.from_pretrained, path, subfolder="scheduler"),
+        noise_scheduler=load_part("the scheduler", path, DDPMScheduler.from_pretrained, path, subfolder="scheduler"),
         path=path,
         text_encoder_2=encoder(CLIPTextModelWithProjection, "text_encoder_2") if sdxl else None,
         tokenizer_2=tokenizer("tokenizer_2") if sdxl else None,
@@ -149,13 +156,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 3, H, W] in [0, 1] → CLIP input: resized to ``size`` (bicubic, antialiased), normalized."""
+def clip_pixels(images: torch.Tensor, size: int, mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] → a tower's input: resized to ``size`` (bicubic, antialiased), normalized by ``mean`` /
+    ``std`` (CLIP's by default)."""
     if images.shape[-1] != size or images.shape[-2] != size:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic", antialias=True,
                                                  align_corners=False).clamp(0, 1)
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
 
 
@@ -164,6 +172,6 @@ def unet_layout(base: str) -> UNet2DConditionModel:
     from accelerate import init_empty_weights
 
     path = resolve(base, "sd")
-    config = _load("the U-Net's config", path, UNet2DConditionModel.load_config, path, subfolder="unet")
+    config = load_part("the U-Net's config", path, UNet2DConditionModel.load_config, path, subfolder="unet")
     with init_empty_weights():
         return UNet2DConditionModel.from_config(config)

@@ -1,57 +1,16 @@
-"""CLIP's two towers, run layer by layer with an optional per-layer modulation passed in explicitly.
-
-PerFusionRM scales and shifts each Transformer layer's attention and FFN outputs (paper §4.2,
-eqs. 4-5): ``h ← h ⊙ (1 + γ) + β`` before each residual addition. The γ/β of every layer are an
-argument of these functions — no hooks and no state parked on modules — so gradient checkpointing
-(recomputation runs after the forward call has returned), ``torch.compile`` and DDP see ordinary
-functions of their inputs (DESIGN §9, STYLE 10).
+"""CLIP's two towers, run layer by layer with an optional per-layer modulation (``modulated_layers``).
 
 The layers are the stock ``CLIPEncoderLayer`` sub-modules (layer norms, attention, MLP) of a Hugging
 Face ``CLIPModel``; with no modulation the outputs equal ``get_text_features`` / ``get_image_features``
-(a test holds us to it).
+(a test holds us to it). The text tower is causal and masks padding; it pools the end-of-text token.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import CLIPModel
 
-# Per layer: (γ_attn, β_attn, γ_ffn, β_ffn), each [N, width]; None: plain CLIP.
-Modulation = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None
-
-
-def modulate(hidden: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """hidden: [N, T, D]; scale, shift: [N, D] → hidden ⊙ (1 + scale) + shift."""
-    return hidden * (1 + scale.unsqueeze(1).to(hidden.dtype)) + shift.unsqueeze(1).to(hidden.dtype)
-
-
-def _layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *params: torch.Tensor) -> torch.Tensor:
-    residual = hidden
-    attended = layer.self_attn(hidden_states=layer.layer_norm1(hidden), attention_mask=mask)[0]
-    if params:
-        attended = modulate(attended, params[0], params[1])
-    hidden = residual + attended
-    transformed = layer.mlp(layer.layer_norm2(hidden))
-    if params:
-        transformed = modulate(transformed, params[2], params[3])
-    return hidden + transformed
-
-
-def run_layers(layers: nn.ModuleList, hidden: torch.Tensor, mask: torch.Tensor | None, modulation: Modulation,
-               checkpointing: bool = False) -> torch.Tensor:
-    for index, layer in enumerate(layers):
-        params = modulation[index] if modulation is not None else ()
-        step = functools.partial(_layer, layer)
-        if checkpointing and torch.is_grad_enabled():
-            hidden = checkpoint(step, hidden, mask, *params, use_reentrant=False)
-        else:
-            hidden = step(hidden, mask, *params)
-    return hidden
-
+from perfusion_cli.models.modulated_layers import Modulation, run_layers
 
 def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Causal and padding mask as an additive [B, 1, T, T] float mask."""

@@ -1,7 +1,7 @@
 """Personalized plug-ins for a CLIP tower (DESIGN §4; paper §4.2, eqs. 4-5).
 
 For every Transformer layer j, an adaptive network A_j(u) gives a scale and a shift for the attention
-output and for the FFN output (applied by ``clip_towers``): ``h ← h ⊙ (1 + γ) + β``. The last linear
+output and for the FFN output (applied by ``modulated_layers``): ``h ← h ⊙ (1 + γ) + β``. The last linear
 of A_j is zero-initialized, so an untrained plug-in leaves CLIP exactly as it was.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perfusion_cli.models.clip_towers import Modulation
+from perfusion_cli.models.modulated_layers import Modulation
 
 
 class AdaptiveNetwork(nn.Module):

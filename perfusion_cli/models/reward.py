@@ -1,8 +1,10 @@
-"""PerFusionRM: CLIP with a merchant plug-in on both towers (DESIGN §4; paper §4.2).
+"""PerFusionRM: CLIP (or SigLIP) with a merchant plug-in on both towers (DESIGN §4; paper §4.2).
 
-    s(u, prompt, image) = logit_scale · cos(text_emb(prompt; u), image_emb(image; u))
+    s(u, prompt, image) = logit_scale · cos(text_emb(prompt; u), image_emb(image; u)) [+ logit_bias]
 
-as PickScore scores, with u from a merchant encoder. Text and vision get separate merchant encoders
+as PickScore scores, with u from a merchant encoder; SigLIP adds its learned bias, as its logits do
+(``models/towers.py``: the families and how each runs). The backbone lives in ``self.clip`` whatever its
+family — the name saved 0.2 checkpoints use. Text and vision get separate merchant encoders
 and plug-ins by default; ``shared_plugin`` makes both towers read one merchant encoder (the paper's
 ablation — the towers' widths differ, so the per-layer adaptive networks stay per tower).
 ``plugin=False`` is the same CLIP and loss without personalization (the PickScore-style baseline).
@@ -23,15 +25,15 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.io import atomic_dir
-from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
-from perfusion_cli.models.clip_towers import image_features, text_features
+from perfusion_cli.models.backbones import clip_pixels, tokenize
 from perfusion_cli.models.merchant import MerchantEncoder
 from perfusion_cli.models.plugins import TowerPlugin
+from perfusion_cli.models.towers import build_towers, family_of, load_towers
 from perfusion_cli.runs import loading, model_folder
 
 ZERO_SHOT = "zero-shot:"
@@ -46,7 +48,8 @@ class PerFusionRM(ModelMixin, ConfigMixin):
                  shared_plugin: bool = False, plugin_hidden: int = 256, merchant_encoder: dict | None = None,
                  taste_head: bool = False, prompt_scale: float | None = None):
         super().__init__()
-        self.clip = CLIPModel(CLIPConfig.from_dict(clip_config))
+        self.family = family_of(clip_config)
+        self.clip = build_towers(clip_config)
         self.image_size = self.clip.config.vision_config.image_size
         self.gradient_checkpointing = False
         if plugin:
@@ -62,16 +65,17 @@ class PerFusionRM(ModelMixin, ConfigMixin):
             if prompt_scale is not None:  # the prompt term's own temperature, learned from this value
                 self.prompt_log_scale = nn.Parameter(torch.tensor(math.log(prompt_scale)))
             if taste_head:  # a linear taste over the standardized image embedding, zero at init
-                self.taste_norm = nn.BatchNorm1d(self.clip.config.projection_dim, affine=False)
-                self.taste = nn.Linear(encoder.user_dim, self.clip.config.projection_dim)
+                width = self.family.embedding_dim(self.clip)
+                self.taste_norm = nn.BatchNorm1d(width, affine=False)
+                self.taste = nn.Linear(encoder.user_dim, width)
                 nn.init.zeros_(self.taste.weight)
                 nn.init.zeros_(self.taste.bias)
 
     @classmethod
-    def from_clip(cls, clip: CLIPModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
+    def from_clip(cls, clip: PreTrainedModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
                   plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
                   taste_head: bool = False, prompt_scale: float | None = None) -> "PerFusionRM":
-        """A PerFusionRM around a loaded CLIP (its weights copied in), with fresh zero-initialized plug-ins."""
+        """A PerFusionRM around a loaded CLIP or SigLIP (its weights kept), with fresh zero-initialized plug-ins."""
         model = cls(clip_config=clip.config.to_dict(), features=vocab.to_json() if vocab else [], plugin=plugin,
                     shared_plugin=shared_plugin, plugin_hidden=plugin_hidden,
                     merchant_encoder=asdict(merchant or MerchantEncoderConfig()), taste_head=taste_head and plugin,
@@ -99,13 +103,13 @@ class PerFusionRM(ModelMixin, ConfigMixin):
                         features: torch.Tensor | None) -> torch.Tensor:
         """[B, L] token ids, [B, F] merchant features → unit-norm text embeddings [B, P]."""
         modulation = self.text_plugin(self.text_merchant(features)) if self.config.plugin else None
-        output = text_features(self.clip, input_ids, attention_mask, modulation, self.gradient_checkpointing)
+        output = self.family.text_features(self.clip, input_ids, attention_mask, modulation, self.gradient_checkpointing)
         return nn.functional.normalize(output, dim=-1)
 
     def image_embeddings(self, pixels: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """[N, 3, S, S] CLIP-normalized pixels, [N, F] features → unit-norm image embeddings [N, P]."""
+        """[N, 3, S, S] normalized pixels (``pixels``), [N, F] features → unit-norm image embeddings [N, P]."""
         modulation = self.vision_plugin(self.vision_encoder()(features)) if self.config.plugin else None
-        output = image_features(self.clip, pixels, modulation, self.gradient_checkpointing)
+        output = self.family.image_features(self.clip, pixels, modulation, self.gradient_checkpointing)
         return nn.functional.normalize(output, dim=-1)
 
     def taste_scores(self, features: torch.Tensor, image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,10 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         weights = self.taste(self.text_merchant(features))[rows]  # [N, P]
         return (weights * self.taste_norm(image.float()).to(image.dtype)).sum(-1)
 
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] in [0, 1] → the vision tower's input: resized, normalized as its family was trained."""
+        return clip_pixels(images, self.image_size, self.family.pixel_mean, self.family.pixel_std)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor,
                 features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Scores [B, K] for groups: prompts [B, L], images [B, K, 3, H, W] in [0, 1], valid [B, K].
@@ -130,10 +138,10 @@ class PerFusionRM(ModelMixin, ConfigMixin):
         text = self.text_embeddings(input_ids, attention_mask, features)  # [B, P]
         flat = valid.flatten()
         rows = torch.arange(batch, device=valid.device).repeat_interleave(group)[flat]
-        pixels = clip_pixels(images.flatten(0, 1)[flat], self.image_size).to(self.clip.dtype)
+        pixels = self.pixels(images.flatten(0, 1)[flat]).to(self.clip.dtype)
         image = self.image_embeddings(pixels, features[rows])  # [N, P]
         log_scale = self.prompt_log_scale if self.own_temperature else self.clip.logit_scale
-        flat_scores = (image * text[rows]).sum(-1) * log_scale.exp()
+        flat_scores = (image * text[rows]).sum(-1) * log_scale.exp() + self.family.bias(self.clip)
         if self.has_taste_head:
             flat_scores = flat_scores + self.taste_scores(features, image, rows)
         scores = torch.zeros(batch * group, dtype=flat_scores.dtype, device=flat_scores.device)
@@ -146,7 +154,7 @@ class RewardModel:
     """A PerFusionRM with its tokenizer: what training, evaluation and reranking use."""
 
     module: PerFusionRM
-    tokenizer: CLIPTokenizer
+    tokenizer: PreTrainedTokenizerBase
 
     @property
     def vocab(self) -> FeatureVocab:
@@ -173,14 +181,14 @@ class RewardModel:
 def create_reward_model(base_model: str, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
                         plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
                         taste_head: bool = False, prompt_scale: float | None = None) -> RewardModel:
-    clip, tokenizer = load_clip(base_model)
+    clip, tokenizer = load_towers(base_model)
     module = PerFusionRM.from_clip(clip, vocab, plugin, shared_plugin, plugin_hidden, merchant, taste_head,
                                    prompt_scale)
     return RewardModel(module, tokenizer)
 
 
 def load_reward_model(source: str | Path, device: torch.device | str = "cpu") -> RewardModel:
-    """A reward-model run (or its ``model/`` folder), or ``zero-shot:BASE`` for the untouched CLIP."""
+    """A reward-model run (or its ``model/`` folder), or ``zero-shot:BASE`` for the untouched CLIP or SigLIP."""
     text = str(source)
     if text.startswith(ZERO_SHOT):
         model = create_reward_model(text[len(ZERO_SHOT):], None, plugin=False)
@@ -188,5 +196,5 @@ def load_reward_model(source: str | Path, device: torch.device | str = "cpu") ->
     folder = model_folder(source, "reward")
     with loading(folder, "reward model"):
         module = PerFusionRM.from_pretrained(folder, use_safetensors=True)
-        tokenizer = CLIPTokenizer.from_pretrained(folder / TOKENIZER)
+        tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
     return RewardModel(module.to(device).eval(), tokenizer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tokenizers import pre_tokenizers
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, SiglipConfig, SiglipModel
 
 from perfusion_cli.marketplace.drawing import ITEMS, MATERIALS, PATTERNS
 
@@ -66,6 +66,22 @@ def build_tiny_clip(tokenizer: CLIPTokenizer, seed: int = 0, text_width: int = T
     )
     torch.manual_seed(seed)
     return CLIPModel(config)
+
+
+def build_tiny_siglip(tokenizer: CLIPTokenizer, seed: int = 0) -> SiglipModel:
+    """A SiglipModel of the tiny CLIP's sizes (two layers per tower, 64 wide, 8×8 patches on 64×64 images), reading
+    the tiny tokenizer's ids: the bundled SigLIP base for tests and the demo's SigLIP reward model."""
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    config = SiglipConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": MAX_TOKENS,
+                     "projection_size": TEXT_WIDTH, **ids},
+        vision_config={"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": TEXT_WIDTH,
+                       "intermediate_size": 2 * TEXT_WIDTH, "num_hidden_layers": 2, "num_attention_heads": 4},
+    )
+    torch.manual_seed(seed)
+    return SiglipModel(config)
 
 
 def build_tiny_vae(seed: int = 0) -> AutoencoderKL:

@@ -11,7 +11,8 @@ with no merchant taste). This trains, in order:
    of its weights is what is saved.
 
 It writes ``OUT/tiny-clip`` (CLIPModel + tokenizer) and ``OUT/tiny-sd`` (a StableDiffusionPipeline
-folder), weights as fp16 safetensors (a few MB). ``--base-model tiny`` loads them.
+folder), weights as fp16 safetensors (a few MB). ``--base-model tiny`` loads them. ``--sdxl`` and
+``--siglip`` make ``tiny-sdxl`` (``pretrain_sdxl``) and ``tiny-siglip`` (``pretrain_siglip``) beside them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import clip_pixels, tokenize
 from perfusion_cli.models.text import TextConditions, encode_prompts
 from perfusion_cli.models.tiny import (IMAGE_SIZE, SDXL_TEXT_WIDTH, TEXT_WIDTH, build_tiny_clip, build_tiny_sdxl_unet,
-                                       build_tiny_unet, build_tiny_vae, build_tokenizer, tiny_noise_scheduler)
+                                       build_tiny_siglip, build_tiny_unet, build_tiny_vae, build_tokenizer,
+                                       tiny_noise_scheduler)
+from perfusion_cli.models.towers import family_of
 from perfusion_cli.progress import NullProgress, Progress
 
 
@@ -85,19 +88,27 @@ def _optimize(loss: torch.Tensor, optimizer, schedule, progress: Progress, clip_
 
 def pretrain_clip(catalogue: Catalogue, tokenizer, config: BaseTrainConfig, progress: Progress,
                   text_width: int = TEXT_WIDTH):
-    clip = build_tiny_clip(tokenizer, seed=config.seed, text_width=text_width)
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=2e-3, weight_decay=0.1)
+    return pretrain_towers(build_tiny_clip(tokenizer, seed=config.seed, text_width=text_width), catalogue, tokenizer,
+                           config, progress, "tiny CLIP")
+
+
+def pretrain_towers(model, catalogue: Catalogue, tokenizer, config: BaseTrainConfig, progress: Progress, what: str):
+    """Contrastive pre-training on (caption, image) pairs with the family's own loss (CLIP: softmax over the
+    batch; SigLIP: pairwise sigmoid), its pixel normalization and its text masking."""
+    family = family_of(model.config.to_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
     schedule = _cosine(optimizer, config.clip_steps)
     rng = np.random.default_rng(config.seed + 1)
-    progress.start("pre-training tiny CLIP", config.clip_steps)
+    progress.start(f"pre-training {what}", config.clip_steps)
     for _ in range(config.clip_steps):
         index = rng.choice(len(catalogue.images), size=config.batch_size * 2, replace=False)
         ids, mask, _ = tokenize(tokenizer, [catalogue.captions[i] for i in index])
-        pixels = clip_pixels(catalogue.tensor(index), IMAGE_SIZE)
-        loss = clip(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
+        pixels = clip_pixels(catalogue.tensor(index), IMAGE_SIZE, family.pixel_mean, family.pixel_std)
+        masking = {"attention_mask": mask} if family.text_mask else {}
+        loss = model(input_ids=ids, pixel_values=pixels, return_loss=True, **masking).loss
         _optimize(loss, optimizer, schedule, progress)
     progress.stop()
-    return clip.eval()
+    return model.eval()
 
 
 def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progress):
@@ -269,3 +280,19 @@ def pretrain_sdxl(out: str | Path, config: BaseTrainConfig, source: str | Path, 
         pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     timings["total_s"] = time.perf_counter() - started
     return timings
+
+
+def pretrain_siglip(out: str | Path, config: BaseTrainConfig, source: str | Path,
+                    progress: Progress | None = None) -> dict:
+    """The tiny SigLIP (``--base-model tiny-siglip``, a reward-model base): the tiny CLIP's sizes and tokenizer (from
+    ``source``'s ``tiny-clip``), trained on the same catalogue with SigLIP's sigmoid loss (``clip_steps``)."""
+    progress = progress or NullProgress()
+    out, started = Path(out), time.perf_counter()
+    catalogue = _begin(config, progress)
+    tokenizer = CLIPTokenizer.from_pretrained(Path(source) / "tiny-clip")
+    siglip = pretrain_towers(build_tiny_siglip(tokenizer, seed=config.seed), catalogue, tokenizer, config, progress,
+                             "tiny SigLIP")
+    with atomic_dir(out / "tiny-siglip") as folder:
+        siglip.to(torch.float16).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return {"siglip_s": time.perf_counter() - started}

@@ -91,3 +91,20 @@ def test_nothing_to_train_is_a_clear_error(tmp_path, market):
     ws = _workspace(tmp_path, market)
     result = runner.invoke(app, ["--workdir", str(ws), "train-rm", "--no-plugin", "--freeze-backbone"])
     assert result.exit_code == 1 and "leaves nothing to train" in result.output
+
+
+def test_train_rm_on_the_tiny_siglip_then_eval_rm_reports(tmp_path, market):
+    ws = _workspace(tmp_path, market)
+    result = runner.invoke(app, ["--workdir", str(ws), "train-rm", "--base-model", "tiny-siglip"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((ws / "runs" / "rm" / "model" / "config.json").read_text())
+    assert config["clip_config"]["model_type"] == "siglip"
+    result = runner.invoke(app, ["--workdir", str(ws), "eval", "rm", "--checkpoint", str(ws / "runs" / "rm"),
+                                 "--checkpoint", "zero-shot:tiny-siglip", "--json", str(ws / "e.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((ws / "e.json").read_text())["models"]
+    assert [row["model"] for row in rows] == [str(ws / "runs" / "rm"), "zero-shot:tiny-siglip"]
+    assert all(0 <= row["gauc"] <= 1 and row["n_groups"] > 0 for row in rows)
+    # a SigLIP is no diffusion base: train-gen says so in one line
+    result = runner.invoke(app, ["--workdir", str(ws), "train-gen", "--base-model", "tiny-siglip"])
+    assert result.exit_code != 0 and "reward-model base (SigLIP), not a diffusion base" in result.output

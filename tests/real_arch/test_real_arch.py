@@ -132,3 +132,24 @@ def test_sdxl_industrial_recipe_trains_and_generates_on_sdxl_base(market, tmp_pa
                "--steps", "2", "--resolution", "128")
     assert len(list((ws / "outputs" / "102" / "linen-dress-seed0").glob("*.png"))) == 1
     shutil.rmtree(sdxl)  # 6.5 GB
+
+
+def test_siglip2_industrial_recipe_trains_and_evaluates_the_reward_model_on_siglip2(market, tmp_path):
+    """SigLIP 2 B/16's layout (375 M: its 256k-token text embedding, 12 + 12 layers, the attention-pooling head)
+    through train-rm and eval rm with the SigLIP 2 recipe's own settings (the recipe's So400m/14 is 1.14 B: with
+    AdamW in fp32 it would not leave room in 24 GiB; bench --plan counts it)."""
+    siglip = write_random_clip("google/siglip2-base-patch16-224", tmp_path / "siglip2-base-patch16-224")
+    config = json.loads((siglip / "config.json").read_text())
+    assert config["model_type"] == "siglip" and config["text_config"]["vocab_size"] == 256_000
+    ws = _workspace(tmp_path / "ws", market)
+    _perfusion(ws, "train-rm", "--recipe", "siglip2-industrial", "--base-model", siglip, "--batch-size", "1",
+               "--grad-accum", "1", "--max-steps", "2", "--mixed-precision", "no", "--num-workers", "0")
+    rm = json.loads((ws / "runs" / "rm" / "run.json").read_text())
+    assert rm["config"]["gradient_checkpointing"] is True and rm["config"]["backbone_lr"] == 3e-6
+    assert torch.isfinite(torch.tensor(rm["final"]["loss"]))
+    saved = json.loads((ws / "runs" / "rm" / "model" / "config.json").read_text())
+    assert saved["clip_config"]["model_type"] == "siglip" and saved["plugin_hidden"] == 512
+    output = _perfusion(ws, "eval", "rm", "--recipe", "siglip2-industrial", "--checkpoint", ws / "runs" / "rm",
+                        "--json", ws / "e.json")
+    assert "GAUC" in output and json.loads((ws / "e.json").read_text())["models"][0]["n_groups"] > 0
+    shutil.rmtree(siglip)

@@ -50,10 +50,14 @@ def test_freeze_backbone_moves_only_the_plugins(market, tmp_path):
 
 
 @pytest.mark.slow
-def test_perfusion_rm_beats_the_no_plugin_baseline(medium_market, tmp_path):
+@pytest.mark.parametrize("base", ["tiny", "tiny-siglip"])
+def test_perfusion_rm_beats_the_no_plugin_baseline(medium_market, tmp_path, base):
+    """On CLIP and on SigLIP (the bundled tiny SigLIP, pre-trained by `pretrain-base --siglip`)."""
     results = {}
     for name, plugin in (("perfusion", True), ("no_plugin", False)):
-        config = tiny_config("train-rm", batch_size=16, max_steps=150, eval_every=None, plugin=plugin)
+        config = tiny_config("train-rm", batch_size=16, max_steps=150, eval_every=None, plugin=plugin,
+                             base_model=base)
         train_reward_model(config, medium_market, tmp_path / name)
         results[name] = evaluate_reward_model(str(tmp_path / name), medium_market, tiny_config("eval-rm"))["gauc"]
+    print(base, results)
     assert results["perfusion"] > results["no_plugin"] + 0.05, results

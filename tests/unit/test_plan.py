@@ -171,3 +171,32 @@ def test_the_sdxl_recipe_plans_offline_and_backs_its_comments():
     assert "1024²" in jobs["train-gen"]["shape"] and "1024²" in jobs["generate (base)"]["shape"]
     ratio = jobs["generate (PerFusion)"]["gflops"] / jobs["generate (base)"]["gflops"]
     assert 1.0 < ratio < 1.1, ratio  # personalization at close to the base's cost
+
+
+def _siglip_training_flops(groups: int, k: int, width: int, ffn: int, layers: int, patches: int, patch: int,
+                           tokens: int) -> float:
+    """SigLIP's train-rm step written out by hand: per image its ViT (patch embedding, attention and MLP matmuls,
+    the attention-pooling head), per prompt its text tower (last-token head); forward + backward (×3) + the
+    forward that gradient checkpointing recomputes (×1)."""
+    def tower(n: int) -> float:
+        return layers * (2 * n * 4 * width ** 2 + 2 * n * 2 * width * ffn + 2 * 2 * n * n * width)
+
+    image = (tower(patches) + 2 * patches * width * 3 * patch * patch
+             + 2 * width ** 2 * (1 + 2 * patches) + 2 * width ** 2 + 2 * 2 * patches * width + 2 * 2 * width * ffn)
+    text = tower(tokens) + 2 * width ** 2
+    return 4 * (groups * k * image + groups * text) / 1e9
+
+
+def test_the_siglip2_recipe_plans_offline_and_its_flops_agree_with_a_hand_count():
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "siglip2-industrial.toml"
+    [job] = plan_recipe(recipe, merchants=100, jobs=("train-rm",))["jobs"]
+    with META:
+        so400m = build_clip("google/siglip2-so400m-patch14-384")
+        base = build_clip("google/siglip2-base-patch16-224")
+    # the published sizes: SigLIP 2 So400m/14 1.14 B (its vision tower 428 M), B/16 375 M
+    assert parameters(so400m) == 1_136_008_498 and parameters(so400m.vision_model) == 428_225_600
+    assert parameters(base) == 375_187_970
+    assert "16 groups × 5 images at 384² + 64-token prompts" == job["shape"]
+    expected = _siglip_training_flops(16, 5, 1152, 4304, 27, (384 // 14) ** 2, 14, 64)
+    assert job["gflops"] == pytest.approx(expected, rel=0.03)  # the rest: norms, GELUs, softmax, plug-ins
+    assert job["fits"]["24 GB"] and job["trainable_parameters"] > parameters(so400m)  # the backbone + plug-ins

@@ -1,5 +1,6 @@
-"""PerFusionRM: zero-initialized plug-ins equal CLIP; plug-ins personalize; save → load is exact;
-gradient checkpointing changes nothing but memory."""
+"""PerFusionRM on CLIP and on SigLIP: zero-initialized plug-ins equal the backbone's own scores (CLIP's
+scaled cosine; SigLIP's logits, with their bias); plug-ins personalize; save → load is exact; gradient
+checkpointing changes nothing but memory."""
 
 import pytest
 import torch
@@ -9,9 +10,10 @@ from perfusion_cli.config import MerchantEncoderConfig
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.errors import VocabularyMismatch
 from perfusion_cli.losses import plackett_luce_loss
-from perfusion_cli.models.backbones import clip_pixels, load_clip, tokenize
+from perfusion_cli.models.backbones import clip_pixels, tokenize
 from perfusion_cli.models.merchant import CrossNetwork, MerchantEncoder
 from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
+from perfusion_cli.models.towers import load_towers
 
 VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b", "c", "d"]),
                       Feature("style", "categorical", ["x", "y"]), Feature("price", "numeric", boundaries=[1, 2])])
@@ -28,21 +30,36 @@ def _inputs(seed=0, batch=3, group=4):
     return ["linen dress", "red silk skirt", "wool hoodie"][:batch], images, features, valid
 
 
-def _model(tiny_clip_dir, **settings):
-    clip, tokenizer = load_clip(str(tiny_clip_dir))
+@pytest.fixture(params=["clip", "siglip"])
+def towers_dir(request):
+    """The tiny CLIP, then the tiny SigLIP: every test taking it runs on both families."""
+    return request.getfixturevalue(f"tiny_{request.param}_dir")
+
+
+def _model(folder, **settings):
+    clip, tokenizer = load_towers(str(folder))
     module = PerFusionRM.from_clip(clip, VOCAB, plugin_hidden=16, merchant=MERCHANT, **settings)
     return RewardModel(module.eval(), tokenizer)
 
 
 def _clip_scores(clip, tokenizer, prompts, images):
-    """Plain CLIP through transformers' own forward, written independently of PerFusionRM: logit_scale · cos."""
+    """The backbone's own scores through transformers' forward, written independently of PerFusionRM: CLIP's
+    logit_scale · cos; SigLIP's ``logits_per_text`` (logit_scale · cos + logit_bias), prompt b against its images."""
     ids, mask, _ = tokenize(tokenizer, prompts)
+    if clip.config.model_type == "siglip":
+        pixels = (images.flatten(0, 1) - 0.5) / 0.5  # SigLIP normalization; the tiny towers read 64² as given
+        logits = clip(input_ids=ids, pixel_values=pixels).logits_per_text  # [B, B·K]
+        return logits.view(len(prompts), len(prompts), -1).diagonal().T  # [B, K]: each prompt's own group
     text = clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
     pixels = clip_pixels(images.flatten(0, 1), 64)
     image = clip.get_image_features(pixel_values=pixels).pooler_output
     text = text / text.norm(dim=-1, keepdim=True)
     image = (image / image.norm(dim=-1, keepdim=True)).view(*images.shape[:2], -1)
     return clip.logit_scale.exp() * torch.einsum("bp,bkp->bk", text, image)
+
+
+def _bias(clip):
+    return clip.logit_bias if clip.config.model_type == "siglip" else 0.0
 
 
 def _perturb(module: nn.Module, scale=0.3):
@@ -54,8 +71,8 @@ def _perturb(module: nn.Module, scale=0.3):
 
 
 @torch.no_grad()
-def test_untrained_plugin_leaves_clip_scores_unchanged(tiny_clip_dir):
-    model = _model(tiny_clip_dir)
+def test_untrained_plugin_leaves_clip_scores_unchanged(towers_dir):
+    model = _model(towers_dir)
     prompts, images, features, valid = _inputs()
     expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
     scores = model.score(prompts, images, features, valid)
@@ -64,8 +81,8 @@ def test_untrained_plugin_leaves_clip_scores_unchanged(tiny_clip_dir):
 
 
 @torch.no_grad()
-def test_a_trained_plugin_makes_scores_depend_on_the_merchant(tiny_clip_dir):
-    model = _model(tiny_clip_dir)
+def test_a_trained_plugin_makes_scores_depend_on_the_merchant(towers_dir):
+    model = _model(towers_dir)
     _perturb(model.module)
     prompts, images, features, valid = _inputs()
     other = (features + 1) % torch.tensor(CARDS)
@@ -76,8 +93,8 @@ def test_a_trained_plugin_makes_scores_depend_on_the_merchant(tiny_clip_dir):
 
 @pytest.mark.parametrize("shared", [False, True])
 @torch.no_grad()
-def test_save_then_load_gives_identical_scores(tiny_clip_dir, tmp_path, shared):
-    model = _model(tiny_clip_dir, shared_plugin=shared)
+def test_save_then_load_gives_identical_scores(towers_dir, tmp_path, shared):
+    model = _model(towers_dir, shared_plugin=shared)
     _perturb(model.module)
     assert (model.module.vision_encoder() is model.module.text_merchant) == shared
     model.save(tmp_path / "rm")
@@ -89,16 +106,16 @@ def test_save_then_load_gives_identical_scores(tiny_clip_dir, tmp_path, shared):
 
 
 @torch.no_grad()
-def test_zero_shot_scores_equal_plain_clip(tiny_clip_dir):
-    model = load_reward_model(f"zero-shot:{tiny_clip_dir}")
+def test_zero_shot_scores_equal_plain_clip(towers_dir):
+    model = load_reward_model(f"zero-shot:{towers_dir}")
     prompts, images, features, valid = _inputs()
     expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
     assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
 
 
-def _loss_and_gradients(tiny_clip_dir, checkpointing: bool):
+def _loss_and_gradients(folder, checkpointing: bool):
     torch.manual_seed(0)  # the merchant encoders start random: the same in both runs
-    model = _model(tiny_clip_dir)
+    model = _model(folder)
     _perturb(model.module, scale=0.05)  # non-zero adaptive networks: the case that used to break
     module = model.module.train()
     if checkpointing:
@@ -112,9 +129,9 @@ def _loss_and_gradients(tiny_clip_dir, checkpointing: bool):
     return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_every_gradient(tiny_clip_dir):
-    plain = _loss_and_gradients(tiny_clip_dir, checkpointing=False)
-    checkpointed = _loss_and_gradients(tiny_clip_dir, checkpointing=True)
+def test_gradient_checkpointing_gives_the_same_loss_and_every_gradient(towers_dir):
+    plain = _loss_and_gradients(towers_dir, checkpointing=False)
+    checkpointed = _loss_and_gradients(towers_dir, checkpointing=True)
     assert torch.allclose(plain[0], checkpointed[0], atol=1e-6)
     assert plain[1].keys() == checkpointed[1].keys()
     assert any(name.startswith("clip.") for name in plain[1]) and any("plugin" in name for name in plain[1])
@@ -162,12 +179,13 @@ def test_id_dropout_hides_the_merchant_id_only_while_training():
 
 
 @torch.no_grad()
-def test_the_taste_head_at_its_own_temperature_ranks_as_clip_until_trained(tiny_clip_dir):
-    model = _model(tiny_clip_dir, taste_head=True, prompt_scale=3.0)
+def test_the_taste_head_at_its_own_temperature_ranks_as_clip_until_trained(towers_dir):
+    model = _model(towers_dir, taste_head=True, prompt_scale=3.0)
     prompts, images, features, valid = _inputs()
     clip = model.module.clip
-    expected = _clip_scores(clip, model.tokenizer, prompts, images) * 3.0 / clip.logit_scale.exp()
-    assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
+    bias = _bias(clip)
+    expected = (_clip_scores(clip, model.tokenizer, prompts, images) - bias) * 3.0 / clip.logit_scale.exp() + bias
+    assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-4)
 
 
 @torch.no_grad()
@@ -195,8 +213,8 @@ def test_the_taste_head_adds_a_linear_taste_over_the_standardized_image_embeddin
 
 
 @torch.no_grad()
-def test_the_taste_head_and_its_statistics_survive_save_and_load(tiny_clip_dir, tmp_path):
-    model = _model(tiny_clip_dir, taste_head=True, prompt_scale=3.0)
+def test_the_taste_head_and_its_statistics_survive_save_and_load(towers_dir, tmp_path):
+    model = _model(towers_dir, taste_head=True, prompt_scale=3.0)
     _perturb(model.module)
     model.module.taste.weight.normal_(0, 1.0)
     model.module.taste_norm.running_mean.normal_(0, 0.1)
