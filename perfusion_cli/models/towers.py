@@ -69,7 +69,7 @@ def build_towers(config: dict) -> PreTrainedModel:
 def load_towers(base: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object]:
     """A CLIP or SigLIP checkpoint (hub id, folder, ``tiny`` / ``tiny-siglip``) and its tokenizer."""
     path = resolve(base, "clip")
-    config = load_part("the reward model's config", path, lambda: _config(path))
+    config = load_part("CLIP or SigLIP", path, _config, path)
     family = family_of(config)
     model = load_part(family.name, path, family.model_class.from_pretrained, path, dtype=dtype, use_safetensors=True)
     tokenizer = load_part(f"the {family.name} tokenizer", path, AutoTokenizer.from_pretrained, path)
@@ -80,5 +80,5 @@ def _config(path: str) -> dict:
     from transformers import PretrainedConfig
 
     if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-        raise CheckpointError(f"{path} has no config.json")
+        raise CheckpointError(f"cannot load CLIP or SigLIP from {path!r}: the folder has no config.json")
     return PretrainedConfig.get_config_dict(path)[0]
