@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/quality_tables.py [--workdir bench] [--part rm|gen|all]
 
-Runs the real CLI in a fresh workspace: prepare; train-rm as PerFusionRM, --no-plugin, --loss bt and
---shared-plugin; eval rm on test and cold_start (with zero-shot CLIP); train-gen with the group
+Runs the real CLI in a fresh workspace: prepare; train-rm as PerFusionRM, --no-plugin, --loss bt,
+--shared-plugin, and PerFusionRM and --no-plugin on the tiny SigLIP; eval rm on test and cold_start (with
+zero-shot CLIP and SigLIP); train-gen with the group
 loss (K=5) and pairwise; eval gen for each. Prints markdown tables with wall times; every raw
 result is left as JSON in the workspace.
 """
@@ -19,7 +20,10 @@ from tables import run as run_quietly
 
 run = partial(run_quietly, quiet=False)  # each command's tables are part of this script's output
 RM_VARIANTS = {"PerFusionRM": [], "no plug-in (PickScore-style)": ["--no-plugin"], "PerFusionRM, BT loss": ["--loss", "bt"],
-               "PerFusionRM, shared plug-in": ["--shared-plugin"]}
+               "PerFusionRM, shared plug-in": ["--shared-plugin"],
+               "PerFusionRM on tiny SigLIP": ["--base-model", "tiny-siglip"],
+               "no plug-in on tiny SigLIP": ["--base-model", "tiny-siglip", "--no-plugin"]}
+ZERO_SHOT = {"zero-shot tiny CLIP": "zero-shot:tiny", "zero-shot tiny SigLIP": "zero-shot:tiny-siglip"}
 GEN_VARIANTS = {"group (K=5)": ["--loss", "group"], "pairwise": ["--loss", "pairwise"]}
 
 
@@ -33,13 +37,13 @@ def reward_part(workdir: Path) -> None:
                for name, flags in RM_VARIANTS.items()}
     checkpoints = [a for name in RM_VARIANTS for a in ("--checkpoint", f"runs/{slug(name)}")]
     for split in ("test", "cold_start"):
-        run(workdir, "eval", "rm", "--split", split, *checkpoints, "--checkpoint", "zero-shot:tiny",
-            "--json", f"eval-rm-{split}.json")
+        zero_shot = [a for source in ZERO_SHOT.values() for a in ("--checkpoint", source)]
+        run(workdir, "eval", "rm", "--split", split, *checkpoints, *zero_shot, "--json", f"eval-rm-{split}.json")
     tables = {split: read(workdir, f"eval-rm-{split}.json")["models"]
               for split in ("test", "cold_start")}
     print("\n| model | test MAP | test GAUC | cold-start MAP | cold-start GAUC | train wall time |")
     print("|---|---|---|---|---|---|")
-    names = [*RM_VARIANTS, "zero-shot tiny CLIP"]
+    names = [*RM_VARIANTS, *ZERO_SHOT]
     for index, name in enumerate(names):
         test, cold = tables["test"][index], tables["cold_start"][index]
         wall = f"{seconds[name]:.0f} s" if name in seconds else "–"

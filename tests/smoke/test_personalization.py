@@ -3,16 +3,12 @@ another renderer than the one the tiny recipe was tuned on, its samples beat the
 and stay products (clean backgrounds) — on the tiny SD base and on the tiny SDXL base. Exported, the same
 adapter personalizes a stock diffusers pipeline."""
 
-import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from perfusion_cli.config import TINY_RECIPE, GenTrainConfig, build, load_recipe
-from perfusion_cli.evaluation.gen import evaluate_generator, held_out_pairs
-from perfusion_cli.export import base_for_pipelines, export_generator
-from perfusion_cli.marketplace.oracle import oracle_utility
-from perfusion_cli.marketplace.synthetic import load_truth
+from perfusion_cli.evaluation.gen import evaluate_generator
+from perfusion_cli.evaluation.stock_pipeline import stock_pipeline_gain
+from perfusion_cli.export import export_generator
 from perfusion_cli.training.gen import train_generator
 from tests.helpers import tiny_config, tiny_market
 
@@ -42,33 +38,6 @@ def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_pa
     assert personalized["clean_background"] >= 0.9 * base["clean_background"], summary["models"]
     assert personalized["intact"] >= 0.9 * base["intact"], summary["models"]
     # exported: a stock diffusers pipeline with a merchant's embedding beats the same pipeline without the adapter
-    gain, won = _stock_pipeline_gain(tmp_path / "gen", studio_market, tmp_path / "export", config.resolution)
-    assert gain > 0.1 and won >= 0.7, (gain, won)
-
-
-def _stock_pipeline_gain(run, data_dir, out, resolution, pairs=24):
-    """Oracle gain and win rate of the stock pipeline with the exported adapter over the same pipeline without it,
-    same seeds, on held-out (merchant, prompt) pairs."""
-    from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler
-
-    exported = export_generator(run, data_dir, out)
-    held_out = held_out_pairs(data_dir, "test", pairs, resolution)
-    truth = load_truth(data_dir)
-    pipe = AutoPipelineForText2Image.from_pretrained(base_for_pipelines(exported.base_model), torch_dtype=torch.float32)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = [pair.prompt for pair in held_out]
-
-    def draw(**embeds):
-        generators = [torch.Generator().manual_seed(index) for index in range(len(prompts))]
-        return pipe(prompts, height=resolution, width=resolution, num_inference_steps=15, guidance_scale=3.0,
-                    generator=generators, **embeds).images
-
-    base = draw()
-    pipe.load_ip_adapter(str(out), subfolder="", weight_name="ip_adapter.safetensors", image_encoder_folder=None)
-    embeddings = load_file(out / "merchant_embeddings.safetensors")
-    u = torch.stack([embeddings[pair.merchant_id] for pair in held_out])[:, None]
-    personal = draw(ip_adapter_image_embeds=[torch.cat([u, u])])
-    gains = np.array([oracle_utility(truth[pair.merchant_id], mine) - oracle_utility(truth[pair.merchant_id], theirs)
-                      for pair, mine, theirs in zip(held_out, personal, base)])
-    return float(gains.mean()), float((gains > 0).mean())
+    exported = export_generator(tmp_path / "gen", studio_market, tmp_path / "export")
+    stock = stock_pipeline_gain(tmp_path / "export", studio_market, exported.base_model, config.resolution)
+    assert stock["gain"] > 0.1 and stock["win_rate"] >= 0.7, stock

@@ -67,8 +67,11 @@ def test_the_api_says_what_is_wrong_with_a_merchant(trained_workspace):
 
 
 def test_a_run_carries_a_model_card_and_eval_adds_its_numbers(trained_workspace, tmp_path):
+    from perfusion_cli.model_card import write_card
+
     run = tmp_path / "rm"
     shutil.copytree(trained_workspace / "runs" / "rm", run)
+    write_card(run, new_weights=True)  # as training leaves it (other tests may have evaluated the shared run)
     summary = json.loads((run / "run.json").read_text())
     card = (run / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\nbase_model: \"tiny\"\n")
