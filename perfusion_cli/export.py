@@ -168,8 +168,11 @@ def export_card(run_dir: Path, adapter: MerchantAdapter, export_dir: Path, merch
         "## Use it in diffusers\n", "```python", usage_snippet(base, export_dir, merchant, resolution).rstrip(), "```\n",
         "With the same seed, sampler and steps this draws the image `perfusion generate --merchant "
         f"{merchant} \"linen dress\" --steps 30 --guidance 7.5 --seed 0 --n 1` draws (tested to float tolerance). "
-        "For a batch of B prompts, pass `torch.cat([u_1..u_B, u_1..u_B])` (B negatives, then B positives), each "
-        "`[1, 1, d_u]`; `pipe.set_ip_adapter_scale(s)` is perfusion's personalization scale.\n",
+        "**One merchant per call.** diffusers repeats `ip_adapter_image_embeds` over every prompt and image of a "
+        "call (`batch_size × num_images_per_prompt`), so a call personalizes for one merchant: several prompts or "
+        "`num_images_per_prompt` are fine, but the embeddings of several merchants stacked into one call are "
+        "spread across the whole batch without an error — call once per merchant. "
+        "`pipe.set_ip_adapter_scale(s)` is perfusion's personalization scale.\n",
         "**Classifier-free guidance.** PerFusion conditions *both* halves of guidance on the merchant: the "
         "unconditional branch is the empty prompt with the merchant's tokens, so guidance amplifies the prompt and the "
         "adapter alone carries the taste, as in training. The negative image embedding is therefore the merchant's "

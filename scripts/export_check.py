@@ -4,10 +4,10 @@
     .venv/bin/python scripts/export_check.py [--workdir /tmp/export-check] [--base-model tiny|tiny-sdxl]
         [--style studio] [--seed 5] [--fresh]
 
-Prepares the draw, trains the tiny recipe's generator (`train-gen --group-size 5`), exports it, then draws each of
-48 held-out (merchant, prompt) pairs with diffusers' AutoPipelineForText2Image from the same seed without and with
-the exported adapter (the eval-gen section's steps and guidance), and prints the oracle's verdict as a markdown
-row beside `eval gen`'s for PerFusion's own pipeline.
+Prepares the draw, trains the tiny recipe's generator (`train-gen --group-size 5`), exports it, then draws the
+held-out (merchant, prompt) pairs `eval gen` draws with diffusers' AutoPipelineForText2Image, without and with the
+exported adapter, from the seeds `eval gen` uses (the eval-gen section's pairs, images, steps and guidance), and
+prints the oracle's verdict as a markdown row beside `eval gen`'s for PerFusion's own pipeline.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from tables import read, run, trained_by_this_code, workspace
+from tables import draw_arguments, read, run, trained_by_this_code, workspace
 
 from perfusion_cli.config import TINY_RECIPE, load_recipe
 from perfusion_cli.evaluation.stock_pipeline import stock_pipeline_gain
@@ -25,11 +24,8 @@ from perfusion_cli.evaluation.stock_pipeline import stock_pipeline_gain
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/export-check"))
+    draw_arguments(parser, "/tmp/export-check")
     parser.add_argument("--base-model", default="tiny")
-    parser.add_argument("--style", default="studio")
-    parser.add_argument("--seed", default="5")
-    parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
     args = parser.parse_args()
     workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
     if not (workdir / "data" / "manifest.json").is_file():
@@ -45,7 +41,8 @@ def main() -> None:
     resolution = json.loads((gen / "run.json").read_text())["config"]["resolution"]
     started = time.perf_counter()
     stock = stock_pipeline_gain(export, workdir / "data", args.base_model, resolution, pairs=settings["max_pairs"],
-                                steps=settings["steps"], guidance=settings["guidance"])
+                                steps=settings["steps"], guidance=settings["guidance"],
+                                images_per_pair=settings["n_per_prompt"])
     seconds = time.perf_counter() - started
     ours = read(workdir, evaluation)
     print(f"\nmarketplace: style {args.style}, seed {args.seed}; base {args.base_model}; {stock['pairs']} pairs, "
@@ -54,7 +51,7 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| perfusion (`eval gen`, {ours['images_per_pair']} image(s) per pair) | {ours['models']['base']['oracle']:.3f} → "
           f"{ours['models']['perfusion']['oracle']:.3f} | {ours['win_rate']['oracle']:.2f} |")
-    print(f"| stock `{args.base_model}` AutoPipelineForText2Image + export (1 image per pair, {seconds:.0f} s) | "
+    print(f"| stock AutoPipelineForText2Image + export ({settings['n_per_prompt']} image(s) per pair, {seconds:.0f} s) | "
           f"{stock['base']:.3f} → {stock['personalized']:.3f} | {stock['win_rate']:.2f} |")
 
 

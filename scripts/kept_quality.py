@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
-from tables import HEADER, measured_by_this_code, quality_cells, read, run, trained_by_this_code, workspace
+from tables import (HEADER, draw_arguments, measured_by_this_code, quality_cells, read, run, trained_by_this_code,
+                    workspace)
 
 # the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
 CONTROLNET_4 = ["--branch", "controlnet", "--batch-size", "4", "--kl-weight", "0"]
@@ -63,11 +63,8 @@ def row(name: str, seconds: float, summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/kept"))
-    parser.add_argument("--style", default="studio")
+    draw_arguments(parser, "/tmp/kept")
     parser.add_argument("--taste", default="colour")
-    parser.add_argument("--seed", default="5")
-    parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
     parser.add_argument("--variant", action="append", help="Only these variants (names as in VARIANTS, or their run-folder slugs).")
     args = parser.parse_args()
     workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)

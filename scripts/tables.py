@@ -53,6 +53,15 @@ def measured_by_this_code(result: Path, *run_dirs: Path) -> bool:
                                     for run_dir in run_dirs)
 
 
+def draw_arguments(parser, workdir: str) -> None:
+    """The flags of a script that prepares its own synthetic draw (by default the studio renderer, seed 5: a
+    marketplace the tiny recipe was not tuned on): --workdir, --style, --seed, --fresh."""
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
+    parser.add_argument("--style", default="studio")
+    parser.add_argument("--seed", default="5")
+    parser.add_argument("--fresh", action="store_true", help="Start from an empty workspace.")
+
+
 def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
     """The resolved workspace, emptied first when ``fresh``; with ``tiny_recipe``, the shipped tiny recipe
     as its defaults (perfusion.toml)."""

@@ -3,7 +3,10 @@
 The pipeline the base model's ``model_index.json`` names (``AutoPipelineForText2Image``), with
 perfusion generate's sampler, draws each held-out (merchant, prompt) pair twice from the same seed: as
 it is, then with the exported IP-Adapter and the merchant's exported embedding. The marketplace's
-oracle scores both. Nothing of PerFusion's own pipeline is used.
+oracle scores both. Nothing of PerFusion's own pipeline is used. One call per pair: a stock pipeline
+repeats its ``ip_adapter_image_embeds`` over every prompt and image of a call (``batch_size ×
+num_images_per_prompt``), so one call personalizes for one merchant; embeddings of several merchants
+stacked into one call are silently spread across the batch.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from perfusion_cli.marketplace.synthetic import load_truth
 
 @torch.no_grad()
 def stock_pipeline_gain(export_dir: Path, data_dir: Path, base_model: str, resolution: int, pairs: int = 24,
-                        steps: int = 15, guidance: float = 3.0, split: str = "test") -> dict:
-    """Oracle utility of the stock pipeline without and with the exported adapter, per pair and on average."""
+                        steps: int = 15, guidance: float = 3.0, images_per_pair: int = 1, seed: int = 0,
+                        split: str = "test") -> dict:
+    """Oracle utility of the stock pipeline without and with the exported adapter, averaged per pair (image j of
+    every pair from seed + j, as ``eval gen`` draws), and the share of pairs the adapter wins."""
     from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler
 
     held_out = held_out_pairs(data_dir, split, pairs, resolution)
@@ -31,21 +36,25 @@ def stock_pipeline_gain(export_dir: Path, data_dir: Path, base_model: str, resol
     pipe = AutoPipelineForText2Image.from_pretrained(base_for_pipelines(base_model), torch_dtype=torch.float32)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    prompts = [pair.prompt for pair in held_out]
 
-    def oracle(images) -> np.ndarray:
-        return np.array([oracle_utility(truth[pair.merchant_id], image) for pair, image in zip(held_out, images)])
+    def draw(pair, **embeds) -> float:
+        images = pipe(pair.prompt, height=resolution, width=resolution, num_inference_steps=steps,
+                      guidance_scale=guidance, num_images_per_prompt=images_per_pair,
+                      generator=[torch.Generator().manual_seed(seed + j) for j in range(images_per_pair)],
+                      **embeds).images
+        return float(np.mean([oracle_utility(truth[pair.merchant_id], image) for image in images]))
 
-    def draw(**embeds) -> np.ndarray:
-        generators = [torch.Generator().manual_seed(index) for index in range(len(prompts))]
-        return oracle(pipe(prompts, height=resolution, width=resolution, num_inference_steps=steps,
-                           guidance_scale=guidance, generator=generators, **embeds).images)
-
-    base = draw()
+    base = np.array([draw(pair) for pair in held_out])
     pipe.load_ip_adapter(str(export_dir), subfolder="", weight_name=IP_ADAPTER, image_encoder_folder=None)
     embeddings = load_file(Path(export_dir) / EMBEDDINGS)
-    u = torch.stack([embeddings[pair.merchant_id] for pair in held_out])[:, None]
-    personalized = draw(ip_adapter_image_embeds=[torch.cat([u, u])])  # the merchant in both halves of guidance
+    # one merchant per call: diffusers repeats ip_adapter_image_embeds over the whole batch
+    personalized = np.array([draw(pair, ip_adapter_image_embeds=[_both_halves(embeddings[pair.merchant_id])])
+                             for pair in held_out])
     gains = personalized - base
     return {"pairs": len(held_out), "base": float(base.mean()), "personalized": float(personalized.mean()),
             "gain": float(gains.mean()), "win_rate": float((gains > 0).mean())}
+
+
+def _both_halves(u: torch.Tensor) -> torch.Tensor:
+    """[d_u] → [2, 1, d_u]: the merchant as guidance's negative and positive image embedding."""
+    return torch.stack([u, u])[:, None]

@@ -28,8 +28,8 @@ def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_pa
     # the shipped tiny recipe's generator settings, unshrunk but for fewer steps on a smaller marketplace
     config = build(GenTrainConfig, load_recipe(recipe)["train-gen"], {"max_steps": 250, "log_every": 50})
     train_generator(config, studio_market, tmp_path / "gen")
-    summary = evaluate_generator(tmp_path / "gen", studio_market,
-                                 tiny_config("eval-gen", max_pairs=32, steps=15, guidance=3.0, clip_model="tiny"))
+    evaluation = tiny_config("eval-gen", max_pairs=32, steps=15, guidance=3.0, clip_model="tiny")
+    summary = evaluate_generator(tmp_path / "gen", studio_market, evaluation)
     base, personalized = summary["models"]["base"], summary["models"]["perfusion"]
     # the same seeds and prompts; the base scores ~0.25, a model that learned the hue ~0.5 or more
     assert personalized["oracle"] > base["oracle"] + 0.1, summary["models"]
@@ -37,7 +37,12 @@ def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_pa
     # the picture kept: the product on a clean background as often as the base's (within 10 %), intact
     assert personalized["clean_background"] >= 0.9 * base["clean_background"], summary["models"]
     assert personalized["intact"] >= 0.9 * base["intact"], summary["models"]
-    # exported: a stock diffusers pipeline with a merchant's embedding beats the same pipeline without the adapter
+    # exported: a stock diffusers pipeline with a merchant's embedding beats the same pipeline without the adapter,
+    # and on eval gen's pairs and seeds it draws what PerFusion's own pipeline drew
     exported = export_generator(tmp_path / "gen", studio_market, tmp_path / "export")
-    stock = stock_pipeline_gain(tmp_path / "export", studio_market, exported.base_model, config.resolution)
+    stock = stock_pipeline_gain(tmp_path / "export", studio_market, exported.base_model, config.resolution,
+                                pairs=evaluation.max_pairs, steps=evaluation.steps, guidance=evaluation.guidance,
+                                images_per_pair=evaluation.n_per_prompt, seed=evaluation.seed)
     assert stock["gain"] > 0.1 and stock["win_rate"] >= 0.7, stock
+    assert stock["base"] == pytest.approx(base["oracle"], abs=0.01), (stock, base)
+    assert stock["personalized"] == pytest.approx(personalized["oracle"], abs=0.01), (stock, personalized)
