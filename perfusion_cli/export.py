@@ -36,7 +36,8 @@ from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.model_card import evaluations, front_matter, measurements, provenance
 from perfusion_cli.models.adapter import MerchantAdapter, layer_key
-from perfusion_cli.models.backbones import is_tiny, pipeline_config, resolve, unet_layout
+from perfusion_cli.models.architectures import pipeline_class, unet_layout
+from perfusion_cli.models.backbones import is_tiny, resolve
 from perfusion_cli.models.branch_kinds import load_branch
 from perfusion_cli.models.merchant import MerchantEncoderModel
 from perfusion_cli.runs import model_class, model_folder, run_of
@@ -158,7 +159,10 @@ def export_card(run_dir: Path, adapter: MerchantAdapter, export_dir: Path, merch
     summary = run.summary()
     base = adapter.config.base_model
     resolution = adapter.config.resolution or 512
-    kind = pipeline_config(resolve(base, "sd")).get("_class_name", "StableDiffusionPipeline")
+    try:
+        kind = pipeline_class(base)
+    except ConfigError:  # a hub base whose configs are neither shipped nor local: the card names no class
+        kind = "a diffusers pipeline"
     return "\n".join([
         front_matter("generator", base_for_pipelines(base), ("ip-adapter",)),
         "# PerFusion merchant adapter (diffusers IP-Adapter format)\n",

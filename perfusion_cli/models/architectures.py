@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.models.backbones import SDComponents, is_tiny, resolve
+from perfusion_cli.models.backbones import SDComponents, is_tiny, load_part, resolve
 from perfusion_cli.models.towers import build_towers
 
 ARCHITECTURES = Path(__file__).resolve().parent.parent / "architectures"
@@ -106,6 +106,22 @@ def build_sd(base: str, dtype: torch.dtype = torch.float32) -> SDArchitecture:
         text_encoder_2=(CLIPTextModelWithProjection(_text_config(configs[SDXL_PART])).to(dtype)
                         if SDXL_PART in configs else None),
     )
+
+
+def unet_layout(base: str) -> UNet2DConditionModel:
+    """The base's U-Net built from its config on the meta device: its module layout, nothing allocated or read
+    but the config (shipped for the hub ids in ``index.json``, so offline too; other hub ids from the cache)."""
+    try:
+        config = sd_configs(base)["unet"]
+    except ConfigError:
+        config = load_part("the U-Net's config", base, UNet2DConditionModel.load_config, base, subfolder="unet")
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+def pipeline_class(base: str) -> str:
+    """The diffusers pipeline class of a Stable-Diffusion base, from its configs (offline for the shipped ones)."""
+    return "StableDiffusionXLPipeline" if SDXL_PART in sd_configs(base) else "StableDiffusionPipeline"
 
 
 def build_clip(base: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

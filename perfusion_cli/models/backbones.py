@@ -165,13 +165,3 @@ def clip_pixels(images: torch.Tensor, size: int, mean: tuple = CLIP_MEAN, std: t
     mean = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
-
-
-def unet_layout(base: str) -> UNet2DConditionModel:
-    """The base's U-Net built from its ``config.json`` on the meta device: its module layout, no weights read."""
-    from accelerate import init_empty_weights
-
-    path = resolve(base, "sd")
-    config = load_part("the U-Net's config", path, UNet2DConditionModel.load_config, path, subfolder="unet")
-    with init_empty_weights():
-        return UNet2DConditionModel.from_config(config)

@@ -7,7 +7,7 @@ overridden: --base-model (ViT-L/14 stands in for the recipes' ViT-H/14, which wi
 the CI machine's 24 GiB), --resolution 128, --batch-size 1, --max-steps 2, --mixed-precision no
 (bf16 is for GPUs), --attention sdpa (xFormers needs CUDA) and --num-workers 0 (2 cores). SDXL base 1.0
 (U-Net 2.57 B) runs its recipe in bf16, which CPUs run too: its fp32 weights would not leave room in 24 GiB.
-About 10 minutes on 2 CPU cores.
+SigLIP 2 B/16 stands in for the SigLIP 2 recipe's So400m/14 (1.14 B) the same way. About 11 minutes on 2 CPU cores.
 """
 
 import json
