@@ -171,7 +171,7 @@ def export_card(run_dir: Path, adapter: MerchantAdapter, export_dir: Path, merch
         f"{merchants} merchants.\n",
         "## Use it in diffusers\n", "```python", usage_snippet(base, export_dir, merchant, resolution).rstrip(), "```\n",
         "With the same seed, sampler and steps this draws the image `perfusion generate --merchant "
-        f"{merchant} \"linen dress\" --steps 30 --guidance 7.5 --seed 0 --n 1` draws (tested to float tolerance). "
+        f"{merchant} \"linen dress\" --steps 30 --guidance 7.5 --seed 0 --n 1` draws (tested to float tolerance).\n",
         "**One merchant per call.** diffusers repeats `ip_adapter_image_embeds` over every prompt and image of a "
         "call (`batch_size × num_images_per_prompt`), so a call personalizes for one merchant: several prompts or "
         "`num_images_per_prompt` are fine, but the embeddings of several merchants stacked into one call are "
