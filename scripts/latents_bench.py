@@ -1,4 +1,5 @@
-"""Stored latents against encoding on the fly (docs/benchmarks.md, "Latents on disk").
+"""Stored latents against encoding on the fly (docs/benchmarks.md,
+"Data, serving and step cost").
 
     .venv/bin/python scripts/latents_bench.py [--workdir /tmp/latents] [--steps 60]
 

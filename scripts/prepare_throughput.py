@@ -1,4 +1,5 @@
-"""`prepare` throughput at 1 and N workers on 512 px JPEGs (docs/benchmarks.md, "Preparing at scale").
+"""`prepare` throughput at 1 and N workers on 512 px JPEGs (docs/benchmarks.md,
+"Data, serving and step cost").
 
     .venv/bin/python scripts/prepare_throughput.py [--workdir /tmp/prep] [--sessions 400] [--workers 2]
 

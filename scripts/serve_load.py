@@ -1,4 +1,5 @@
-"""`perfusion serve` under load: micro-batched against one request at a time (docs/benchmarks.md, "Serving").
+"""`perfusion serve` under load: micro-batched against one request at a time (docs/benchmarks.md,
+"Data, serving and step cost").
 
     .venv/bin/python scripts/serve_load.py --workdir demo [--clients 16] [--requests 4] [--n 2] [--steps 20]
 
