@@ -90,5 +90,5 @@ def _rgb(image: ImageLike) -> Image.Image:
 
 
 def load_reward(run: str | Path, device: str | torch.device = "cpu") -> Reward:
-    """A ``train-rm`` run (or its ``model/`` folder); ``zero-shot:BASE`` for the untouched CLIP."""
+    """A ``train-rm`` run (or its ``model/`` folder); ``zero-shot:BASE`` for the untouched CLIP or SigLIP."""
     return Reward(load_reward_model(run, device))

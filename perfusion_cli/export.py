@@ -34,7 +34,7 @@ from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.data.merchants import read_merchants
 from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
-from perfusion_cli.model_card import evaluations, front_matter, measurements, provenance
+from perfusion_cli.model_card import CARD, evaluations, front_matter, measurements, provenance
 from perfusion_cli.models.adapter import MerchantAdapter, layer_key
 from perfusion_cli.models.architectures import pipeline_class, unet_layout
 from perfusion_cli.models.backbones import is_tiny, resolve
@@ -45,7 +45,6 @@ from perfusion_cli.runs import model_class, model_folder, run_of
 IP_ADAPTER = "ip_adapter.safetensors"
 EMBEDDINGS = "merchant_embeddings.safetensors"
 ENCODER = "merchant_encoder"
-CARD = "README.md"
 WRITTEN = {IP_ADAPTER, EMBEDDINGS, ENCODER, CARD}
 IP_TOKENS = 4  # load_ip_adapter reads a "proj.weight" projection as 4 tokens
 EXPORTABLE = ("adapter",)
@@ -128,18 +127,14 @@ def export_generator(run_dir: Path, data_dir: Path, out: Path) -> Exported:
         save_file(tensors, str(tmp / IP_ADAPTER), metadata={"format": "pt"})
         save_file(embeddings, str(tmp / EMBEDDINGS), metadata={"format": "pt", "what": "merchant_id -> u"})
         encoder.save_pretrained(tmp / ENCODER, safe_serialization=True)
-        (tmp / CARD).write_text(export_card(run_dir, adapter, out.resolve(), example, len(merchants)), encoding="utf-8")
+        card = export_card(run_dir, adapter, out.resolve(), example, len(merchants))
+        (tmp / CARD).write_text(card, encoding="utf-8")
     return Exported(out, len(merchants), (len(tensors) - 4) // 2, adapter.config.base_model)
-
-
-def base_for_pipelines(base_model: str) -> str:
-    """What a stock ``from_pretrained`` is given: a hub id or folder as trained; the bundled tiny bases by path."""
-    return resolve(base_model, "sd") if is_tiny(base_model) else base_model
 
 
 def usage_snippet(base_model: str, export_dir: Path, merchant: str, resolution: int) -> str:
     """Ten lines that personalize a stock diffusers pipeline with the export (CPU in fp32 for the tiny bases)."""
-    base = base_for_pipelines(base_model)
+    base = resolve(base_model, "sd")  # what a stock from_pretrained is given: the bundled tiny bases by path
     dtype, device = ("float32", "") if is_tiny(base_model) else ("float16", '.to("cuda")')
     return f'''import torch
 from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler
@@ -164,12 +159,13 @@ def export_card(run_dir: Path, adapter: MerchantAdapter, export_dir: Path, merch
     except ConfigError:  # a hub base whose configs are neither shipped nor local: the card names no class
         kind = "a diffusers pipeline"
     return "\n".join([
-        front_matter("generator", base_for_pipelines(base), ("ip-adapter",)),
+        front_matter("generator", resolve(base, "sd"), ("ip-adapter",)),
         "# PerFusion merchant adapter (diffusers IP-Adapter format)\n",
         f"A merchant-personalized adapter for `{base}` ({kind}), exported by `perfusion export` from `{run.root}`: "
         f"{len(adapter.layers)} cross-attention layers, {IP_TOKENS} merchant tokens, and the embeddings of "
         f"{merchants} merchants.\n",
-        "## Use it in diffusers\n", "```python", usage_snippet(base, export_dir, merchant, resolution).rstrip(), "```\n",
+        "## Use it in diffusers\n",
+        "```python", usage_snippet(base, export_dir, merchant, resolution).rstrip(), "```\n",
         "With the same seed, sampler and steps this draws the image `perfusion generate --merchant "
         f"{merchant} \"linen dress\" --steps 30 --guidance 7.5 --seed 0 --n 1` draws (tested to float tolerance).\n",
         "**One merchant per call.** diffusers repeats `ip_adapter_image_embeds` over every prompt and image of a "

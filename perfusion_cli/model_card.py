@@ -23,7 +23,7 @@ SETTINGS = ("branch", "resolution", "group_size", "beta", "lr", "batch_size", "g
             "mixed_precision", "plugin", "seed")
 TITLES = {"reward": "PerFusionRM: a merchant-personalized reward model",
           "generator": "PerFusion: a merchant-personalized generator"}
-TAGS = {"reward": ["perfusion", "reward-model", "personalization", "clip"],
+TAGS = {"reward": ["perfusion", "reward-model", "personalization"],
         "generator": ["perfusion", "text-to-image", "personalization", "diffusers"]}
 
 
@@ -67,7 +67,8 @@ def _result_lines(result: dict) -> list[str]:
         rows = [f"| {model} | " + " | ".join(_number(values.get(m)) for m in metrics) + " |"
                 for model, values in result["models"].items()]
         rows.append("| win rate | " + " | ".join(_number(result["win_rate"][m]) for m in metrics) + " |")
-        head = f"| {result.get('pairs', '?')} held-out pairs ({result.get('split', '?')}) | " + " | ".join(metrics) + " |"
+        pairs = f"{result.get('pairs', '?')} held-out pairs ({result.get('split', '?')})"
+        head = f"| {pairs} | " + " | ".join(metrics) + " |"
         return [head, "|---" * (len(metrics) + 1) + "|", *rows]
     return [f"- split {result.get('split', '?')}: MAP {_number(result.get('map'))}, GAUC {_number(result.get('gauc'))} "
             f"({result.get('n_groups', '?')} groups, {result.get('n_merchants', '?')} merchants)"]
@@ -79,18 +80,18 @@ def _number(value) -> str:
     return "n/a" if value is None else str(value)
 
 
-def render(run: RunDir, usage: str = "") -> str:
+def render(run: RunDir) -> str:
     summary = run.summary()
     kind = summary.get("kind", "generator")
     evaluation = evaluations(run)
     return "\n".join([front_matter(kind, str(summary.get("base_model", "?"))), f"# {TITLES[kind]}\n",
-                      provenance(summary), measurements(summary, evaluation), usage or _usage(kind, run.root)])
+                      provenance(summary), measurements(summary, evaluation), _usage(kind, run.root)])
 
 
 def _usage(kind: str, root: Path) -> str:
     if kind == "reward":
-        return (f"## Use\n\n`perfusion eval rm --checkpoint {root}`, `perfusion generate --reward {root} --rerank`, or in "
-                f"Python `perfusion_cli.api.load_reward({str(root)!r})` (README: Python API).\n")
+        return (f"## Use\n\n`perfusion eval rm --checkpoint {root}`, `perfusion generate --reward {root} --rerank`, "
+                f"or in Python `perfusion_cli.api.load_reward({str(root)!r})` (README: Python API).\n")
     return (f"## Use\n\n`perfusion generate --model {root} --merchant ID \"PROMPT\"`, in Python "
             f"`perfusion_cli.api.load_generator({str(root)!r})`, or `perfusion export --model {root}` for a stock "
             f"diffusers pipeline (adapter branch).\n")
@@ -119,7 +120,7 @@ def record_evaluation(source: str | Path, what: str, split: str, data_dir: str |
     """Keep an evaluation's result (``what``: ``eval rm`` or ``eval gen``) with the run it measured and render the
     run's card again; a source that is not a finished run (``zero-shot:…``, a bare model folder) is left alone."""
     run = run_of(source)
-    if str(source).startswith("zero-shot:") or not run.finished():
+    if not run.finished():
         return
     recorded = evaluations(run)
     command = f"perfusion {what} --split {split} --data {Path(data_dir).resolve()}"

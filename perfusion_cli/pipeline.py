@@ -112,7 +112,8 @@ class PerFusionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], merchant: dict | list[dict] | None = None,
-                 features: torch.Tensor | None = None, merchant_embedding: torch.Tensor | None = None, num_inference_steps: int = 30,
+                 features: torch.Tensor | None = None, merchant_embedding: torch.Tensor | None = None,
+                 num_inference_steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  personalization_scale: float = 1.0, output_type: str = "pil",

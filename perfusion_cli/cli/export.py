@@ -14,7 +14,8 @@ from perfusion_cli.cli.console import boundary, say
 @boundary
 def export_command(
     ctx: typer.Context,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Generator run (default <workspace>/runs/gen).")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Generator run (default <workspace>/runs/gen).")] = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="Prepared data whose merchants get embeddings (default <workspace>/data).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Default <workspace>/outputs/export.")] = None,

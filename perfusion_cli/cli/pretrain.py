@@ -23,7 +23,8 @@ def pretrain_command(
                                                       "in --source (its tiny-clip/ and tiny-sd/).")] = False,
     siglip: Annotated[bool, typer.Option("--siglip", help="Make the tiny SigLIP reward-model base (tiny-siglip/), "
                                                           "with --source's tiny-clip/ tokenizer.")] = False,
-    source: Annotated[Path, typer.Option("--source", help="Where --sdxl and --siglip find tiny-clip/ (and tiny-sd/).")] = ASSETS,
+    source: Annotated[Path, typer.Option(
+        "--source", help="Where --sdxl and --siglip find tiny-clip/ (and tiny-sd/).")] = ASSETS,
     unet_steps: Annotated[Optional[int], typer.Option("--unet-steps", help="Training steps of the tiny U-Net.")] = None,
     vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", help="Training steps of the tiny VAE.")] = None,
     clip_steps: Annotated[Optional[int], typer.Option("--clip-steps", help="Training steps of the tiny CLIP.")] = None,

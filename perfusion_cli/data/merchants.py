@@ -75,8 +75,8 @@ def typed_profile(profile: dict, vocab: FeatureVocab, where: str = "features") -
     kinds = {feature.name: feature.kind for feature in vocab.features}
     typed = {}
     for key, value in profile.items():
-        if key not in kinds or key == "merchant_id":
-            known = ", ".join(k for k in kinds if k != "merchant_id")
+        if key not in kinds or key == MERCHANT_ID:
+            known = ", ".join(k for k in kinds if k != MERCHANT_ID)
             raise ConfigError(f"{where}: unknown feature {key!r} (the model knows: {known})")
         if kinds[key] == "numeric" and value is not None:
             try:

@@ -30,6 +30,6 @@ def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, pro
         skipped = f" ({len(scores.skipped_shards)} unreadable shard(s) skipped)" if scores.skipped_shards else ""
         raise DataError(f"no group of split {config.split!r} in {data_dir} could be scored{skipped} — re-run "
                         f"`perfusion prepare`")
-    record_evaluation(source, "eval rm", config.split, data_dir,
-                      {"split": config.split, **{key: metrics[key] for key in ("map", "gauc", "n_groups", "n_merchants")}})
+    recorded = {key: metrics[key] for key in ("map", "gauc", "n_groups", "n_merchants")}
+    record_evaluation(source, "eval rm", config.split, data_dir, {"split": config.split, **recorded})
     return {"model": str(source), "split": config.split, **metrics}

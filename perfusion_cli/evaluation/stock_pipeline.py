@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from perfusion_cli.evaluation.gen import held_out_pairs
-from perfusion_cli.export import EMBEDDINGS, IP_ADAPTER, base_for_pipelines
+from perfusion_cli.export import EMBEDDINGS, IP_ADAPTER
 from perfusion_cli.marketplace.oracle import oracle_utility
 from perfusion_cli.marketplace.synthetic import load_truth
+from perfusion_cli.models.backbones import resolve
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def stock_pipeline_gain(export_dir: Path, data_dir: Path, base_model: str, resol
 
     held_out = held_out_pairs(data_dir, split, pairs, resolution)
     truth = load_truth(data_dir)
-    pipe = AutoPipelineForText2Image.from_pretrained(base_for_pipelines(base_model), torch_dtype=torch.float32)
+    pipe = AutoPipelineForText2Image.from_pretrained(resolve(base_model, "sd"), torch_dtype=torch.float32)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 

@@ -112,8 +112,8 @@ class MerchantAdapter(ModelMixin, ConfigMixin):
     def attach(self, unet: UNet2DConditionModel, processor: type | None = None) -> None:
         """Install the processors on the frozen U-Net (every layer: calls without tokens stay the base).
         ``processor``: the attention implementation underneath (default SDPA)."""
-        unet.set_attn_processor({name: _Processor(self.layers[layer_key(name)] if layer_key(name) in self.layers else None,
-                                                  processor() if processor else None)
+        unet.set_attn_processor({name: _Processor(self.layers[layer_key(name)] if layer_key(name) in self.layers
+                                                  else None, processor() if processor else None)
                                  for name in unet.attn_processors})
 
     def condition(self, features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

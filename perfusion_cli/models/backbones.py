@@ -114,20 +114,21 @@ def load_sd(base: str, dtype: torch.dtype = torch.float32) -> SDComponents:
 
     def encoder(cls, subfolder: str):
         return load_part(f"the {subfolder.replace('_', ' ')}", path, cls.from_pretrained, path, subfolder=subfolder,
-                     dtype=dtype, **common)
+                         dtype=dtype, **common)
 
     def tokenizer(subfolder: str):
         return load_part(f"the {subfolder.replace('_', ' ')}", path, CLIPTokenizer.from_pretrained, path,
-                     subfolder=subfolder)
+                         subfolder=subfolder)
 
     index = pipeline_config(path)
     sdxl = (index.get("text_encoder_2") or [None])[0] is not None
     return SDComponents(
-        vae=load_part("the VAE", path, AutoencoderKL.from_pretrained, path, subfolder="vae", torch_dtype=dtype, **common),
+        vae=load_part("the VAE", path, AutoencoderKL.from_pretrained, path, subfolder="vae", torch_dtype=dtype,
+                      **common),
         text_encoder=encoder(CLIPTextModel, "text_encoder"),
         tokenizer=tokenizer("tokenizer"),
         unet=load_part("the U-Net", path, UNet2DConditionModel.from_pretrained, path, subfolder="unet",
-                   torch_dtype=dtype, **common),
+                       torch_dtype=dtype, **common),
         noise_scheduler=load_part("the scheduler", path, DDPMScheduler.from_pretrained, path, subfolder="scheduler"),
         path=path,
         text_encoder_2=encoder(CLIPTextModelWithProjection, "text_encoder_2") if sdxl else None,

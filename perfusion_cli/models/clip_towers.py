@@ -12,6 +12,7 @@ from transformers import CLIPModel
 
 from perfusion_cli.models.modulated_layers import Modulation, run_layers
 
+
 def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Causal and padding mask as an additive [B, 1, T, T] float mask."""
     length = attention_mask.shape[-1]

@@ -14,7 +14,6 @@ writes for merchants a model has not seen (their u from their profile).
 from __future__ import annotations
 
 import itertools
-
 from dataclasses import asdict
 
 import torch

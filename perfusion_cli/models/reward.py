@@ -72,8 +72,8 @@ class PerFusionRM(ModelMixin, ConfigMixin):
                 nn.init.zeros_(self.taste.bias)
 
     @classmethod
-    def from_clip(cls, clip: PreTrainedModel, vocab: FeatureVocab | None, plugin: bool = True, shared_plugin: bool = False,
-                  plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
+    def from_clip(cls, clip: PreTrainedModel, vocab: FeatureVocab | None, plugin: bool = True,
+                  shared_plugin: bool = False, plugin_hidden: int = 256, merchant: MerchantEncoderConfig | None = None,
                   taste_head: bool = False, prompt_scale: float | None = None) -> "PerFusionRM":
         """A PerFusionRM around a loaded CLIP or SigLIP (its weights kept), with fresh zero-initialized plug-ins."""
         model = cls(clip_config=clip.config.to_dict(), features=vocab.to_json() if vocab else [], plugin=plugin,
@@ -103,7 +103,8 @@ class PerFusionRM(ModelMixin, ConfigMixin):
                         features: torch.Tensor | None) -> torch.Tensor:
         """[B, L] token ids, [B, F] merchant features → unit-norm text embeddings [B, P]."""
         modulation = self.text_plugin(self.text_merchant(features)) if self.config.plugin else None
-        output = self.family.text_features(self.clip, input_ids, attention_mask, modulation, self.gradient_checkpointing)
+        output = self.family.text_features(self.clip, input_ids, attention_mask, modulation,
+                                           self.gradient_checkpointing)
         return nn.functional.normalize(output, dim=-1)
 
     def image_embeddings(self, pixels: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
+from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedModel, PreTrainedTokenizerBase, SiglipConfig,
+                          SiglipModel)
 
 from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.models import clip_towers, siglip_towers
@@ -62,11 +63,10 @@ def family_of(config: dict) -> TowerFamily:
 def build_towers(config: dict) -> PreTrainedModel:
     """A family's model from its config dict (random weights; under ``torch.device("meta")`` to count)."""
     family = family_of(config)
-    values = {key: value for key, value in config.items() if key not in ("architectures", "_name_or_path")}
-    return family.model_class(family.config_class.from_dict(values))
+    return family.model_class(family.config_class.from_dict(config))
 
 
-def load_towers(base: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object]:
+def load_towers(base: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A CLIP or SigLIP checkpoint (hub id, folder, ``tiny`` / ``tiny-siglip``) and its tokenizer."""
     path = resolve(base, "clip")
     config = load_part("CLIP or SigLIP", path, _config, path)
