@@ -9,6 +9,7 @@ the base model and resolution it was trained on): the one reader of a generator 
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Callable
@@ -118,7 +119,7 @@ class PerFusionPipeline(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  personalization_scale: float = 1.0, output_type: str = "pil",
                  on_step: Callable[[int], None] | None = None, branch_every: int = 1,
-                 branch_until: float = 1.0) -> ImagePipelineOutput:
+                 branch_until: float = 1.0, eta: float = 0.0) -> ImagePipelineOutput:
         """Images for prompts; personalized by ``merchant`` (a line of ``merchants.jsonl``: ``merchant_id`` plus
         profile, or one per prompt), ``features`` [B, F] or ``merchant_embedding`` [B, d_u].
 
@@ -126,6 +127,9 @@ class PerFusionPipeline(DiffusionPipeline):
         non-personalized counterpart of a personalized image. ``branch_every`` N computes the branch on
         every N-th step and reuses its output in between; ``branch_until`` F runs it on the first
         fraction F of the steps only (the base model draws the rest). 1 and 1.0: every step.
+        ``eta`` > 0 makes a DDIM scheduler's steps stochastic (its noise from ``generator``, else torch's global
+        RNG): the on-policy sampler of ``train-gen --online``. ``output_type="latent"`` returns the final latents
+        undecoded (``decode`` turns them into images).
         """
         # 1. inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -157,6 +161,7 @@ class PerFusionPipeline(DiffusionPipeline):
         schedule = branch_schedule(num_inference_steps, branch_every, branch_until) if personalized else None
         # 5. denoising loop
         extra: dict = {}
+        step_kwargs = self._step_kwargs(eta, generator)
         for index, t in enumerate(self.scheduler.timesteps):
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -168,14 +173,31 @@ class PerFusionPipeline(DiffusionPipeline):
             if guided:
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + guidance_scale * (conditional - unconditional)
-            latents = self.scheduler.step(noise, t, latents).prev_sample
+            latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
             if on_step is not None:
                 on_step(1)
         # 6. decode
-        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        images = (images / 2 + 0.5).clamp(0, 1).float()
+        if output_type == "latent":
+            return ImagePipelineOutput(images=latents)
+        images = self.decode(latents)
         if output_type == "pt":
             return ImagePipelineOutput(images=images)
         if output_type == "np":
             return ImagePipelineOutput(images=images.permute(0, 2, 3, 1).cpu().numpy())
         return ImagePipelineOutput(images=[to_pil(image) for image in images])
+
+    def _step_kwargs(self, eta: float, generator) -> dict:
+        """What this scheduler's ``step`` takes of η and the generator (DDIM takes both, DPM-Solver neither)."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        if eta and "eta" not in accepted:
+            raise ConfigError(f"eta {eta} needs a DDIM scheduler, not {type(self.scheduler).__name__}")
+        kwargs = {"eta": eta} if "eta" in accepted else {}
+        if eta and "generator" in accepted and not isinstance(generator, list):
+            kwargs["generator"] = generator
+        return kwargs
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [N, C, h, w] → images [N, 3, H, W] in [0, 1] (fp32)."""
+        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return (images / 2 + 0.5).clamp(0, 1).float()

@@ -76,6 +76,7 @@ class StreamSpec:
     shuffle_buffer: int = 1000
     skip_bad_shards: bool = False
     stored_latents: bool = False  # read each sample's latents.safetensors too (train-gen, after checking its tag)
+    by_process: bool = True  # one pass: each process reads its share of the shards; False: each reads them all
 
 
 def load_image(data: bytes, resolution: int, background: tuple[int, int, int] = WHITE) -> torch.Tensor:
@@ -235,7 +236,7 @@ def _pipeline(spec: StreamSpec, shards: list[str], *, training: bool, epoch: int
             wds.map(decode, handler=handler), batch,
         )
     return wds.DataPipeline(
-        wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker,
+        wds.SimpleShardList(shards), *([wds.split_by_node] if spec.by_process else []), wds.split_by_worker,
         wds.tarfile_to_samples(handler=handler), wds.map(decode, handler=handler), batch,
     )
 

@@ -54,10 +54,12 @@ class Generated:
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric → model → [P, n]
 
 
-def held_out_pairs(data_dir: Path, split: str, limit: int, resolution: int) -> list[EvalPair]:
-    """Distinct (merchant, prompt) pairs of a split, interleaved across merchants, at most ``limit``."""
+def held_out_pairs(data_dir: Path, split: str, limit: int, resolution: int, by_process: bool = True) -> list[EvalPair]:
+    """Distinct (merchant, prompt) pairs of a split, interleaved across merchants, at most ``limit``; from this
+    process's share of the split's shards, or with ``by_process`` False from all of them (the same on every
+    process)."""
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), split, 32, manifest.max_candidates, resolution)
+    spec = StreamSpec(Path(data_dir), split, 32, manifest.max_candidates, resolution, by_process=by_process)
     by_merchant: dict[str, dict[str, EvalPair]] = defaultdict(dict)
     for batch in eval_batches(spec):
         for row in range(len(batch)):
@@ -132,7 +134,7 @@ def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest)
 
 
 @torch.no_grad()
-def _score(metric: str, scorer, pairs: list[EvalPair], images: torch.Tensor) -> np.ndarray:
+def score_metric(metric: str, scorer, pairs: list[EvalPair], images: torch.Tensor) -> np.ndarray:
     """images [P, n, 3, H, W] → scores [P, n]."""
     count, n = images.shape[:2]
     flat = images.flatten(0, 1)
@@ -186,7 +188,7 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
     progress.stop()
     scorers, reasons = _scorers(config, pipeline.base_model, device, manifest)
     for metric, scorer in scorers.items():
-        result.scores[metric] = {model: _score(metric, scorer, pairs, result.images[model]) for model in MODELS}
+        result.scores[metric] = {model: score_metric(metric, scorer, pairs, result.images[model]) for model in MODELS}
     summary = _summarize(result, reasons, pairs, config)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(report_dir) / "images" if report_dir else Path(scratch)
