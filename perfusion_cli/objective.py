@@ -48,14 +48,19 @@ def diffusion_target(scheduler, latents, noise, timesteps):
     raise ConfigError(f"prediction_type {kind!r} is not supported")
 
 
-def reward_positives(reward, batch: GroupBatch, top_k: int) -> torch.Tensor:
-    """The frozen reward model's top-k candidates of each group (at least one left as a negative)."""
-    with torch.no_grad():
-        scores = reward.score(batch.prompts, batch.images, batch.features, batch.valid).float()
-    scores = scores.masked_fill(~batch.valid, float("-inf"))
-    k = torch.clamp(batch.valid.sum(1) - 1, max=top_k)  # [B]
+def top_k_positives(scores: torch.Tensor, valid: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[B, K] scores → each group's top-k valid candidates (at least one left as a negative)."""
+    scores = scores.float().masked_fill(~valid, float("-inf"))
+    k = torch.clamp(valid.sum(1) - 1, max=top_k)  # [B]
     ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
-    return (ranks < k[:, None]) & batch.valid
+    return (ranks < k[:, None]) & valid
+
+
+def reward_positives(reward, batch: GroupBatch, top_k: int) -> torch.Tensor:
+    """The frozen reward model's top-k candidates of each group."""
+    with torch.no_grad():
+        scores = reward.score(batch.prompts, batch.images, batch.features, batch.valid)
+    return top_k_positives(scores, batch.valid, top_k)
 
 
 def preference_diagnostics(rewards: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
@@ -111,7 +116,8 @@ class GroupDPOObjective:
         anchors = self._anchors(model_err, positive & valid, personalized, reference)
         loss = loss + sum(anchors.values())
         rewards = implicit_rewards(model_err, ref_err, self.config.beta).detach()
-        errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item()}
+        errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item(),
+                  "kl": (personalized.detach().float() - reference.float()).pow(2).mean().item()}
         return loss, {**errors, **{key: value.item() for key, value in anchors.items()},
                       "err_gap": errors["model_err"] - errors["ref_err"],
                       "err_ratio": errors["model_err"] / max(errors["ref_err"], 1e-12),
