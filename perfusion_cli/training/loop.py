@@ -10,6 +10,10 @@ how to evaluate and save); this module runs it: one process on a CPU, or ``accel
 - SIGTERM/SIGINT: the current step finishes (a wait for data is interrupted), a checkpoint is written,
   the run exits cleanly;
 - a non-finite loss stops the run at once, keeping the last good checkpoint;
+- a task's ``guard`` (online train-gen: the reward-hacking guard) probes the model at step 0 and every
+  few steps; its rows go to the log as split "probe", its warnings to the screen, and with
+  ``stop_on_hacking`` a probe that finds hacking ends the run with the weights of the last probe that
+  passed (each passing probe writes a checkpoint);
 - every step logs loss, learning rate and gradient norm (plus the task's diagnostics) to
   ``metrics.jsonl`` and to the trackers of ``--report-to``; spikes are warned about;
 - metrics are averaged across processes and only process 0 writes.
@@ -23,7 +27,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -42,6 +46,7 @@ from perfusion_cli.model_card import write_card
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from perfusion_cli.training.folder import TrainingFolder
+from perfusion_cli.training.hacking_guard import ProbeResult
 from perfusion_cli.training.metrics_log import MetricsLog, SpikeWatch
 from perfusion_cli.training.signals import StopRequested, StopSignals
 from perfusion_cli.training.state import rng_state, set_rng_state
@@ -67,6 +72,25 @@ class TrainTask:
     save_final: Callable[[Path], None]
     evaluate: Callable[[], dict[str, float]] | None = None
     diagnose: Callable[[dict], list[str]] | None = None  # warnings about one logged row
+    # JSON state beyond the weights that a checkpoint keeps (online train-gen: its call count, the guard's history)
+    extra_state: Callable[[], dict] | None = None
+    load_extra_state: Callable[[dict], None] | None = None
+    guard: "Guard | None" = None
+    stop_on_hacking: bool = False
+
+
+class Guard(Protocol):
+    """Probes the model between steps (``training/hacking_guard.py``)."""
+
+    def due(self, step: int, last: int) -> bool: ...
+
+    def __call__(self, step: int) -> "ProbeResult": ...
+
+
+class RewardHackingStopped(TrainingError):
+    """--stop-on-hacking ended the run; its model/ holds the last good probe's weights."""
+
+    exit_code = 3
 
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -122,6 +146,8 @@ def _resume(task: TrainTask, optimizer, scheduler, folder: TrainingFolder, resum
         raise CheckpointError(f"{checkpoint.path} was trained on other data than {manifest.data_dir} (its "
                               f"{what} differ): resume on the data the run started with, or start a new run")
     task.load_trainable_state(checkpoint.model)
+    if task.load_extra_state is not None:
+        task.load_extra_state(checkpoint.extra.get("task", {}))
     optimizer.optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
     set_rng_state(checkpoint.rng)
@@ -172,6 +198,15 @@ def _optimizer_step(task: TrainTask, model, optimizer, stream, accelerator: Acce
     return total, logs
 
 
+def _averaged(accelerator: Accelerator, logs: dict) -> dict:
+    """A step's diagnostics as the mean over processes (each measured its own groups; online: its own draws)."""
+    if accelerator.num_processes == 1:
+        return logs
+    keys = sorted(key for key, value in logs.items() if isinstance(value, (int, float)) and not isinstance(value, bool))
+    means = accelerator.reduce(torch.tensor([float(logs[key]) for key in keys], device=accelerator.device), "mean")
+    return {**logs, **dict(zip(keys, means.tolist()))}
+
+
 def _kill_data_workers() -> None:
     """A data worker that stopped answering would block the exit (its join never returns): kill it. The
     DataLoader's SIGCHLD handler would report that death as a crash, so it is removed first."""
@@ -217,20 +252,60 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
     started = time.perf_counter()
     extra = {"version": __version__, "data": data_identity(manifest)}
 
+    saved: dict[int, Path] = {}
+
     def checkpoint(step: int) -> Path:
+        if step in saved:  # a passing probe already wrote this step
+            return saved[step]
+        state = {**extra, "task": task.extra_state()} if task.extra_state else extra
         path = save_checkpoint(folder.current.root, step, task.trainable_state(), optimizer.optimizer.state_dict(),
-                               scheduler.state_dict(), rng_state(), extra, accelerator.process_index,
+                               scheduler.state_dict(), rng_state(), state, accelerator.process_index,
                                accelerator.num_processes, accelerator.wait_for_everyone, config.keep_last)
         if folder.staging is not None:
             folder.promote()
             accelerator.wait_for_everyone()
             path = folder.final.checkpoints / path.name
+        saved[step] = path
         return path
 
+    def probe(step: int) -> ProbeResult:
+        result = task.guard(step)
+        for warning in result.warnings:
+            progress.log(f"warning at step {step}: {warning}")
+        watch.total += len(result.warnings)
+        log.write({"step": step, "split": "probe", **result.row,
+                   **({"warnings": result.warnings} if result.warnings else {})})
+        return result
+
+    def finish(row: dict, steps: int, stopped: dict | None = None) -> dict:
+        counts = [int(c) for c in accelerator.gather(torch.tensor([stream.count], device=accelerator.device)).tolist()]
+        summary = {**meta, "version": __version__, "steps": steps, "resumed_from": start or None,
+                   "seconds": round(time.perf_counter() - started, 2), "final": {**row, **evaluation},
+                   "batches_per_process": counts, "processes": accelerator.num_processes,
+                   "warnings": watch.total, "data": {**meta.get("data", {}), **data_identity(manifest)},
+                   "machine": describe(),  # the code's commit and the libraries' versions: what made these weights
+                   **({"stopped": stopped} if stopped else {})}
+        if main:
+            task.save_final(folder.current.model)
+            atomic_write_json(folder.current.run_file, summary)
+            write_card(folder.current.root, new_weights=True)  # README.md: what made the weights, what they measured
+        accelerator.wait_for_everyone()
+        folder.promote()
+        accelerator.end_training()
+        return summary
+
+    stream = _Counted(iter(()))
+    last_good: Path | None = None
+    if task.guard is not None and start == 0:
+        probe(0)  # the base: an untrained branch draws what the frozen model draws
+        if task.stop_on_hacking:
+            last_good = checkpoint(0)
+    elif task.guard is not None and task.stop_on_hacking:
+        last_good = saved.setdefault(start, find_checkpoint(folder.current.root, resume))
     progress.start(f"training {meta.get('kind', '')}".strip(), config.max_steps)
     progress.advance(start)
     with StopSignals() as signals:
-        stream = _Counted(train_batches(spec, per_epoch * config.grad_accum, start=start * config.grad_accum))
+        stream.iterator = train_batches(spec, per_epoch * config.grad_accum, start=start * config.grad_accum)
         for step in range(start + 1, config.max_steps + 1):
             model.train()
             try:
@@ -249,7 +324,7 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
                 raise TrainingError(f"the loss became {total.item()} at step {step}: training stopped, nothing after "
                                     f"the last checkpoint was saved{where} (try a lower --lr, or --resume)")
             row = {"step": step, "loss": accelerator.reduce(total, "mean").item(), "lr": scheduler.get_last_lr()[0],
-                   "seconds": round(time.perf_counter() - started, 3), **logs}
+                   "seconds": round(time.perf_counter() - started, 3), **_averaged(accelerator, logs)}
             warnings = watch(row)
             for warning in warnings:
                 progress.log(f"warning at step {step}: {warning}")
@@ -260,6 +335,20 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
             if validate and config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
                 evaluation = validate()
                 log.write({"step": step, "split": "val", **evaluation})
+            if task.guard is not None and task.guard.due(step, config.max_steps):
+                result = probe(step)
+                if result.hacking and task.stop_on_hacking:
+                    progress.stop()
+                    good = load_checkpoint(last_good, accelerator.process_index)
+                    task.load_trainable_state(good.model)
+                    finish(row, step, {"step": step, "reason": "reward hacking", "warnings": result.warnings,
+                                       "weights_from_step": good.step})
+                    raise RewardHackingStopped(
+                        f"stopped at step {step} by --stop-on-hacking: {result.warnings[0]}. "
+                        f"{folder.current.model} holds the weights of step {good.step}, the last probe the judges "
+                        f"passed ({last_good})")
+                if task.stop_on_hacking and not result.hacking:
+                    last_good = checkpoint(step)
             progress.advance(1, loss=row["loss"], **{k: v for k, v in evaluation.items() if isinstance(v, float)})
             if flags[1] > 0 or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 last_checkpoint = checkpoint(step)
@@ -267,17 +356,4 @@ def run_training(task: TrainTask, config: TrainLoopConfig, spec: StreamSpec, fol
                 progress.stop()
                 raise _interrupted(signals, step, last_checkpoint)
     progress.stop()
-    counts = [int(c) for c in accelerator.gather(torch.tensor([stream.count], device=accelerator.device)).tolist()]
-    summary = {**meta, "version": __version__, "steps": config.max_steps, "resumed_from": start or None,
-               "seconds": round(time.perf_counter() - started, 2), "final": {**row, **evaluation},
-               "batches_per_process": counts, "processes": accelerator.num_processes,
-               "warnings": watch.total, "data": {**meta.get("data", {}), **data_identity(manifest)},
-               "machine": describe()}  # the code's commit and the libraries' versions: what made these weights
-    if main:
-        task.save_final(folder.current.model)
-        atomic_write_json(folder.current.run_file, summary)
-        write_card(folder.current.root, new_weights=True)  # README.md: what made the weights, what they measured
-    accelerator.wait_for_everyone()
-    folder.promote()
-    accelerator.end_training()
-    return summary
+    return finish(row, config.max_steps)
