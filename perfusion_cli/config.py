@@ -183,6 +183,27 @@ class GenTrainConfig(TrainLoopConfig):
     # Warn (in the log and on screen) when the branch's denoising error on the training groups exceeds
     # the frozen reference's by this factor: the model is leaving the reference (reward hacking).
     warn_error_ratio: float = bounded(1.5, gt=1, le=1000)
+    # On-policy training (`train-gen --online`; docs/architecture.md, "Online training"): each step draws
+    # group_size candidates per (merchant, prompt) of the batch from the current model (DDIM, sample_steps
+    # steps, stochastic with η sample_eta, guidance sample_guidance), ranks them with the frozen reward model
+    # (`reward`, default the workspace's runs/rm) and trains on them with the group loss, the reward's top_k
+    # as positives. online_mix: the share of steps that train on the logged groups instead (their labels).
+    online: bool = False
+    online_mix: float = bounded(0.0, ge=0, le=1)
+    sample_steps: int = bounded(8, ge=1, le=1000)
+    sample_eta: float = bounded(1.0, ge=0, le=1)
+    sample_guidance: float = bounded(3.0, ge=0, le=100)
+    # The reward-hacking guard of online runs: every probe_every steps (and at step 0, the base) the same
+    # probe_pairs (merchant, prompt) pairs are drawn with fixed seeds and scored by the reward and by judges
+    # the run does not train on: the oracle (synthetic data), clean backgrounds, intact products and the
+    # prompt's zero-shot CLIP score (judge_clip), and a second reward-model run (`judge`). A judge falling
+    # clearly below its best probe while the reward climbs is a warning; stop_on_hacking then ends the run
+    # with the last probe that passed as its weights.
+    probe_every: int = bounded(50, ge=0, le=MAX_STEPS)  # 0: no guard
+    probe_pairs: int = bounded(16, ge=1, le=100_000)
+    judge: Optional[str] = None
+    judge_clip: Optional[str] = None  # None: the tiny CLIP for the tiny bases, else the default CLIP
+    stop_on_hacking: bool = False
 
 
 @dataclass

@@ -35,8 +35,31 @@ def train_gen_command(
     positives: Annotated[Optional[str], typer.Option(
         "--positives", help="labels (the logged selections) or reward (PerFusionRM's top-k).")] = None,
     reward: Annotated[Optional[str], typer.Option(
-        "--reward", help="Reward-model run for --positives reward (default <workspace>/runs/rm).")] = None,
+        "--reward", help="Reward-model run for --positives reward and --online (default <workspace>/runs/rm).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Positives per group with --positives reward.")] = None,
+    online: Annotated[Optional[bool], typer.Option(
+        "--online/--offline", help="Train on groups drawn from the current model and ranked by the reward model "
+                                   "(on-policy), instead of the logged groups.")] = None,
+    online_mix: Annotated[Optional[float], typer.Option(
+        "--online-mix", help="With --online: the share of steps that train on the logged groups instead.")] = None,
+    sample_steps: Annotated[Optional[int], typer.Option(
+        "--sample-steps", help="With --online: DDIM steps per drawn candidate.")] = None,
+    sample_eta: Annotated[Optional[float], typer.Option(
+        "--sample-eta", help="With --online: DDIM η of the draws (0 deterministic, 1 DDPM-like).")] = None,
+    sample_guidance: Annotated[Optional[float], typer.Option(
+        "--sample-guidance", help="With --online: classifier-free guidance of the draws.")] = None,
+    probe_every: Annotated[Optional[int], typer.Option(
+        "--probe-every", help="With --online: probe for reward hacking every N steps (0: no guard).")] = None,
+    probe_pairs: Annotated[Optional[int], typer.Option(
+        "--probe-pairs", help="(merchant, prompt) pairs of the hacking probe.")] = None,
+    judge: Annotated[Optional[str], typer.Option(
+        "--judge", help="A second reward-model run the guard judges with (e.g. trained on another seed).")] = None,
+    judge_clip: Annotated[Optional[str], typer.Option(
+        "--judge-clip", help="The CLIP model of the guard's prompt score (default: tiny for tiny bases, else "
+                             "openai/clip-vit-large-patch14).")] = None,
+    stop_on_hacking: Annotated[Optional[bool], typer.Option(
+        "--stop-on-hacking/--warn-on-hacking", help="End the run when the guard finds reward hacking (exit 3), "
+                                                    "keeping the last good probe's weights.")] = None,
     resolution: options.Resolution = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the branch.")] = None,
     attention: options.Attention = None,
@@ -57,6 +80,6 @@ def train_gen_command(
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
     from perfusion_cli.training.gen import train_generator  # torch: after the checks that need no model
 
-    if config.positives == "reward" and config.reward is None:
+    if (config.positives == "reward" or config.online) and config.reward is None:
         config = dataclasses.replace(config, reward=str(workspace.rm_run))
     run_trainer(train_generator, config, data, out or workspace.gen_run, resume, overwrite, context.command_line())
