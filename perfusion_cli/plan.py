@@ -9,7 +9,12 @@ one step of each job is traced through the same modules the commands run:
   personalized branch and ``FrozenSD.predictions`` (shared encoder half, two decoder passes),
   backward, AdamW step;
 - ``generate``: one guided denoising step (batch 2: unconditional + conditional) with and without the
-  branch, the text encoder and the VAE decode; per image = text + steps × step + decode.
+  branch, the text encoder and the VAE decode; per image = text + steps × step + decode;
+- ``train-gen --online``: one on-policy step: ``batch_size × group_size`` candidates drawn with the branch
+  (``sample_steps`` guided steps and the decode, in the training dtype), scored by PerFusionRM (the
+  ``train-rm`` section's model, forward only), then the train-gen step on their latents (no VAE encode).
+  Its peak is the larger of the draw's (plus the branch's gradients and AdamW moments, alive across it)
+  and the training step's, plus the reward model's weights.
 
 Each count gives parameters (trainable / frozen), GFLOPs and the peak of live tensor bytes
 (``accounting.count``). Mixed precision: the step is traced in the compute dtype (bf16/fp16); the
@@ -22,7 +27,7 @@ a card free for them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -233,7 +238,39 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
     return plans
 
 
-def plan_recipe(recipe: str, merchants: int = 10_000, jobs: tuple[str, ...] = ("train-rm", "train-gen", "generate"),
+def plan_online(rm: RMTrainConfig, train: GenTrainConfig, vocab: FeatureVocab) -> JobPlan:
+    """One step of ``train-gen --online`` (see the module's docstring)."""
+    dtype = DTYPES[train.mixed_precision]
+    images = train.batch_size * train.group_size
+    draw = plan_generate(train, GenerateConfig(steps=train.sample_steps, guidance=train.sample_guidance,
+                                               resolution=train.resolution), vocab, images, dtype)[1]
+    with META:
+        module = PerFusionRM.from_clip(build_clip(rm.base_model, dtype), vocab, rm.plugin, rm.shared_plugin,
+                                       rm.plugin_hidden, rm.merchant, rm.taste_head, rm.prompt_scale).to(dtype).eval()
+        tokens = _tokens(module.clip.config.text_config)
+        ids = torch.zeros(train.batch_size, tokens, dtype=torch.long)
+        mask = torch.ones(train.batch_size, tokens, dtype=torch.long)
+        pixels = torch.zeros(images, 3, module.image_size, module.image_size, dtype=dtype)
+        features = torch.zeros(images, len(vocab.features), dtype=torch.long)
+    with torch.no_grad():
+        score = count(lambda: (module.text_embeddings(ids, mask, features[::train.group_size]),
+                               module.image_embeddings(pixels, features)), [*tensors_of(module), ids, mask, pixels])
+    learn = _job("train-gen", train, train_gen_step(replace(train, cache_latents=True), vocab))
+    trainable = learn.trainable_parameters
+    reward_bytes = sum(t.numel() * t.element_size() for t in tensors_of(module))
+    peak = max(learn.peak_gib * 2**30, draw.peak_gib * 2**30 + 12 * trainable) + reward_bytes
+    return JobPlan("train-gen --online", train.base_model,
+                   f"{train.batch_size} (merchant, prompt) pairs × {train.group_size} drawn candidates at "
+                   f"{train.resolution}², {train.sample_steps} steps, guidance {train.sample_guidance:g}",
+                   train.mixed_precision, train.gradient_checkpointing, trainable,
+                   learn.frozen_parameters + parameters(module), draw.gflops + score.flops / 1e9 + learn.gflops,
+                   peak / 2**30, _fits(int(peak)),
+                   f"per step: drawing {draw.gflops:,.0f} GFLOPs, scoring {score.flops / 1e9:,.0f}, "
+                   f"the group-loss step {learn.gflops:,.0f}")
+
+
+def plan_recipe(recipe: str, merchants: int = 10_000,
+                jobs: tuple[str, ...] = ("train-rm", "train-gen", "generate", "train-gen --online"),
                 overrides: dict[str, dict] | None = None) -> dict:
     """Every job of a recipe, planned; the sections a recipe leaves out use the defaults of config.py.
     ``overrides``: section → keys that replace the recipe's (what flags do for the other commands)."""
@@ -249,6 +286,8 @@ def plan_recipe(recipe: str, merchants: int = 10_000, jobs: tuple[str, ...] = ("
         plans.append(_job("train-gen", section("train-gen"), train_gen_step(section("train-gen"), vocab)))
     if "generate" in jobs:
         plans += plan_generate(section("train-gen"), section("generate"), vocab)
+    if "train-gen --online" in jobs:
+        plans.append(plan_online(section("train-rm"), section("train-gen"), vocab))
     return {"recipe": str(recipe), "assumptions": {
         "merchants": merchants, "profile_features": len(vocab.features) - 1, "text_tokens": TEXT_TOKENS,
         "attention": "memory-efficient kernel (SDPA flash/efficient or xFormers)",

@@ -11,7 +11,7 @@ from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention
 
 from perfusion_cli.accounting import count, parameters
-from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig
+from perfusion_cli.config import GenTrainConfig, MerchantEncoderConfig, RMTrainConfig, build, load_recipe
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.text import TextConditions
@@ -200,3 +200,23 @@ def test_the_siglip2_recipe_plans_offline_and_its_flops_agree_with_a_hand_count(
     expected = _siglip_training_flops(16, 5, 1152, 4304, 27, (384 // 14) ** 2, 14, 64)
     assert job["gflops"] == pytest.approx(expected, rel=0.03)  # the rest: norms, GELUs, softmax, plug-ins
     assert job["fits"]["24 GB"] and job["trainable_parameters"] > parameters(so400m)  # the backbone + plug-ins
+
+
+@pytest.mark.parametrize("recipe", ["tiny-cpu", "sd15-industrial", "sdxl-industrial"])
+def test_an_online_step_costs_its_draws_its_scores_and_a_step_on_their_latents(recipe):
+    """The online row against its parts counted separately: batch × group images drawn as generate draws one
+    (sample_steps guided steps, text and decode per image), the reward model's forward, the train-gen step on
+    cached latents (the draws' own; no VAE encode)."""
+    train = build(GenTrainConfig, load_recipe(recipe).get("train-gen", {}))
+    draws = train.batch_size * train.group_size
+    same = {"train-gen": {"cache_latents": True},
+            "generate": {"steps": train.sample_steps, "guidance": train.sample_guidance, "resolution": train.resolution,
+                         "branch_every": 1, "branch_until": 1.0}}
+    jobs = {job["job"]: job for job in plan_recipe(recipe, merchants=100, overrides=same)["jobs"]}
+    online, step = jobs["train-gen --online"], jobs["train-gen"]
+    one_image = jobs["generate (PerFusion)"]["gflops"]  # in fp16; the online draw runs in the training dtype
+    scoring = online["gflops"] - step["gflops"] - draws * one_image
+    assert 0 < scoring < 0.2 * online["gflops"], (online["gflops"], step["gflops"], draws * one_image)
+    assert online["peak_gib"] > step["peak_gib"]  # the reward model's weights are resident too
+    assert online["trainable_parameters"] == step["trainable_parameters"]
+    assert f"{draws // train.group_size} (merchant, prompt) pairs × {train.group_size}" in online["shape"]
