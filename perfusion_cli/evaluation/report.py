@@ -58,13 +58,22 @@ def training_curves(folder: Path, runs: dict[str, Path]) -> list[str]:
     plots = {"generator": [(["loss"], "loss"), (["pair_accuracy"], "implicit pair accuracy"),
                            (["reward_margin"], "implicit reward margin"),
                            (["model_err", "ref_err"], "denoising error: PerFusion vs reference"),
-                           (["err_ratio"], "denoising error ratio (KL price)"), (["grad_norm"], "gradient norm")],
-             "reward model": [(["loss"], "loss"), (["map", "gauc"], "validation"), (["grad_norm"], "gradient norm")]}
+                           (["err_ratio"], "denoising error ratio (KL price)"), (["kl"], "KL to the reference"),
+                           (["grad_norm"], "gradient norm"),
+                           (["reward", "reward_best"], "online: reward of the drawn groups"),
+                           (["sample_seconds", "loss_seconds"], "online: seconds per step"),
+                           (["reward", "oracle", "judge_reward"], "guard: reward and judges on the probe set", "probe"),
+                           (["clip"], "guard: prompt CLIP score on the probe set", "probe"),
+                           (["clean_background", "intact"], "guard: product integrity on the probe set", "probe")],
+             "reward model": [(["loss"], "loss"), (["map", "gauc"], "validation", "val"),
+                              (["grad_norm"], "gradient norm")]}
     for name, run in runs.items():
         rows = RunDir(run).metric_rows()
-        for keys, title in plots.get(name, []):
-            relative = f"curves/{name.replace(' ', '-')}-{'-'.join(keys)}.png"
-            if _plot(rows, keys, f"{name}: {title}", folder / relative):
+        for keys, title, *split in plots.get(name, []):
+            wanted = split[0] if split else None  # None: the training rows (they carry no split)
+            relative = f"curves/{name.replace(' ', '-')}-{wanted + '-' if wanted else ''}{'-'.join(keys)}.png"
+            if _plot([row for row in rows if row.get("split") == wanted], keys, f"{name}: {title}",
+                     folder / relative):
                 made.append(relative)
     return made
 
