@@ -185,13 +185,13 @@ class GenTrainConfig(TrainLoopConfig):
     warn_error_ratio: float = bounded(1.5, gt=1, le=1000)
     # On-policy training (`train-gen --online`; docs/architecture.md, "Online training"): each step draws
     # group_size candidates per (merchant, prompt) of the batch from the current model (DDIM, sample_steps
-    # steps, stochastic with η sample_eta, guidance sample_guidance), ranks them with the frozen reward model
+    # steps from fresh noise, η sample_eta, guidance sample_guidance), ranks them with the frozen reward model
     # (`reward`, default the workspace's runs/rm) and trains on them with the group loss, the reward's top_k
     # as positives. online_mix: the share of steps that train on the logged groups instead (their labels).
     online: bool = False
     online_mix: float = bounded(0.0, ge=0, le=1)
     sample_steps: int = bounded(8, ge=1, le=1000)
-    sample_eta: float = bounded(1.0, ge=0, le=1)
+    sample_eta: float = bounded(0.0, ge=0, le=1)  # 0: each candidate's noise is its only randomness (docs)
     sample_guidance: float = bounded(3.0, ge=0, le=100)
     # The reward-hacking guard of online runs: every probe_every steps (and at step 0, the base) the same
     # probe_pairs (merchant, prompt) pairs are drawn with fixed seeds and scored by the reward and by judges
@@ -328,6 +328,21 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# [train-gen-online]: the [train-gen] keys an online run (`train-gen --online`, or online = true) takes instead of
+# [train-gen]'s: on-policy groups want their own step size, anchor and length (docs/recipes.md). Checked as
+# [train-gen] is; no flag routes to it (the flags of train-gen override both).
+ONLINE_SECTION = "train-gen-online"
+
+
+def train_gen_values(recipe: dict[str, dict[str, Any]], online: bool | None = None) -> dict[str, Any]:
+    """The recipe's [train-gen] values, with [train-gen-online]'s over them when the run is online: ``online``
+    as a flag gave it, else as the recipe's [train-gen] says."""
+    values = recipe.get("train-gen", {})
+    if online is None:
+        online = bool(values.get("online", False))
+    return {**values, **recipe.get(ONLINE_SECTION, {})} if online else dict(values)
+
+
 def recipe_file(name: str | Path) -> Path:
     """A recipe path, or the name of a shipped recipe (``tiny-cpu``, ``sd15-industrial``, …)."""
     path = Path(name)
@@ -353,12 +368,16 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"recipe {path} cannot be read: {exc.strerror or exc}") from None
     recipe: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"recipe {path}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+        if section not in SECTIONS and section != ONLINE_SECTION:
+            raise ConfigError(f"recipe {path}: unknown section [{section}] (known: "
+                              f"{', '.join([*SECTIONS, ONLINE_SECTION])})")
         if not isinstance(values, dict):
             raise ConfigError(f"recipe {path}: [{section}] must be a table")
-        build(SECTIONS[section], values, where=f"recipe {path} [{section}]")  # validates eagerly
         recipe[section] = values
+    for section, values in recipe.items():  # validates eagerly; an online run's values as they will be merged
+        merged = train_gen_values(recipe, online=True) if section == ONLINE_SECTION else values
+        build(SECTIONS["train-gen" if section == ONLINE_SECTION else section], merged,
+              where=f"recipe {path} [{section}]")
     return recipe
 
 

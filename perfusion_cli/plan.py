@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from perfusion_cli.accounting import Cost, count, parameters, tensors_of
-from perfusion_cli.config import (SECTIONS, GenerateConfig, GenTrainConfig, MerchantEncoderConfig, RMTrainConfig, build,
-                                  load_recipe)
+from perfusion_cli.config import (ONLINE_SECTION, SECTIONS, GenerateConfig, GenTrainConfig, MerchantEncoderConfig,
+                                  RMTrainConfig, build, load_recipe, train_gen_values)
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.branch_kinds import create_branch
@@ -287,7 +287,9 @@ def plan_recipe(recipe: str, merchants: int = 10_000,
     if "generate" in jobs:
         plans += plan_generate(section("train-gen"), section("generate"), vocab)
     if "train-gen --online" in jobs:
-        plans.append(plan_online(section("train-rm"), section("train-gen"), vocab))
+        values = {**train_gen_values(sections, online=True), **(overrides or {}).get("train-gen", {})}
+        online = build(GenTrainConfig, values, where=f"recipe {recipe} [{ONLINE_SECTION}]")
+        plans.append(plan_online(section("train-rm"), online, vocab))
     return {"recipe": str(recipe), "assumptions": {
         "merchants": merchants, "profile_features": len(vocab.features) - 1, "text_tokens": TEXT_TOKENS,
         "attention": "memory-efficient kernel (SDPA flash/efficient or xFormers)",

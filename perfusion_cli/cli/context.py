@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from perfusion_cli.config import SECTIONS, build, load_recipe, recipe_file
+from perfusion_cli.config import SECTIONS, build, load_recipe, recipe_file, train_gen_values
 from perfusion_cli.workspace import Workspace
 
 
@@ -31,8 +31,10 @@ def section(ctx: typer.Context, recipe: Path | None, name: str) -> Any:
     """Build the config of section ``name``: defaults < recipe section < the command's flags routed to it
     (``cli/flags.py``; None = not given)."""
     path = recipe_path(ctx, recipe)
-    values = load_recipe(path).get(name, {})
+    recipe_values = load_recipe(path)
     overrides = ctx.command.routes.given(ctx.params, name)
+    values = (train_gen_values(recipe_values, overrides.get("online")) if name == "train-gen"
+              else recipe_values.get(name, {}))
     return build(SECTIONS[name], values, overrides, where=f"recipe {path} [{name}]" if path else name)
 
 

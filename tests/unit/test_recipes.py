@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from perfusion_cli.config import SECTIONS, build, load_recipe
+from perfusion_cli.config import ONLINE_SECTION, SECTIONS, GenTrainConfig, build, load_recipe, train_gen_values
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
 
@@ -18,7 +18,36 @@ def test_recipe_loads(path):
     recipe = load_recipe(path)
     assert recipe
     for section, values in recipe.items():
-        build(SECTIONS[section], values)
+        if section == ONLINE_SECTION:
+            build(GenTrainConfig, train_gen_values(recipe, online=True))
+        else:
+            build(SECTIONS[section], values)
+
+
+def test_an_online_run_takes_the_online_sections_keys_over_train_gens(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[train-gen]\nlr = 1e-3\nmax_steps = 400\nkl_weight = 100.0\n\n'
+                    '[train-gen-online]\nlr = 2e-3\nkl_weight = 10.0\n')
+    recipe = load_recipe(path)
+    offline = build(GenTrainConfig, train_gen_values(recipe))
+    online = build(GenTrainConfig, train_gen_values(recipe, online=True))
+    assert (offline.lr, offline.kl_weight, offline.max_steps) == (1e-3, 100.0, 400)
+    assert (online.lr, online.kl_weight, online.max_steps) == (2e-3, 10.0, 400)  # what it leaves out: [train-gen]'s
+    path.write_text(path.read_text().replace("[train-gen]\n", "[train-gen]\nonline = true\n"))
+    assert build(GenTrainConfig, train_gen_values(load_recipe(path))).lr == 2e-3  # online by the recipe itself
+    assert build(GenTrainConfig, train_gen_values(load_recipe(path), online=False)).lr == 1e-3  # --offline
+
+
+def test_a_bad_key_of_the_online_section_is_named_where_it_is(tmp_path):
+    from perfusion_cli.errors import ConfigError
+
+    path = tmp_path / "r.toml"
+    path.write_text("[train-gen-online]\nlr = -1.0\n")
+    with pytest.raises(ConfigError, match=r"\[train-gen-online\]: key 'lr' must be > 0"):
+        load_recipe(path)
+    path.write_text("[train-gen-onlin]\nlr = 1.0\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[train-gen-onlin\] \(known: .*train-gen-online\)"):
+        load_recipe(path)
 
 
 def _numeric_fields(cls, prefix=""):
