@@ -1,8 +1,8 @@
 """On-policy groups for ``train-gen --online`` (docs/architecture.md, "Online training").
 
 Each step takes the batch's (merchant, prompt) pairs from the prepared training data and, for each,
-draws ``group_size`` candidates from the current personalized model (``OnlineGroups``): DDIM with
-η > 0 from fresh noise, a few steps, the branch in eval mode, as ``generate`` would draw them. The
+draws ``group_size`` candidates from the current personalized model (``OnlineGroups``): DDIM from
+fresh noise (η ``sample_eta``), a few steps, the branch in eval mode, as ``generate`` would draw them. The
 frozen reward model scores each group for its merchant and its top-k become the positives; the
 candidates' final latents are the x_0 the group loss (``GroupDPOObjective``) noises and denoises, so
 nothing is re-encoded. The group key is (merchant, prompt).

@@ -41,7 +41,8 @@ def test_online_run_killed_then_resumed_repeats_the_uninterrupted_one(tmp_path, 
     shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
     workspace_recipe(tmp_path / "perfusion.toml")
     _run(tmp_path, "train-rm")  # the reward: <workspace>/runs/rm
-    common = ["--online", "--online-mix", "0.3", "--sample-steps", "3", "--probe-every", "3", "--probe-pairs", "3",
+    common = ["--online", "--online-mix", "0.3", "--sample-steps", "3", "--sample-eta", "0.5",  # noise in each step
+              "--probe-every", "3", "--probe-pairs", "3",
               "--max-steps", "8", "--checkpoint-every", "4"]
     _run(tmp_path, "train-gen", "--out", tmp_path / "straight", *common)
 

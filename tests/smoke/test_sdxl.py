@@ -73,6 +73,11 @@ def test_every_command_runs_on_the_tiny_sdxl_base(tmp_path):
         _perfusion("eval", "gen", "--json", "outputs/eval-gen.json")
         report = json.loads((tmp_path / "outputs/eval-gen.json").read_text())
         assert report["models"]["perfusion"]["clip"] is not None  # the tiny CLIP scores tiny-sdxl's images
+        # on-policy: candidates drawn by the SDXL pipeline (size conditions, two encoders), ranked, trained on
+        _perfusion("train-gen", "--online", "--out", "runs/gen-online", "--probe-every", "1")
+        online = [json.loads(line) for line in (tmp_path / "runs/gen-online/metrics.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in online if row.get("split") == "probe"] == [0, 1, 2]
+        assert all(row["online"] == 1.0 and row["sample_seconds"] > 0 for row in online if "loss" in row)
         assert "train step" in _perfusion("bench")
         plan = _perfusion("bench", "--plan", "--recipe", str(SDXL_RECIPE))
         assert "generate" in plan and "train-gen" in plan
