@@ -26,14 +26,14 @@ from tables import HEADER, draw_arguments, measured_by_this_code, quality_cells,
 
 RUNS = {  # name → (flags on top of recipes/tiny-cpu.toml, the steps at which it is evaluated)
     "offline (the tiny recipe)": ([], (100, 200, 400)),
-    "online (the tiny recipe's [train-gen-online])": (["--online"], (40, 80, 120)),
-    # the online run's 120 draws with as many logged steps between them
-    "mixed (online, every other step on the logs)": (["--online", "--online-mix", "0.5"], (80, 160, 240)),
+    # the tiny recipe's [train-gen-online]: every other step on the logged groups
+    "online, the tiny recipe (mixed: every other step on the logs)": (["--online"], (80, 160, 240)),
+    "online, every step on-policy (--online-mix 0)": (["--online", "--online-mix", "0"], (40, 80, 120)),
 }
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.split(" (")[0].lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", name.split(" (")[0].lower()).strip("-")[:40]
 
 
 def curve(workdir, name: str, flags: list[str], stages: tuple[int, ...]) -> list[dict]:
@@ -60,7 +60,7 @@ def curve(workdir, name: str, flags: list[str], stages: tuple[int, ...]) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     draw_arguments(parser, "/tmp/online")
-    parser.set_defaults(seed="7")
+    parser.set_defaults(seed="9")  # seeds 5 and 7 tuned the online values
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--run", action="append", help="Only these runs (names as in RUNS, or their slugs).")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from perfusion_cli.evaluation.report import training_curves
 from perfusion_cli.training.checkpoint import find_checkpoint, load_checkpoint
 from perfusion_cli.training.gen import train_generator
 from perfusion_cli.training.loop import RewardHackingStopped
@@ -67,6 +68,10 @@ def test_online_run_killed_then_resumed_repeats_the_uninterrupted_one(tmp_path, 
     a, b = _weights(tmp_path / "straight"), _weights(killed)
     assert a.keys() == b.keys() and a
     assert all(torch.equal(a[key], b[key]) for key in a)
+    plotted = training_curves(tmp_path / "report", {"generator": killed})  # what eval gen --report shows
+    assert {"curves/generator-reward-reward_best.png", "curves/generator-kl.png",
+            "curves/generator-sample_seconds-loss_seconds.png", "curves/generator-probe-reward-oracle-judge_reward.png",
+            "curves/generator-probe-clip.png"} <= set(plotted)
 
 
 @pytest.mark.slow
