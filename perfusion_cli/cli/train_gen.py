@@ -78,7 +78,7 @@ def train_gen_command(
     """Train the personalized diffusion model PerFusion (DATA_DIR default: <workspace>/data)."""
     config = context.section(ctx, recipe, "train-gen")
     workspace, data = context.workspace(ctx), context.data_dir(ctx, data)
-    from perfusion_cli.training.gen import train_generator  # torch: after the checks that need no model
+    from perfusion_cli.online.task import train_generator  # torch: after the checks that need no model
 
     if (config.positives == "reward" or config.online) and config.reward is None:
         config = dataclasses.replace(config, reward=str(workspace.rm_run))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler
 
 from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec
@@ -26,10 +26,7 @@ from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.progress import Progress
-from perfusion_cli.pipeline import PerFusionPipeline
-from perfusion_cli.training.hacking_guard import build_guard
 from perfusion_cli.training.loop import TrainTask, run_training, start_run
-from perfusion_cli.training.online import OnlineGroups, OnlineObjective
 
 
 def error_ratio_warning(limit: float):
@@ -45,34 +42,16 @@ def error_ratio_warning(limit: float):
     return diagnose
 
 
-def sampling_pipeline(frozen: FrozenSD, branch) -> PerFusionPipeline:
-    """The frozen model and the branch as a pipeline with a DDIM scheduler (η > 0 makes its steps stochastic)."""
-    sd = frozen.sd
-    scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
-    pipeline = PerFusionPipeline(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
-                                 sd.tokenizer_2, sd.zero_empty_prompt)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def restore_online(online: OnlineObjective, guard):
-    def load(state: dict) -> None:
-        if "online" not in state or (guard is not None and "guard" not in state):
-            raise CheckpointError("the checkpoint is not from an online run with this guard: resume with the "
-                                  "settings the run started with")
-        online.load_state(state["online"])
-        if guard is not None:
-            guard.load_state(state["guard"])
-
-    return load
-
-
 def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resume: str | None = None,
                     progress: Progress | None = None, command: str = "", overwrite: bool = False,
-                    reward=None) -> dict:
+                    reward=None, online: Callable | None = None) -> dict:
     """``reward``: the reward of ``--positives reward`` or ``--online`` as an object instead of the run
     ``config.reward`` names: anything with ``score(prompts, images [B, K, 3, H, W], features [B, F], valid)
-    → [B, K]`` (a ``RewardModel``, or a reward of your own)."""
+    → [B, K]`` (a ``RewardModel``, or a reward of your own). ``online``: how an online config changes the task
+    (``online.task.make_online``; the layers above pass it, since drawing needs the pipeline and judging the
+    evaluation: ``perfusion_cli.online.task.train_generator`` is this function with it)."""
+    if config.online and online is None:
+        raise ConfigError("an online config needs perfusion_cli.online.task.train_generator (or online=make_online)")
     manifest = load_manifest(data_dir)
     needs_reward = config.positives == "reward" or config.online
     if needs_reward and not config.reward and reward is None:
@@ -91,13 +70,6 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
     branch = create_branch(config, frozen.sd.unet, manifest.vocab, base_reference(config.base_model)).to(device)
     objective = GroupDPOObjective(frozen, config, reward if config.positives == "reward" else None,
                                   accelerator.autocast)
-    online = guard = None
-    if config.online:
-        pipeline = sampling_pipeline(frozen, branch)
-        groups = OnlineGroups(pipeline, reward, config, frozen.text)
-        online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast),
-                                 config.online_mix, accelerator.unwrap_model)
-        guard = build_guard(config, pipeline, branch, reward, manifest, device)
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = branch.load_state_dict(state, strict=False)
@@ -117,10 +89,8 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
                      loss=objective, trainable_state=lambda: dict(branch.state_dict()),
                      load_trainable_state=load_trainable_state, save_final=save_final,
                      diagnose=error_ratio_warning(config.warn_error_ratio))
-    if online is not None:
-        task.loss, task.guard, task.stop_on_hacking = online, guard, config.stop_on_hacking
-        task.extra_state = lambda: {"online": online.state(), **({"guard": guard.state()} if guard else {})}
-        task.load_extra_state = restore_online(online, guard)
+    if config.online:
+        online(task, config, frozen, branch, reward, manifest, accelerator)
     meta = {"kind": "generator", "command": command, "base_model": config.base_model, "config": asdict(config),
             "stored_latents": stored is not None,
             "shared_encoder": frozen.share_encoder and branch.residual_only, "branch": config.branch,

@@ -25,7 +25,7 @@ import math
 import multiprocessing
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -46,7 +46,6 @@ from perfusion_cli.model_card import write_card
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from perfusion_cli.training.folder import TrainingFolder
-from perfusion_cli.training.hacking_guard import ProbeResult
 from perfusion_cli.training.metrics_log import MetricsLog, SpikeWatch
 from perfusion_cli.training.signals import StopRequested, StopSignals
 from perfusion_cli.training.state import rng_state, set_rng_state
@@ -79,8 +78,17 @@ class TrainTask:
     stop_on_hacking: bool = False
 
 
+@dataclass
+class ProbeResult:
+    """What one probe of a guard found."""
+
+    row: dict  # what metrics.jsonl records (split "probe")
+    warnings: list[str] = field(default_factory=list)
+    hacking: bool = False
+
+
 class Guard(Protocol):
-    """Probes the model between steps (``training/hacking_guard.py``)."""
+    """Probes the model between steps (``online/hacking_guard.py``)."""
 
     def due(self, step: int, last: int) -> bool: ...
 

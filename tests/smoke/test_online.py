@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from perfusion_cli.evaluation.report import training_curves
+from perfusion_cli.online.groups import OnlineObjective
 from perfusion_cli.training.checkpoint import find_checkpoint, load_checkpoint
-from perfusion_cli.training.gen import train_generator
+from perfusion_cli.online.task import train_generator
 from perfusion_cli.training.loop import RewardHackingStopped
-from perfusion_cli.training.online import OnlineObjective
 from tests.helpers import read_jsonl, tiny_config
 from tests.smoke.test_crash_safety import _command, _env, _losses, _run, _wait_for, _weights, workspace_recipe
 

@@ -16,7 +16,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -30,18 +29,12 @@ from perfusion_cli.evaluation.scores import ClipScorer
 from perfusion_cli.models.backbones import is_tiny
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.training.loop import ProbeResult
 
 Z = 3.0  # standard errors a fall must exceed: one-sided 0.13 % per judge and probe
 # what a fall must also exceed, in each judge's units (the bars of docs/benchmarks.md: 2 CLIP points; 5 % of
 # the samples losing their clean background or intact product); the oracle and a judge reward: any fall
 TOLERANCE = {"clip": 2.0, "clean_background": 0.05, "intact": 0.05}
-
-
-@dataclass
-class ProbeResult:
-    row: dict  # what metrics.jsonl records (split "probe")
-    warnings: list[str] = field(default_factory=list)
-    hacking: bool = False
 
 
 class HackingGuard:

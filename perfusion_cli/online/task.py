@@ -1,0 +1,57 @@
+"""What ``train-gen --online`` changes in the generator's training task: its loss draws and ranks on-policy
+groups, a guard probes between steps, and the checkpoint keeps both one's state. ``training.gen`` calls
+``make_online`` when the config is online; ``train_generator`` here is that trainer with it plugged in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import DDIMScheduler
+
+from perfusion_cli.config import GenTrainConfig
+from perfusion_cli.data.manifest import Manifest
+from perfusion_cli.errors import CheckpointError
+from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.objective import GroupDPOObjective
+from perfusion_cli.online.groups import OnlineGroups, OnlineObjective
+from perfusion_cli.online.hacking_guard import build_guard
+from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.training import gen
+from perfusion_cli.training.loop import TrainTask
+
+
+def sampling_pipeline(frozen: FrozenSD, branch) -> PerFusionPipeline:
+    """The frozen model and the branch as a pipeline with a DDIM scheduler (η > 0 makes its steps stochastic)."""
+    sd = frozen.sd
+    scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
+    pipeline = PerFusionPipeline(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
+                                 sd.tokenizer_2, sd.zero_empty_prompt)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_online(task: TrainTask, config: GenTrainConfig, frozen: FrozenSD, branch, reward, manifest: Manifest,
+                accelerator) -> None:
+    """Turn the offline task into the online one: the loss, the guard and their checkpoint state."""
+    pipeline = sampling_pipeline(frozen, branch)
+    groups = OnlineGroups(pipeline, reward, config, frozen.text)
+    online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
+                             accelerator.unwrap_model)
+    guard = build_guard(config, pipeline, branch, reward, manifest, accelerator.device)
+
+    def load(state: dict) -> None:
+        if "online" not in state or (guard is not None and "guard" not in state):
+            raise CheckpointError("the checkpoint is not from an online run with this guard: resume with the "
+                                  "settings the run started with")
+        online.load_state(state["online"])
+        if guard is not None:
+            guard.load_state(state["guard"])
+
+    task.loss, task.guard, task.stop_on_hacking = online, guard, config.stop_on_hacking
+    task.extra_state = lambda: {"online": online.state(), **({"guard": guard.state()} if guard else {})}
+    task.load_extra_state = load
+
+
+def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, **options) -> dict:
+    """``training.gen.train_generator`` able to train online runs (what ``perfusion train-gen`` calls)."""
+    return gen.train_generator(config, data_dir, run_dir, online=make_online, **options)
