@@ -202,7 +202,7 @@ def test_the_siglip2_recipe_plans_offline_and_its_flops_agree_with_a_hand_count(
     assert job["fits"]["24 GB"] and job["trainable_parameters"] > parameters(so400m)  # the backbone + plug-ins
 
 
-@pytest.mark.parametrize("recipe", ["tiny-cpu", "sd15-industrial", "sdxl-industrial"])
+@pytest.mark.parametrize("recipe", ["tiny-cpu", "sd15-industrial"])  # SDXL's row: tests/smoke/test_sdxl.py
 def test_an_online_step_costs_its_draws_its_scores_and_a_step_on_their_latents(recipe):
     """The online row against its parts counted separately: batch × group images drawn as generate draws one
     (sample_steps guided steps, text and decode per image), the reward model's forward, the train-gen step on
