@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from tables import (HEADER, draw_arguments, measured_by_this_code, quality_cells, read, run, trained_by_this_code,
-                    workspace)
+from tables import (HEADER, draw_arguments, measured_by_this_code, prepared_draw, quality_cells, read, run,
+                    trained_by_this_code)
 
 # the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
 CONTROLNET_4 = ["--branch", "controlnet", "--batch-size", "4", "--kl-weight", "0"]
@@ -67,12 +67,8 @@ def main() -> None:
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--variant", action="append", help="Only these variants (names as in VARIANTS, or their run-folder slugs).")
     args = parser.parse_args()
-    workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
-    if not (workdir / "data" / "manifest.json").is_file():
-        run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
+    workdir = prepared_draw(args)
     reward = workdir / "runs" / "rm"
-    if not trained_by_this_code(reward):
-        run(workdir, "train-rm", "--overwrite")
     print(f"\nmarketplace: style {args.style}, taste {args.taste}, seed {args.seed}\n")
     print(f"| variant | {HEADER} | train |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -21,8 +21,7 @@ import math
 import re
 from functools import reduce
 
-from tables import HEADER, draw_arguments, measured_by_this_code, quality_cells, read, run, trained_by_this_code, \
-    workspace
+from tables import HEADER, draw_arguments, measured_by_this_code, prepared_draw, quality_cells, read, run
 
 RUNS = {  # name → (flags on top of recipes/tiny-cpu.toml, the steps at which it is evaluated)
     "offline (the tiny recipe)": ([], (100, 200, 400)),
@@ -64,11 +63,7 @@ def main() -> None:
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--run", action="append", help="Only these runs (names as in RUNS, or their slugs).")
     args = parser.parse_args()
-    workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
-    if not (workdir / "data" / "manifest.json").is_file():
-        run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
-    if not trained_by_this_code(workdir / "runs" / "rm"):
-        run(workdir, "train-rm", "--overwrite")
+    workdir = prepared_draw(args)
     rm_seconds = read(workdir / "runs" / "rm", "run.json")["seconds"]
     print(f"\nmarketplace: style {args.style}, taste {args.taste}, seed {args.seed}; reward model "
           f"trained in {rm_seconds:.0f} s\n")

@@ -74,6 +74,17 @@ def workspace(workdir: Path, fresh: bool, tiny_recipe: bool = False) -> Path:
     return workdir
 
 
+def prepared_draw(args) -> Path:
+    """The workspace of a script that prepares its own draw (``draw_arguments`` plus ``--taste``), with the tiny
+    recipe, the draw prepared and its reward model trained by the code running now (runs/rm)."""
+    workdir = workspace(args.workdir, args.fresh, tiny_recipe=True)
+    if not (workdir / "data" / "manifest.json").is_file():
+        run(workdir, "prepare", "--synthetic", "--style", args.style, "--taste", args.taste, "--seed", args.seed)
+    if not trained_by_this_code(workdir / "runs" / "rm"):
+        run(workdir, "train-rm", "--overwrite")
+    return workdir
+
+
 HEADER = ("oracle base → PerFusion | oracle wins | RM wins | clean background | intact product | CLIP score | "
           "CLIP-feature FID | error ratio (held-out)")
 
