@@ -7,7 +7,8 @@ Draws ``--group`` candidates for each of ``--pairs`` training (merchant, prompt)
 the generator run (no merchant: the branch off), as an online step draws them (DDIM, 8 steps, guidance 3,
 64²), scores them with <workspace>/runs/rm and with the oracle, and prints the within-group Spearman
 correlation, how far the reward's top 2 lie above the group's mean oracle (and the oracle's own top 2), and
-how often the oracle's best candidate is among the reward's top 2.
+how often the oracle's best candidate is among the reward's top 2; then the share of clean backgrounds among the
+draws and among the reward's top 2 (does the reward pay for a dirty frame?).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diffusers import DDIMScheduler
 from scipy.stats import spearmanr
 
 from perfusion_cli.evaluation.gen import held_out_pairs, score_metric
+from perfusion_cli.evaluation.quality import integrity_scores
 from perfusion_cli.marketplace.synthetic import load_truth
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
@@ -52,6 +54,9 @@ def main() -> None:
     print(f"{args.workspace}: within-group Spearman(reward, oracle) {rho:.3f}; the reward's top {TOP} lie "
           f"{lift.mean():+.3f} above the group's mean oracle (the oracle's own top {TOP}: {ideal.mean():+.3f}); "
           f"the oracle's best is in the reward's top {TOP} for {found:.0%} of groups; base oracle {oracle.mean():.3f}")
+    clean = integrity_scores("clean_background", images.flatten(0, 1)).view(len(pairs), args.group).numpy()
+    print(f"clean backgrounds: {clean.mean():.3f} of the draws, {np.take_along_axis(clean, top, axis=1).mean():.3f} "
+          f"of the reward's top {TOP}")
 
 
 if __name__ == "__main__":

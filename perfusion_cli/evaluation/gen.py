@@ -1,7 +1,7 @@
 """``perfusion eval gen``: personalized vs base generation on held-out (merchant, prompt) pairs.
 
 For every pair, ``n_per_prompt`` images come from the personalized model and the same number from
-the base model with the same seeds. Each image gets every score that can be computed (CLIP,
+the base model with the same seeds, each image from its own seed (``image_seed``). Each image gets every score that can be computed (CLIP,
 Aesthetic, PerFusionRM, oracle); per model we report means, FID against the real candidates of the
 evaluated sessions, and per metric the win rate of personalized over base: the share of pairs whose
 personalized images score higher on average. A metric that cannot be computed stays in the result
@@ -54,6 +54,13 @@ class Generated:
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric → model → [P, n]
 
 
+def image_seed(seed: int, pair: int, image: int, per_pair: int) -> int:
+    """The seed of image ``image`` of pair number ``pair``: its own for every image. Drawing image j of every pair
+    from seed + j instead gives the pairs one starting noise, and on a small model the noise decides the
+    background: a table of 48 pairs × 2 images then measured the backgrounds of two draws."""
+    return seed + pair * per_pair + image
+
+
 def held_out_pairs(data_dir: Path, split: str, limit: int, resolution: int, by_process: bool = True) -> list[EvalPair]:
     """Distinct (merchant, prompt) pairs of a split, interleaved across merchants, at most ``limit``; from this
     process's share of the split's shards, or with ``by_process`` False from all of them (the same on every
@@ -86,7 +93,8 @@ def _generate(pipeline: PerFusionPipeline, pairs: list[EvalPair], config: EvalGe
         images = pipeline([pairs[p].prompt for p, _ in chunk], features=features, num_inference_steps=config.steps,
                           branch_every=config.branch_every, branch_until=config.branch_until,
                           guidance_scale=config.guidance, output_type="pt",
-                          generator=[torch.Generator().manual_seed(config.seed + j) for _, j in chunk]).images
+                          generator=[torch.Generator().manual_seed(image_seed(config.seed, p, j, config.n_per_prompt))
+                                     for p, j in chunk]).images
         out.append(images.cpu())
         progress.advance(len(chunk))
     return torch.cat(out).view(len(pairs), config.n_per_prompt, *out[0].shape[1:])
@@ -159,11 +167,11 @@ def score_metric(metric: str, scorer, pairs: list[EvalPair], images: torch.Tenso
 
 
 def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag: str, seed: int) -> list[list[str]]:
-    names = []
+    names, per_pair = [], images.shape[1]
     for p, pair in enumerate(pairs):
         row = []
-        for j in range(images.shape[1]):
-            name = f"{p:03d}-{file_stem(pair.merchant_id)}-seed{seed + j}-{tag}.png"  # no id steers a path
+        for j in range(per_pair):
+            name = f"{p:03d}-{file_stem(pair.merchant_id)}-seed{image_seed(seed, p, j, per_pair)}-{tag}.png"  # no id steers a path
             to_pil(images[p, j]).save(folder / name)
             row.append(name)
         names.append(row)

@@ -1,7 +1,7 @@
 """The reward-hacking guard of online runs: the reward beside judges it was not trained with.
 
 Every ``probe_every`` steps (and at step 0, where the untrained branch is the base exactly) the same
-probe pairs are drawn with the same seeds (deterministic DDIM) and scored by the reward and by each
+probe pairs are drawn with the same seeds, one per image (deterministic DDIM) and scored by the reward and by each
 judge: on synthetic data the oracle (the merchants' hidden tastes); on any data the clean-background
 and intact-product shares and the prompt's zero-shot CLIP score; with ``--judge`` a second reward-model
 run. A judge *falls* when its per-pair values sit below those of its best probe so far, paired over the
@@ -23,7 +23,7 @@ import torch
 
 from perfusion_cli.config import DEFAULT_CLIP, GenTrainConfig
 from perfusion_cli.data.manifest import Manifest
-from perfusion_cli.evaluation.gen import EvalPair, held_out_pairs, score_metric
+from perfusion_cli.evaluation.gen import EvalPair, held_out_pairs, image_seed, score_metric
 from perfusion_cli.evaluation.quality import INTEGRITY
 from perfusion_cli.evaluation.scores import ClipScorer
 from perfusion_cli.models.backbones import is_tiny
@@ -122,8 +122,8 @@ def build_guard(config: GenTrainConfig, pipeline: PerFusionPipeline, branch, rew
         try:
             images = pipeline(prompts, features=features, num_inference_steps=config.sample_steps,
                               guidance_scale=config.sample_guidance, height=config.resolution, width=config.resolution,
-                              generator=[torch.Generator().manual_seed(config.seed + j) for _ in pairs
-                                         for j in range(SEEDS)], output_type="pt").images
+                              generator=[torch.Generator().manual_seed(image_seed(config.seed, p, j, SEEDS))
+                                         for p in range(len(pairs)) for j in range(SEEDS)], output_type="pt").images
         finally:
             branch.train(training)
         return images.cpu().view(len(pairs), SEEDS, *images.shape[1:])

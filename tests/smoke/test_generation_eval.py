@@ -76,6 +76,14 @@ def test_report_references_images_and_plots_that_exist(evaluation):
     assert "win rate" in page and "PerFusion" in page and "win rate, 95 % interval" in page
 
 
+def test_every_image_has_its_own_seed_shared_by_base_and_perfusion(evaluation):
+    """With image j of every pair drawn from seed + j, 48 pairs × 2 images measured two backgrounds."""
+    _, report = evaluation
+    seeds = {model: sorted(int(re.search(r"-seed(\d+)-", path.name).group(1))
+                           for path in (report / "images").glob(f"*-{model}.png")) for model in ("base", "perfusion")}
+    assert seeds["base"] == seeds["perfusion"] == list(range(8))  # 4 pairs × 2 images, seed 0 onwards
+
+
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(evaluation, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
