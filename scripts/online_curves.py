@@ -6,8 +6,9 @@ CPU time, on a marketplace the online defaults were not tuned on (docs/benchmark
 
 Prepares the draw with the tiny recipe, trains its reward model (the reward of the online runs), then trains
 each run of RUNS in stages: `train-gen --group-size 5` with the tiny recipe plus the run's flags to the first
-stage's step count, `eval gen` on 48 held-out pairs (base and PerFusion from the same seeds), then `--resume
-latest --max-steps` the next stage, and so on. A resumed run repeats the uninterrupted one exactly, so each
+stage's step count, `eval gen` on 48 held-out pairs × 4 images (base and PerFusion from the same seeds; with 2
+images a pair the CLIP score's 95 % interval spans about ±3 points, wider than the bar it is held to), then
+`--resume latest --max-steps` the next stage, and so on. A resumed run repeats the uninterrupted one exactly, so each
 row is the same run seen at another step; its CPU time is the training seconds of its stages summed (run.json:
 the training loop with the guard's probes, without start-up). One JSON per run stays in the workspace and is
 reused while the run was trained by the code running now (scripts/tables.py), so an interrupted table resumes.
@@ -23,6 +24,7 @@ from functools import reduce
 
 from tables import HEADER, draw_arguments, measured_by_this_code, prepared_draw, quality_cells, read, run
 
+IMAGES_PER_PAIR = "4"
 RUNS = {  # name → (flags on top of recipes/tiny-cpu.toml, the steps at which it is evaluated)
     "offline (the tiny recipe)": ([], (100, 200, 400)),
     # the tiny recipe's [train-gen-online]: every other step on the logged groups
@@ -37,7 +39,7 @@ def slug(name: str) -> str:
 
 def curve(workdir, name: str, flags: list[str], stages: tuple[int, ...]) -> list[dict]:
     """[{steps, seconds (cumulative), eval}] of one run, trained and measured in stages."""
-    out, result = f"runs/{slug(name)}", workdir / f"curve-{slug(name)}.json"
+    out, result = f"runs/{slug(name)}", workdir / f"curve-{slug(name)}-n{IMAGES_PER_PAIR}.json"
     if measured_by_this_code(result, workdir / out):
         points = read(workdir, result.name)
         if [point["steps"] for point in points] == list(stages):
@@ -49,8 +51,8 @@ def curve(workdir, name: str, flags: list[str], stages: tuple[int, ...]) -> list
         run(workdir, "train-gen", "--group-size", "5", "--out", out, "--max-steps", str(steps),
             "--checkpoint-every", str(every), *start, *flags)
         seconds += read(workdir / out, "run.json")["seconds"]
-        report = f"eval-{slug(name)}-{steps}.json"
-        run(workdir, "eval", "gen", "--model", out, "--json", report)
+        report = f"eval-{slug(name)}-{steps}-n{IMAGES_PER_PAIR}.json"
+        run(workdir, "eval", "gen", "--model", out, "--n-per-prompt", IMAGES_PER_PAIR, "--json", report)
         points.append({"steps": steps, "seconds": seconds, "eval": read(workdir, report)})
     result.write_text(json.dumps(points, indent=1))
     return points

@@ -103,7 +103,8 @@ def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
     recipe = ["--recipe", "sd15-pickapic"]
     _perfusion(ws, "train-rm", *recipe, "--base-model", clip, "--batch-size", "1", "--max-steps", "2",
                "--mixed-precision", "no", "--num-workers", "0")
-    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
+    # one micro-batch a step: the industrial test above checks that a recipe's grad_accum is applied
+    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE, "--grad-accum", "1")
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
     assert gen["config"]["group_size"] == 2 and gen["config"]["gradient_checkpointing"] is True
     assert gen["shared_encoder"] is True  # the ControlNet's residuals enter after the frozen encoder half
