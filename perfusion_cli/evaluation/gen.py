@@ -1,9 +1,9 @@
 """``perfusion eval gen``: personalized vs base generation on held-out (merchant, prompt) pairs.
 
 For every pair, ``n_per_prompt`` images come from the personalized model and the same number from
-the base model with the same seeds, each image from its own seed (``image_seed``). Each image gets every score that can be computed (CLIP,
-Aesthetic, PerFusionRM, oracle); per model we report means, FID against the real candidates of the
-evaluated sessions, and per metric the win rate of personalized over base: the share of pairs whose
+the base model with the same seeds, each image from its own seed (``image_seed``). Each image gets
+every score that can be computed (CLIP, Aesthetic, PerFusionRM, oracle); per model we report means,
+FID against the real candidates of the evaluated sessions, and per metric the win rate of personalized over base: the share of pairs whose
 personalized images score higher on average. A metric that cannot be computed stays in the result
 with the reason, rather than vanishing.
 """
@@ -171,7 +171,8 @@ def _save_images(images: torch.Tensor, folder: Path, pairs: list[EvalPair], tag:
     for p, pair in enumerate(pairs):
         row = []
         for j in range(per_pair):
-            name = f"{p:03d}-{file_stem(pair.merchant_id)}-seed{image_seed(seed, p, j, per_pair)}-{tag}.png"  # no id steers a path
+            # no id steers a path
+            name = f"{p:03d}-{file_stem(pair.merchant_id)}-seed{image_seed(seed, p, j, per_pair)}-{tag}.png"
             to_pil(images[p, j]).save(folder / name)
             row.append(name)
         names.append(row)

@@ -28,7 +28,7 @@ from perfusion_cli.models.backbones import resolve
 def stock_pipeline_gain(export_dir: Path, data_dir: Path, base_model: str, resolution: int, pairs: int = 24,
                         steps: int = 15, guidance: float = 3.0, images_per_pair: int = 1, seed: int = 0,
                         split: str = "test") -> dict:
-    """Oracle utility of the stock pipeline without and with the exported adapter, averaged per pair (image j of
+    """Oracle utility of the stock pipeline without and with the exported adapter, averaged per pair (image j
     of pair p from ``image_seed``, as ``eval gen`` draws), and the share of pairs the adapter wins."""
     from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler
 
