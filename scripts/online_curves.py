@@ -2,7 +2,7 @@
 CPU time, on a marketplace the online defaults were not tuned on (docs/benchmarks.md, "Online training").
 
     .venv/bin/python scripts/online_curves.py [--workdir /tmp/online] [--style studio] [--seed 7] [--fresh]
-        [--run NAME ...] [--variant NAME FLAGS STEPS ...]
+        [--run NAME ...] [--variant 'NAME STEPS FLAGS' ...]
 
 Prepares the draw with the tiny recipe, trains its reward model (the reward of the online runs), then trains
 each run of RUNS in stages: `train-gen --group-size 5` with the tiny recipe plus the run's flags to the first
@@ -64,12 +64,13 @@ def main() -> None:
     parser.set_defaults(seed="9")  # seeds 5 and 7 tuned the online values
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--run", action="append", help="Only these runs (names as in RUNS, or their slugs).")
-    parser.add_argument("--variant", nargs=3, action="append", default=[], metavar=("NAME", "FLAGS", "STEPS"),
-                        help="A run to tune with: its name, its flags on top of the tiny recipe (one string) and "
-                             "its evaluation steps (comma-separated), e.g. mix67 '--online --online-mix 0.67' 240.")
+    parser.add_argument("--variant", action="append", default=[], metavar="'NAME STEPS FLAGS'",
+                        help="A run to tune with, in one string: its name, its evaluation steps (comma-separated) "
+                             "and its flags on top of the tiny recipe, e.g. 'mix67 240 --online --online-mix 0.67'.")
     args = parser.parse_args()
-    for name, flags, steps in args.variant:
-        RUNS[name] = (flags.split(), tuple(int(step) for step in steps.split(",")))
+    for variant in args.variant:
+        name, steps, *flags = variant.split()
+        RUNS[name] = (flags, tuple(int(step) for step in steps.split(",")))
     workdir = prepared_draw(args)
     rm_seconds = read(workdir / "runs" / "rm", "run.json")["seconds"]
     print(f"\nmarketplace: style {args.style}, taste {args.taste}, seed {args.seed}; reward model "
