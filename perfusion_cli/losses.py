@@ -19,10 +19,11 @@ def _masks(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | N
     return positive, negative, usable
 
 
-def _mean_over(per_group: torch.Tensor, usable: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    if not bool(usable.any()):
-        return scores.sum() * 0.0
-    return per_group[usable].mean()
+def _mean_over(per_group: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """The mean over usable groups, zero (still differentiable) when none is; without reading the mask on the host,
+    so a meta-device trace (``bench --plan``) runs it too."""
+    kept = torch.where(usable, per_group, torch.zeros_like(per_group))  # a where, not a product: no NaN leaks
+    return kept.sum() / usable.sum().clamp(min=1)
 
 
 def plackett_luce_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,7 +33,7 @@ def plackett_luce_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torc
     negatives = torch.logsumexp(scores.masked_fill(~negative, float("-inf")), dim=1, keepdim=True)  # [B, 1]
     log_choice = scores - torch.logaddexp(scores, negatives)  # [B, K]
     per_group = -(log_choice * positive).sum(1) / positive.sum(1).clamp(min=1)
-    return _mean_over(per_group, usable, scores)
+    return _mean_over(per_group, usable)
 
 
 def bradley_terry_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,7 +43,7 @@ def bradley_terry_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torc
     margins = scores.unsqueeze(2) - scores.unsqueeze(1)  # [B, K(p), K(n)]
     pairs = positive.unsqueeze(2) & negative.unsqueeze(1)
     per_group = -(F.logsigmoid(margins) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)
-    return _mean_over(per_group, usable, scores)
+    return _mean_over(per_group, usable)
 
 
 def implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor, beta: float) -> torch.Tensor:

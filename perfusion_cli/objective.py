@@ -3,8 +3,9 @@
 For B groups of up to K candidates (only valid candidates are encoded):
 
 1. VAE latents x_0 of every candidate and the prompt's text embedding (frozen; optionally cached);
-2. one noise ε and one timestep t per group, shared by its candidates; x_t = add_noise(x_0, ε, t);
-3. ε_θ and ε_ref from the frozen model (``FrozenSD.predictions``: the personalized branch; or
+2. one noise ε and one time t per group, shared by its candidates; x_t and the target from the base's noise
+   process (``perfusion_cli.noise``: DDPM's ε or v for the U-Nets, rectified flow's velocity ε − x_0);
+3. ε_θ and ε_ref (or the velocities) from the frozen model (``FrozenSD.predictions``: the personalized branch; or
    ``full_unet_predictions``: a whole trainable U-Net, Diffusion-DPO's own setting, which ``bench``
    measures against);
 4. per-candidate errors ‖ε − ε̂‖² (mean over the latent), the implicit rewards
@@ -19,6 +20,9 @@ For B groups of up to K candidates (only valid candidates are encoded):
 Positives are the logged selections, or a frozen PerFusionRM's top-k (``positives = "reward"``).
 Besides the loss it returns the diagnostics Diffusion-DPO users ask for: the errors of both models
 and their ratio (the KL price), the implicit reward margin and the pair accuracy.
+
+``terms`` is the step from latents on, free of data-dependent shapes and of host reads, so that
+``bench --plan`` traces this very code on the meta device (``plan.train_gen_step``).
 """
 
 from __future__ import annotations
@@ -29,23 +33,13 @@ import torch
 
 from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.loader import GroupBatch
-from perfusion_cli.errors import ConfigError
 from perfusion_cli.losses import (group_dpo_loss, implicit_rewards, pairwise_dpo_loss, scale_gradient,
                                   winner_preserving_scale)
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.text import TextConditions
+from perfusion_cli.noise import noise_process
 
 LOSSES = {"group": group_dpo_loss, "pairwise": pairwise_dpo_loss}
-
-
-def diffusion_target(scheduler, latents, noise, timesteps):
-    """What the U-Net predicts: ε, or the velocity for v-prediction models (SD 2.x)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ConfigError(f"prediction_type {kind!r} is not supported")
 
 
 def top_k_positives(scores: torch.Tensor, valid: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -77,7 +71,7 @@ class GroupDPOObjective:
         self.frozen = frozen
         self.config = config
         self.reward = reward
-        self.scheduler = frozen.sd.noise_scheduler
+        self.process = noise_process(frozen.sd.noise_scheduler)
         self.loss_fn = LOSSES[config.loss]
         self.autocast = autocast or contextlib.nullcontext
         self.predict = predict or frozen.predictions
@@ -93,36 +87,48 @@ class GroupDPOObjective:
         else:
             latents = self.frozen.latents(batch.images[valid], keys)
             text = self.frozen.text(batch.prompts)
-        scale = self.frozen.latent_scale
-        text = text.sized(latents.shape[-2] * scale, latents.shape[-1] * scale)
-        # one noise and one timestep per group, shared by its candidates
-        noise = torch.randn((len(batch), *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(batch),), device=device)[rows]
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = diffusion_target(self.scheduler, latents, noise, timesteps).float()
-        with self.autocast():
-            personalized, reference = self.predict(policy, noisy, timesteps, text[rows], batch.features[rows])
-        model_err = self._per_candidate(personalized, target, valid)
-        ref_err = self._per_candidate(reference, target, valid)
         positive = reward_positives(self.reward, batch, self.config.top_k) if self.reward else batch.selected
-        safeguard = {}
-        if self.config.safeguard is not None:  # keep only the part of the negatives' push the positives survive
-            residuals = torch.zeros((*valid.shape, target[0].numel()), device=device)
-            residuals[valid] = (personalized.detach().float() - target).flatten(1)
-            scale = winner_preserving_scale(residuals, positive, valid, self.config.safeguard)
-            model_err = scale_gradient(model_err, scale, valid & ~positive)
-            safeguard = {"safeguard_scale": scale.mean().item()}
-        loss = self.loss_fn(model_err, ref_err, positive, self.config.beta, valid)
-        anchors = self._anchors(model_err, positive & valid, personalized, reference)
-        loss = loss + sum(anchors.values())
+        loss, terms = self.terms(policy, latents, text, batch.features, rows, valid, positive)
+        model_err, ref_err = terms["model_err"], terms["ref_err"]
         rewards = implicit_rewards(model_err, ref_err, self.config.beta).detach()
         errors = {"model_err": model_err[valid].mean().item(), "ref_err": ref_err[valid].mean().item(),
-                  "kl": (personalized.detach().float() - reference.float()).pow(2).mean().item()}
-        return loss, {**errors, **{key: value.item() for key, value in anchors.items()},
+                  "kl": terms["kl"].item()}
+        return loss, {**errors, **{key: terms[key].item() for key in ("kl_term", "sft_term", "safeguard_scale")
+                                   if key in terms},
                       "err_gap": errors["model_err"] - errors["ref_err"],
                       "err_ratio": errors["model_err"] / max(errors["ref_err"], 1e-12),
-                      **preference_diagnostics(rewards, positive, valid), **safeguard,
+                      **preference_diagnostics(rewards, positive, valid),
                       "truncated_prompts": self.frozen.truncated_prompts}
+
+    def terms(self, policy, latents: torch.Tensor, text: TextConditions, features: torch.Tensor, rows: torch.Tensor,
+              valid: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of B groups from their valid candidates' latents [N, C, h, w] (``rows`` [N]: each one's group),
+        the groups' text and merchant features ([B, …]) and masks [B, K]; with the per-candidate errors [B, K],
+        the KL and the anchors, as tensors."""
+        device = latents.device
+        scale = self.frozen.latent_scale
+        text = text.sized(latents.shape[-2] * scale, latents.shape[-1] * scale)
+        # one noise and one time per group, shared by its candidates
+        noise = torch.randn((valid.shape[0], *latents.shape[1:]), device=device, dtype=latents.dtype)[rows]
+        times = self.process.times(valid.shape[0], device)[rows]
+        noisy = self.process.noisy(latents, noise, times)
+        target = self.process.target(latents, noise, times).float()
+        with self.autocast():
+            personalized, reference = self.predict(policy, noisy, times, text[rows], features[rows])
+        model_err = self._per_candidate(personalized, target, valid)
+        ref_err = self._per_candidate(reference, target, valid)
+        terms = {}
+        if self.config.safeguard is not None:  # keep only the part of the negatives' push the positives survive
+            residuals = torch.zeros((*valid.shape, target[0].numel()), device=device).masked_scatter(
+                valid[..., None], (personalized.detach().float() - target).flatten(1))
+            safeguard = winner_preserving_scale(residuals, positive, valid, self.config.safeguard)
+            model_err = scale_gradient(model_err, safeguard, valid & ~positive)
+            terms["safeguard_scale"] = safeguard.mean()
+        loss = self.loss_fn(model_err, ref_err, positive, self.config.beta, valid)
+        anchors = self._anchors(model_err, positive & valid, personalized, reference)
+        kl = (personalized.detach().float() - reference.float()).pow(2).mean()
+        return loss + sum(anchors.values()), {"model_err": model_err, "ref_err": ref_err, "kl": kl, **anchors,
+                                              **terms}
 
     def _anchors(self, model_err: torch.Tensor, positive: torch.Tensor, personalized: torch.Tensor,
                  reference: torch.Tensor) -> dict:
@@ -132,8 +138,8 @@ class GroupDPOObjective:
         terms = {}
         if self.config.kl_weight:
             terms["kl_term"] = self.config.kl_weight * (personalized.float() - reference.float()).pow(2).mean()
-        if self.config.sft_weight:
-            terms["sft_term"] = self.config.sft_weight * model_err[positive].mean()
+        if self.config.sft_weight:  # the positives' mean error, without indexing by the mask (traceable)
+            terms["sft_term"] = self.config.sft_weight * (model_err * positive).sum() / positive.sum().clamp(min=1)
         return terms
 
     @staticmethod

@@ -5,9 +5,9 @@ one step of each job is traced through the same modules the commands run:
 
 - ``train-rm``: PerFusionRM's two towers with their plug-ins on ``batch_size`` groups of
   ``group_size`` images, backward, AdamW step;
-- ``train-gen``: the frozen SD parts (VAE encode unless latents are cached, text encoder), the
-  personalized branch and ``FrozenSD.predictions`` (shared encoder half, two decoder passes),
-  backward, AdamW step;
+- ``train-gen``: the frozen SD parts (VAE encode unless latents are cached, text encoder), then the trainer's
+  own group-loss step (``GroupDPOObjective.terms``: the noise process, the branch and ``FrozenSD.predictions``,
+  the loss and its anchors), backward, AdamW step;
 - ``generate``: one guided denoising step (batch 2: unconditional + conditional) with and without the
   branch, the text encoder and the VAE decode; per image = text + steps × step + decode;
 - ``train-gen --online``: one on-policy step: ``batch_size × group_size`` candidates drawn with the branch
@@ -19,8 +19,7 @@ one step of each job is traced through the same modules the commands run:
 Each count gives parameters (trainable / frozen), GFLOPs and the peak of live tensor bytes
 (``accounting.count``). Mixed precision: the step is traced in the compute dtype (bf16/fp16); the
 trainable weights, their gradients and AdamW's two moments are kept in fp32 by Accelerate, which adds
-8 bytes per trainable parameter to the traced peak. The loss tail (a few element-wise ops on B×K
-scalars) is left out. Attention is counted as a memory-efficient kernel (see ``accounting``). What is
+8 bytes per trainable parameter to the traced peak. Attention is counted as a memory-efficient kernel (see ``accounting``). What is
 not modelled: the CUDA context (about 0.5–1 GB) and allocator fragmentation; ``fits`` keeps 8 % of
 a card free for them.
 """
@@ -40,6 +39,7 @@ from perfusion_cli.models.branch_kinds import create_branch
 from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
 from perfusion_cli.models.reward import PerFusionRM
 from perfusion_cli.models.text import TextConditions, encode_ids
+from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import OFF, REUSE, branch_schedule
 
 CARDS_GIB = (24, 40, 80)
@@ -154,24 +154,24 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
         pixels = torch.zeros(groups * k, 3, config.resolution, config.resolution, dtype=sd.vae.dtype)  # SDXL: fp32
         cached = torch.zeros(groups * k, sd.unet.config.in_channels, latent, latent, dtype=dtype)
         ids = torch.zeros(groups, _tokens(sd.text_encoder.config), dtype=torch.long)
-        features = torch.zeros(groups * k, len(vocab.features), dtype=torch.long)
-        timesteps = torch.full((groups * k,), 500, dtype=torch.long)
+        features = torch.zeros(groups, len(vocab.features), dtype=torch.long)
+        rows = torch.arange(groups).repeat_interleave(k)
+        valid = torch.ones(groups, k, dtype=torch.bool)
+        positive = torch.zeros(groups, k, dtype=torch.bool)
+        positive[:, 0] = True
     optimizer = _adamw_step(branch)
+    objective = GroupDPOObjective(frozen, config)  # the trainer's own step (training/gen.py), not a copy of it
 
     def step() -> None:
         with torch.no_grad():
             latents = cached if config.cache_latents else sd.vae.encode(pixels).latent_dist.mean.to(dtype)
             text = encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders))
-            text = text[torch.arange(groups, device=device).repeat_interleave(k)].sized(config.resolution,
-                                                                                          config.resolution)
-        noise = torch.randn_like(latents)
-        noisy = sd.noise_scheduler.add_noise(latents, noise, timesteps)
-        personalized, reference = frozen.predictions(branch, noisy, timesteps, text, features)
-        ((personalized.float() - noise.float()).pow(2).mean() - reference.float().mean()).backward()
+        loss, _ = objective.terms(branch, latents, text, features, rows, valid, positive)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    existing = [*tensors_of(*sd.frozen_modules, branch), ids, features, timesteps,
+    existing = [*tensors_of(*sd.frozen_modules, branch), ids, features, rows, valid, positive,
                 cached if config.cache_latents else pixels]
     encode = "cached latents" if config.cache_latents else "VAE encode in the step"
     return Step(step, existing, branch, sum(parameters(module) for module in sd.frozen_modules),

@@ -13,7 +13,8 @@ from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.tiny import build_tiny_sdxl_unet, build_tiny_unet
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
-from perfusion_cli.objective import GroupDPOObjective, diffusion_target
+from perfusion_cli.noise import DDPM
+from perfusion_cli.objective import GroupDPOObjective
 from tests.helpers import text_conditions
 
 FEATURES = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"]), Feature("style", "categorical", ["x", "y"])])
@@ -163,9 +164,9 @@ def test_the_training_target_follows_the_prediction_type():
 
     latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     timesteps = torch.tensor([10, 400, 900])
-    epsilon = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon")
-    assert torch.equal(diffusion_target(epsilon, latents, noise, timesteps), noise)
-    velocity = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
-    alpha_bar = velocity.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    epsilon = DDPM(DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon"))
+    assert torch.equal(epsilon.target(latents, noise, timesteps), noise)
+    velocity = DDPM(DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction"))
+    alpha_bar = velocity.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     expected = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents  # v = √ᾱ·ε − √(1−ᾱ)·x₀
-    assert torch.allclose(diffusion_target(velocity, latents, noise, timesteps), expected, atol=1e-6)
+    assert torch.allclose(velocity.target(latents, noise, timesteps), expected, atol=1e-6)

@@ -220,3 +220,26 @@ def test_an_online_step_costs_its_draws_its_scores_and_a_step_on_their_latents(r
     assert online["peak_gib"] > step["peak_gib"]  # the reward model's weights are resident too
     assert online["trainable_parameters"] == step["trainable_parameters"]
     assert f"{draws // train.group_size} (merchant, prompt) pairs × {train.group_size}" in online["shape"]
+
+
+def test_the_train_gen_plan_traces_the_trainers_own_step(monkeypatch):
+    """The plan runs ``GroupDPOObjective.terms``, the step train-gen runs: a change there moves the plan. Here the
+    change is a second personalized prediction per step (as a second-order anchor would add): the step's FLOPs
+    grow by one forward and backward through the U-Net and the branch."""
+    from perfusion_cli.objective import GroupDPOObjective
+
+    config = GenTrainConfig(base_model=SD15, resolution=512, batch_size=1, group_size=2, cache_latents=True,
+                            mixed_precision="bf16")
+    before = count(train_gen_step(config, planning_vocab(10)).run).flops
+    original = GroupDPOObjective.terms
+
+    def twice(self, policy, latents, *args):
+        first, terms = original(self, policy, latents, *args)
+        second, _ = original(self, policy, latents, *args)
+        return first + second, terms
+
+    monkeypatch.setattr(GroupDPOObjective, "terms", twice)
+    after = count(train_gen_step(config, planning_vocab(10)).run).flops
+    # a step: the frozen reference forward, the personalized forward and its backward (×3): 4 U-Net passes;
+    # twice: 8 (the text encoder, counted once, is < 1 %)
+    assert after / before == pytest.approx(2.0, rel=0.02), after / before
