@@ -23,9 +23,12 @@ from perfusion_cli.data.vocab import FeatureVocab
 from perfusion_cli.errors import CheckpointError
 from perfusion_cli.models.adapter import MerchantAdapter
 from perfusion_cli.models.controlnet_branch import PersonalizedBranch
+from perfusion_cli.models.flux_adapter import FluxMerchantAdapter
 from perfusion_cli.runs import loading, model_class
 
 KINDS = {"controlnet": PersonalizedBranch, "xs": PersonalizedBranch, "adapter": MerchantAdapter}
+# what a model folder may hold: the kinds, and the adapter on a flow transformer's joint attention (flux_adapter.py)
+LOADABLE = (*KINDS.values(), FluxMerchantAdapter)
 
 
 def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: FeatureVocab, base_model: str):
@@ -46,7 +49,7 @@ def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: Fea
 
 def load_branch(folder: Path, dtype: torch.dtype = torch.float32):
     name = model_class(folder)
-    classes = {cls.__name__: cls for cls in KINDS.values()}
+    classes = {cls.__name__: cls for cls in LOADABLE}
     if name not in classes:
         raise CheckpointError(f"{folder} holds no personalized branch (config.json names {name!r})")
     with loading(folder, "generator"):

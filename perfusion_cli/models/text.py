@@ -29,12 +29,12 @@ class TextConditions:
         return len(self.hidden)
 
     def __getitem__(self, index) -> "TextConditions":
-        return TextConditions(self.hidden[index], _maybe(self.pooled, lambda t: t[index]),
-                              _maybe(self.time_ids, lambda t: t[index]))
+        return type(self)(self.hidden[index], _maybe(self.pooled, lambda t: t[index]),
+                          _maybe(self.time_ids, lambda t: t[index]))
 
     def to(self, device=None, dtype=None) -> "TextConditions":
-        return TextConditions(self.hidden.to(device, dtype), _maybe(self.pooled, lambda t: t.to(device, dtype)),
-                              _maybe(self.time_ids, lambda t: t.to(device, dtype)))
+        return type(self)(self.hidden.to(device, dtype), _maybe(self.pooled, lambda t: t.to(device, dtype)),
+                          _maybe(self.time_ids, lambda t: t.to(device, dtype)))
 
     @classmethod
     def cat(cls, parts: list["TextConditions"]) -> "TextConditions":
@@ -45,7 +45,7 @@ class TextConditions:
 
     def zeros_like(self) -> "TextConditions":
         """SDXL's unconditional input (``force_zeros_for_empty_prompt``): zero embeddings, same sizes."""
-        return TextConditions(torch.zeros_like(self.hidden), _maybe(self.pooled, torch.zeros_like), self.time_ids)
+        return type(self)(torch.zeros_like(self.hidden), _maybe(self.pooled, torch.zeros_like), self.time_ids)
 
     def sized(self, height: int, width: int) -> "TextConditions":
         """With SDXL's micro-conditioning for an uncropped ``height`` × ``width`` image (no-op for SD 1.x)."""
