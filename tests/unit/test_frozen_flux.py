@@ -93,3 +93,36 @@ def test_one_group_step_on_flux_moves_only_the_adapter():
     assert all(torch.equal(value, before[name]) for name, value in frozen.sd.transformer.state_dict().items())
     moved = [name for name, value in branch.state_dict().items() if not torch.equal(value, adapter_before[name])]
     assert any("layers" in name for name in moved) and any("merchant" in name for name in moved)
+
+
+@torch.no_grad()
+def test_diffusers_flux_pipeline_draws_personalized_images_with_the_adapter():
+    """Generation on FLUX needs no sampler of ours: diffusers' own ``FluxPipeline`` (flow-matching Euler, the guidance
+    embedding) takes the merchant tokens as ``joint_attention_kwargs``. An untrained adapter draws the base's image
+    from the same seed; a trained one another."""
+    from diffusers import FluxPipeline
+
+    frozen = _frozen()
+    parts = frozen.sd
+    pipeline = FluxPipeline(parts.noise_scheduler, parts.vae, parts.text_encoder, parts.tokenizer, parts.text_encoder_2,
+                            parts.tokenizer_2, parts.transformer)
+    pipeline.set_progress_bar_config(disable=True)
+    branch = FluxMerchantAdapter.from_transformer(parts.transformer, VOCAB, MERCHANT, tokens=2)
+
+    def draw(adapter=None):
+        kwargs = {}
+        if adapter is not None:
+            adapter.attach(parts.transformer)
+            tokens = adapter.condition(torch.tensor([[1], [2]]))
+            kwargs = {"joint_attention_kwargs": {"merchant_tokens": tokens, "merchant_scale": 1.0}}
+        return pipeline(["linen dress", "wool hoodie"], height=32, width=32, num_inference_steps=3, guidance_scale=3.5,
+                        max_sequence_length=12, generator=torch.Generator().manual_seed(0), output_type="pt",
+                        **kwargs).images
+
+    base = draw()
+    assert torch.equal(draw(branch), base)
+    for layer in branch.layers.values():
+        layer.to_v.weight.normal_(std=0.5)
+    personalized = draw(branch)
+    assert personalized.shape == base.shape == (2, 3, 32, 32)
+    assert (personalized - base).abs().max() > 1e-3
