@@ -27,6 +27,23 @@ from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.text import TextConditions
 
 
+def velocity(transformer: FluxTransformer2DModel, noisy: torch.Tensor, times: torch.Tensor, text: TextConditions,
+             latent_scale: int, guidance: float, extra: dict | None = None) -> torch.Tensor:
+    """The transformer's velocity at unpacked ``noisy`` [N, C, h, w] and noise-process ``times`` [N]; ``extra``: a
+    branch's keyword arguments."""
+    batch, channels, height, width = noisy.shape
+    packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, noisy.dtype)
+    text_ids = torch.zeros(text.hidden.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+    embedded = None
+    if transformer.config.guidance_embeds:
+        embedded = torch.full((batch,), guidance, device=noisy.device, dtype=torch.float32)
+    out = transformer(hidden_states=packed, encoder_hidden_states=text.hidden, pooled_projections=text.pooled,
+                      timestep=times.to(noisy.dtype) / 1000, img_ids=image_ids, txt_ids=text_ids, guidance=embedded,
+                      **(extra or {})).sample
+    return FluxPipeline._unpack_latents(out, height * latent_scale, width * latent_scale, latent_scale)
+
+
 class JointText(TextConditions):
     """A flow transformer's text: ``hidden`` the text stream's tokens, ``pooled`` the pooled embedding. No size
     conditions (``sized`` leaves it as it is)."""
@@ -78,24 +95,9 @@ class FrozenFlux:
         hidden = self.sd.text_encoder_2(t5["input_ids"].to(self.device), output_hidden_states=False)[0]
         return JointText(hidden.to(self.dtype), pooled.to(self.dtype))
 
-    def velocity(self, noisy: torch.Tensor, times: torch.Tensor, text: TextConditions, extra: dict) -> torch.Tensor:
-        """The transformer's velocity at unpacked ``noisy`` [N, C, h, w] and noise-process ``times`` [N]."""
-        batch, channels, height, width = noisy.shape
-        packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, noisy.dtype)
-        text_ids = torch.zeros(text.hidden.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
-        guidance = None
-        if self.sd.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), self.sd.guidance, device=noisy.device, dtype=torch.float32)
-        out = self.sd.transformer(hidden_states=packed, encoder_hidden_states=text.hidden,
-                                  pooled_projections=text.pooled, timestep=times.to(noisy.dtype) / 1000,
-                                  img_ids=image_ids, txt_ids=text_ids, guidance=guidance, **extra).sample
-        return FluxPipeline._unpack_latents(out, height * self.latent_scale, width * self.latent_scale,
-                                            self.latent_scale)
-
     def predictions(self, branch, noisy, times, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
         """(v_θ with gradients into ``branch``, v_ref without)."""
         extra = branch(noisy, times, text, features=features)
         with torch.no_grad():
-            reference = self.velocity(noisy, times, text, {})
-        return self.velocity(noisy, times, text, extra), reference
+            reference = velocity(self.sd.transformer, noisy, times, text, self.latent_scale, self.sd.guidance)
+        return velocity(self.sd.transformer, noisy, times, text, self.latent_scale, self.sd.guidance, extra), reference

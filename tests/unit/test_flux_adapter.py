@@ -91,3 +91,46 @@ def test_the_flux_adapter_saves_and_loads_as_a_branch(tmp_path):
     assert type(loaded) is FluxMerchantAdapter and loaded.config.base_model == "flux-toy"
     for (name, mine), (_, theirs) in zip(adapter.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(mine, theirs), name
+
+
+def test_flux_dev_at_1024_costs_its_hand_count_per_step_and_the_adapter_under_5_percent_more():
+    """FLUX.1-dev's published transformer (perfusion_cli/architectures/flux1-dev), on the meta device, one velocity at
+    1024² with 512 T5 tokens and no CFG (the guidance embedding instead), counted through ``frozen_flux.velocity``
+    against FLUX written out by hand; then with the merchant adapter attached."""
+    import json
+    from pathlib import Path
+
+    from perfusion_cli.accounting import count, parameters
+    from perfusion_cli.models.frozen_flux import JointText, velocity
+    from perfusion_cli.plan import planning_vocab
+
+    config = json.loads((Path(__file__).resolve().parents[2] / "perfusion_cli" / "architectures" / "flux1-dev" /
+                         "transformer.json").read_text())
+    meta = torch.device("meta")
+    with meta:
+        transformer = FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
+        noisy = torch.zeros(1, 16, 128, 128, dtype=torch.bfloat16)  # 1024² through the 8× VAE
+        times = torch.full((1,), 500.0)
+        text = JointText(torch.zeros(1, 512, 4096, dtype=torch.bfloat16), torch.zeros(1, 768, dtype=torch.bfloat16))
+    assert parameters(transformer) == pytest.approx(11.9e9, rel=0.005)  # FLUX.1-dev's 11.9 B
+    with torch.no_grad():
+        base = count(lambda: velocity(transformer, noisy, times, text, 8, 3.5)).flops
+    # by hand: image tokens N = (128/2)², text tokens T = 512, S = N + T, width d = 3072. A double-stream block: per
+    # stream and token, q, k, v, out (4d²) and the 4× MLP (8d²), 2 FLOPs a multiply-add; joint attention
+    # 2·2·S²·d. A single-stream block on S tokens: q, k, v (3d²), the MLP's up projection (4d²) and the output
+    # projection of [attention; MLP] (5d²); attention as above. Then the patch, text and output projections.
+    n, t, d = 64 * 64, 512, 3072
+    s = n + t
+    block = 2 * 12 * s * d * d + 4 * s * s * d
+    hand = 19 * block + 38 * block + 2 * n * 64 * d + 2 * t * 4096 * d + 2 * n * d * 64
+    assert base == pytest.approx(hand, rel=0.03), (base / 1e12, hand / 1e12)
+    with meta:
+        adapter = FluxMerchantAdapter.from_transformer(transformer, planning_vocab(100), MerchantEncoderConfig(),
+                                                       tokens=4).to(torch.bfloat16)
+        features = torch.zeros(1, 7, dtype=torch.long)
+    adapter.attach(transformer)
+    with torch.no_grad():
+        personalized = count(lambda: velocity(transformer, noisy, times, text, 8, 3.5,
+                                              adapter(noisy, times, text, features=features))).flops
+    # measured: 74.38 TFLOPs counted and by hand; the adapter ×1.040 (its query and output projections, 2 % each)
+    assert 1.0 < personalized / base <= 1.05, personalized / base
