@@ -36,11 +36,14 @@ from perfusion_cli.config import (ONLINE_SECTION, SECTIONS, GenerateConfig, GenT
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.branch_kinds import create_branch
-from perfusion_cli.models.frozen_sd import DTYPES, FrozenSD
+from perfusion_cli.models.families import frozen_layout
+from perfusion_cli.models.flux_architecture import is_shipped_flux
+from perfusion_cli.models.frozen_sd import DTYPES
 from perfusion_cli.models.reward import PerFusionRM
 from perfusion_cli.models.text import TextConditions, encode_ids
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import OFF, REUSE, branch_schedule
+from perfusion_cli.plan_flux import flux_generate_costs
 
 CARDS_GIB = (24, 40, 80)
 HEADROOM = 0.92
@@ -142,18 +145,15 @@ def _job(name: str, config, step: Step) -> JobPlan:
 
 def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.device = META) -> Step:
     dtype = DTYPES[config.mixed_precision]
-    with device:
-        parts = build_sd(config.base_model, dtype)
-    frozen = FrozenSD(parts.components(config.base_model), device, dtype, config.share_encoder, config.cache_latents)
+    frozen = frozen_layout(config.base_model, dtype, device, config.share_encoder, config.cache_latents)
     sd = frozen.sd
     with device:
-        branch = create_branch(config, sd.unet, vocab, config.base_model).to(dtype).train()
-    scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-    groups, k, latent = config.batch_size, config.group_size, config.resolution // scale
+        branch = frozen.create_branch(config, vocab, config.base_model).to(dtype).train()
+    groups, k, latent = config.batch_size, config.group_size, config.resolution // frozen.latent_scale
     with device:
         pixels = torch.zeros(groups * k, 3, config.resolution, config.resolution, dtype=sd.vae.dtype)  # SDXL: fp32
-        cached = torch.zeros(groups * k, sd.unet.config.in_channels, latent, latent, dtype=dtype)
-        ids = torch.zeros(groups, _tokens(sd.text_encoder.config), dtype=torch.long)
+        cached = torch.zeros(groups * k, frozen.latent_channels, latent, latent, dtype=dtype)
+        ids = [torch.zeros(groups, length, dtype=torch.long) for length in frozen.text_lengths]
         features = torch.zeros(groups, len(vocab.features), dtype=torch.long)
         rows = torch.arange(groups).repeat_interleave(k)
         valid = torch.ones(groups, k, dtype=torch.bool)
@@ -164,26 +164,26 @@ def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.de
 
     def step() -> None:
         with torch.no_grad():
-            latents = cached if config.cache_latents else sd.vae.encode(pixels).latent_dist.mean.to(dtype)
-            text = encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders))
+            latents = cached if config.cache_latents else frozen.encode_pixels(pixels).to(dtype)
+            text = frozen.text_from_ids(ids)
         loss, _ = objective.terms(branch, latents, text, features, rows, valid, positive)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    existing = [*tensors_of(*sd.frozen_modules, branch), ids, features, rows, valid, positive,
+    existing = [*tensors_of(*sd.frozen_modules, branch), *ids, features, rows, valid, positive,
                 cached if config.cache_latents else pixels]
     encode = "cached latents" if config.cache_latents else "VAE encode in the step"
+    shared = frozen.share_encoder and branch.residual_only
     return Step(step, existing, branch, sum(parameters(module) for module in sd.frozen_modules),
                 f"{groups} groups × {k} candidates at {config.resolution}² ({encode})",
-                f"{config.branch} branch; " + ("shared frozen encoder half" if frozen.share_encoder and branch.residual_only
-                                               else "two full frozen passes"))
+                f"{config.branch} branch; " + ("shared frozen encoder half" if shared else "two full frozen passes"))
 
 
-def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab, images: int = 1,
-                  dtype: torch.dtype = torch.float16) -> list[JobPlan]:
-    """Per pipeline call of ``images`` images (one, for ``bench --plan``), base and personalized: text + steps ×
-    guided step + VAE decode, in ``dtype`` (fp16 weights on a GPU; ``generate`` on a CPU runs fp32)."""
+def sd_generate_costs(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab, images: int = 1,
+                      dtype: torch.dtype = torch.float16) -> dict:
+    """The U-Nets' costs of one pipeline call (see ``plan_generate``): text, one guided step with and without the
+    branch, decode; the steps a residual branch reuses or skips cost a base step."""
     with META:
         sd = build_sd(train.base_model, dtype).components(train.base_model)
         branch = create_branch(train, sd.unet, vocab, train.base_model).to(dtype).eval()
@@ -204,37 +204,53 @@ def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureV
     weights = [*tensors_of(*sd.frozen_modules)]
     inputs = [ids, sample, t, *(x for x in (context.hidden, context.pooled, context.time_ids) if x is not None),
               cond, one]
+
+    def guided_step(personalized: bool):
+        def run() -> None:
+            extra = branch(sample, t, context, cond=cond) if personalized else {}
+            sd.unet(sample, t, **context.unet_kwargs(), **extra)
+
+        return count(run, weights + (tensors_of(branch) if personalized else []) + inputs)
+
+    schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
     with torch.no_grad():
-        text = count(lambda: encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders)), weights + inputs)
-        decode = count(lambda: sd.vae.decode(one), weights + inputs)
+        return {"text": count(lambda: encode_ids(sd.text_encoders, [ids] * len(sd.text_encoders)), weights + inputs),
+                "decode": count(lambda: sd.vae.decode(one), weights + inputs),
+                "steps": {False: guided_step(False), True: guided_step(True)},
+                "frozen": sum(parameters(module) for module in sd.frozen_modules), "branch": parameters(branch),
+                "branch_bytes": sum(t.numel() * t.element_size() for t in tensors_of(branch)),
+                "resolution": resolution, "rows": rows, "step": "guided step",
+                "plain": schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)}
 
-        def guided_step(personalized: bool):
-            def run() -> None:
-                extra = branch(sample, t, context, cond=cond) if personalized else {}
-                sd.unet(sample, t, **context.unet_kwargs(), **extra)
 
-            return count(run, weights + (tensors_of(branch) if personalized else []) + inputs)
+# (is the base this family's?, its costs); the U-Nets otherwise
+GENERATE_COSTS = [(is_shipped_flux, flux_generate_costs)]
 
-        base_step = guided_step(False)
-        schedule = branch_schedule(config.steps, config.branch_every, config.branch_until)
-        # steps that run without the branch, or reuse a residual branch's output, cost what a base step costs
-        plain = schedule.count(OFF) + (schedule.count(REUSE) if branch.residual_only else 0)
-        plans = []
-        for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
-            step = guided_step(True) if personalized else base_step
-            steps = config.steps - plain if personalized else config.steps
-            flops = text.flops + steps * step.flops + (config.steps - steps) * base_step.flops + decode.flops
-            extra = sum(t.numel() * t.element_size() for t in tensors_of(branch)) if personalized else 0
-            peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
-            total = sum(parameters(module) for module in sd.frozen_modules) + (
-                parameters(branch) if personalized else 0)
-            reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain else
-                     f", {train.branch} branch" if personalized else "")
-            precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-            plans.append(JobPlan(name, train.base_model, f"{images} image{'s' if images > 1 else ''} at {resolution}², "
-                                 f"{config.steps} steps, guidance {config.guidance:g} (batch {rows} per step){reuse}",
-                                 precision, False, 0, total,
-                                 flops / 1e9, peak / 2**30, _fits(peak), f"one guided step {step.gflops:.0f} GFLOPs"))
+
+def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab, images: int = 1,
+                  dtype: torch.dtype = torch.float16) -> list[JobPlan]:
+    """Per pipeline call of ``images`` images (one, for ``bench --plan``), base and personalized: text + steps ×
+    denoising step + VAE decode, in ``dtype`` (fp16 weights on a GPU; ``generate`` on a CPU runs fp32)."""
+    costs = next((costs for matches, costs in GENERATE_COSTS if matches(train.base_model)), sd_generate_costs)
+    costs = costs(train, config, vocab, images, dtype)
+    text, decode, base_step, plain = costs["text"], costs["decode"], costs["steps"][False], costs.get("plain", 0)
+    plans = []
+    for name, personalized in (("generate (base)", False), ("generate (PerFusion)", True)):
+        step = costs["steps"][personalized]
+        steps = config.steps - plain if personalized else config.steps
+        flops = text.flops + steps * step.flops + (config.steps - steps) * base_step.flops + decode.flops
+        extra = costs["branch_bytes"] if personalized else 0
+        peak = max(text.peak_bytes + extra, step.peak_bytes, decode.peak_bytes + extra)
+        total = costs["frozen"] + (costs["branch"] if personalized else 0)
+        reuse = (f", {train.branch} branch on {steps} of the steps" if personalized and plain else
+                 f", {train.branch} branch" if personalized else "")
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(costs.get("dtype", dtype), "fp32")
+        what = costs.get("step", "step")
+        plans.append(JobPlan(name, train.base_model, f"{images} image{'s' if images > 1 else ''} at "
+                             f"{costs['resolution']}², {config.steps} steps, guidance {config.guidance:g} "
+                             f"(batch {costs.get('rows', images)} per step){reuse}",
+                             precision, False, 0, total,
+                             flops / 1e9, peak / 2**30, _fits(peak), f"one {what} {step.gflops:.0f} GFLOPs"))
     return plans
 
 

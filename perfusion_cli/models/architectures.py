@@ -26,20 +26,20 @@ SD_PARTS = ("unet", "vae", "text_encoder", "scheduler")
 SDXL_PART = "text_encoder_2"  # SDXL's second text encoder (CLIPTextModelWithProjection)
 
 
-def _read(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the architecture config {path}: {exc}") from None
 
 
-def _shipped(base: str) -> Path | None:
-    entry = _read(ARCHITECTURES / "index.json").get(base)
+def shipped_folder(base: str) -> Path | None:
+    entry = read_config(ARCHITECTURES / "index.json").get(base)
     return ARCHITECTURES / entry if entry else None
 
 
 def known_bases() -> list[str]:
-    return sorted(key for key in _read(ARCHITECTURES / "index.json") if not key.startswith("_"))
+    return sorted(key for key in read_config(ARCHITECTURES / "index.json") if not key.startswith("_"))
 
 
 def _missing(base: str) -> ConfigError:
@@ -49,27 +49,27 @@ def _missing(base: str) -> ConfigError:
 
 def sd_configs(base: str) -> dict[str, dict]:
     """The configs of a Stable-Diffusion base: unet, vae, text_encoder, scheduler (SDXL: and text_encoder_2)."""
-    shipped = _shipped(base)
+    shipped = shipped_folder(base)
     if shipped is not None:
         parts = SD_PARTS + ((SDXL_PART,) if (shipped / f"{SDXL_PART}.json").is_file() else ())
-        return {part: _read(shipped / f"{part}.json") for part in parts}
+        return {part: read_config(shipped / f"{part}.json") for part in parts}
     folder = Path(resolve(base, "sd")) if is_tiny(base) else Path(base)
     if not (folder / "unet" / "config.json").is_file():
         raise _missing(base)
     names = {"scheduler": "scheduler_config.json"}
     parts = SD_PARTS + ((SDXL_PART,) if (folder / SDXL_PART / "config.json").is_file() else ())
-    return {part: _read(folder / part / names.get(part, "config.json")) for part in parts}
+    return {part: read_config(folder / part / names.get(part, "config.json")) for part in parts}
 
 
 def clip_config(base: str) -> dict:
     """A reward-model base's config (CLIP or SigLIP: its ``model_type`` says which)."""
-    shipped = _shipped(base)
+    shipped = shipped_folder(base)
     if shipped is not None:
-        return _read(shipped)
+        return read_config(shipped)
     folder = Path(resolve(base, "clip")) if is_tiny(base) else Path(base)
     if not (folder / "config.json").is_file():
         raise _missing(base)
-    return _read(folder / "config.json")
+    return read_config(folder / "config.json")
 
 
 @dataclass
@@ -130,11 +130,11 @@ def build_clip(base: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
 
 
 def _text_config(values: dict) -> CLIPTextConfig:
-    return CLIPTextConfig(**_without_meta(values))
+    return CLIPTextConfig(**without_meta(values))
 
 
-def _without_meta(values: dict) -> dict:
-    return {key: value for key, value in values.items() if key not in ("architectures", "_name_or_path")}
+def without_meta(values: dict) -> dict:
+    return {key: value for key, value in values.items() if key not in ("architectures", "_name_or_path", "_comment")}
 
 
 def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:

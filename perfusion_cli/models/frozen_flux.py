@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import tokenize
+from perfusion_cli.models.flux_adapter import FluxMerchantAdapter
 from perfusion_cli.models.text import TextConditions
 
 
@@ -77,13 +79,44 @@ class FrozenFlux:
         self.device, self.dtype = device, dtype
         self.latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
         self.truncated_prompts = 0
+        self.share_encoder = False  # no encoder half: every call runs the whole transformer
+
+    @property
+    def latent_channels(self) -> int:
+        return self.sd.vae.config.latent_channels
+
+    @property
+    def text_lengths(self) -> list[int]:
+        """Tokens per text encoder: CLIP's 77, T5's ``max_sequence_length``."""
+        return [min(77, self.sd.text_encoder.config.max_position_embeddings), self.sd.max_sequence_length]
+
+    def create_branch(self, config, vocab, base_model: str):
+        """The merchant adapter on the transformer's joint attention (the one branch kind on FLUX so far)."""
+        if config.branch != "adapter":
+            raise ConfigError(f"--branch {config.branch} is not built for FLUX yet: use --branch adapter")
+        branch = FluxMerchantAdapter.from_transformer(self.sd.transformer, vocab, config.merchant,
+                                                      config.adapter_tokens, base_model, config.resolution)
+        branch.attach(self.sd.transformer)
+        if config.gradient_checkpointing:  # gradients flow back through the frozen transformer
+            self.sd.transformer.enable_gradient_checkpointing()
+        return branch
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [−1, 1] → the transformer's latents [N, 16, h, w] (unpacked): (z − shift)·scale."""
+        config = self.sd.vae.config
+        mean = self.sd.vae.encode(pixels).latent_dist.mean
+        return ((mean - (config.shift_factor or 0.0)) * config.scaling_factor).to(self.dtype)
 
     @torch.no_grad()
     def latents(self, images: torch.Tensor, keys=None) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] → the transformer's latents [N, 16, h, w] (unpacked)."""
-        config = self.sd.vae.config
-        mean = self.sd.vae.encode(images.to(self.device, self.sd.vae.dtype) * 2 - 1).latent_dist.mean
-        return ((mean - (config.shift_factor or 0.0)) * config.scaling_factor).to(self.dtype)
+        return self.encode_pixels(images.to(self.device, self.sd.vae.dtype) * 2 - 1)
+
+    def text_from_ids(self, ids: list[torch.Tensor]) -> "JointText":
+        """Token ids of CLIP and T5 → T5's token embeddings and CLIP's pooled embedding."""
+        pooled = self.sd.text_encoder(ids[0], output_hidden_states=False).pooler_output
+        hidden = self.sd.text_encoder_2(ids[1], output_hidden_states=False)[0]
+        return JointText(hidden.to(self.dtype), pooled.to(self.dtype))
 
     @torch.no_grad()
     def text(self, prompts: list[str]) -> JointText:
@@ -91,9 +124,7 @@ class FrozenFlux:
         t5 = self.sd.tokenizer_2(prompts, padding="max_length", max_length=self.sd.max_sequence_length,
                                  truncation=True, return_tensors="pt")
         self.truncated_prompts += truncated
-        pooled = self.sd.text_encoder(clip_ids.to(self.device), output_hidden_states=False).pooler_output
-        hidden = self.sd.text_encoder_2(t5["input_ids"].to(self.device), output_hidden_states=False)[0]
-        return JointText(hidden.to(self.dtype), pooled.to(self.dtype))
+        return self.text_from_ids([clip_ids.to(self.device), t5["input_ids"].to(self.device)])
 
     def predictions(self, branch, noisy, times, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
         """(v_θ with gradients into ``branch``, v_ref without)."""

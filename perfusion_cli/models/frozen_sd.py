@@ -15,7 +15,8 @@ import torch
 
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, load_sd
-from perfusion_cli.models.text import TextConditions, encode_prompts
+from perfusion_cli.models.branch_kinds import create_branch
+from perfusion_cli.models.text import TextConditions, encode_ids, encode_prompts
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 
 # the U-Net keyword arguments of a branch that only adds residuals (decode's order)
@@ -87,6 +88,27 @@ class FrozenSD:
         frozen.fingerprints = prints
         return frozen
 
+    @property
+    def latent_channels(self) -> int:
+        return self.sd.unet.config.in_channels
+
+    @property
+    def text_lengths(self) -> list[int]:
+        """Tokens per text encoder (CLIP's 77; fewer for the tiny ones)."""
+        return [min(77, encoder.config.max_position_embeddings) for encoder in self.sd.text_encoders]
+
+    def create_branch(self, config, vocab, base_model: str):
+        """``config.branch``'s kind, attached to the frozen U-Net."""
+        return create_branch(config, self.sd.unet, vocab, base_model)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [−1, 1] → scaled latent means [N, 4, h, w] (in the VAE's dtype)."""
+        return self.sd.vae.encode(pixels).latent_dist.mean * self.sd.vae.config.scaling_factor
+
+    def text_from_ids(self, ids: list[torch.Tensor]) -> TextConditions:
+        """Token ids, one tensor per text encoder → conditions without sizes."""
+        return encode_ids(self.sd.text_encoders, ids)
+
     @torch.no_grad()
     def latents(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] → scaled latent means [N, 4, h, w]."""
@@ -94,7 +116,7 @@ class FrozenSD:
         fresh = {}
         if len(missing):
             pixels = images[list(missing)].to(self.device, self.sd.vae.dtype) * 2 - 1
-            encoded = (self.sd.vae.encode(pixels).latent_dist.mean * self.sd.vae.config.scaling_factor).to(self.dtype)
+            encoded = self.encode_pixels(pixels).to(self.dtype)
             fresh = dict(zip(missing, encoded))
             if self.cache:
                 self._latents.update({keys[i]: fresh[i] for i in missing})

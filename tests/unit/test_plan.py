@@ -242,3 +242,22 @@ def test_the_train_gen_plan_traces_the_trainers_own_step(monkeypatch):
     # a step: the frozen reference forward, the personalized forward and its backward (×3): 4 U-Net passes;
     # twice: 8 (the text encoder, counted once, is a few per cent)
     assert after / before == pytest.approx(2.0, rel=0.02), after / before
+
+
+def test_the_flux_recipe_plans_offline_and_a_step_is_flux_counted_by_hand():
+    """FLUX.1-dev through the recipe: the frozen parts are FLUX's published sizes, one denoising step at 1024² with
+    512 T5 tokens is FLUX written out by hand (tests/unit/test_flux_adapter.py), the adapter adds at most 5 % a
+    step and an image, and the training step fits 80 GB cards only (the recipe's comment)."""
+    jobs = {job["job"]: job for job in plan_recipe("flux-industrial", merchants=100, jobs=("train-gen", "generate"))["jobs"]}
+    base, ours, train = jobs["generate (base)"], jobs["generate (PerFusion)"], jobs["train-gen"]
+    # transformer 11.90 B, T5-XXL's encoder 4.76 B, CLIP-L's text tower 123 M, the 16-channel VAE 84 M
+    assert base["frozen_parameters"] == pytest.approx(16.87e9, rel=0.002)
+    n, t, d = 64 * 64, 512, 3072
+    block = 2 * 12 * (n + t) * d * d + 4 * (n + t) ** 2 * d
+    hand = 57 * block + 2 * n * 64 * d + 2 * t * 4096 * d + 2 * n * d * 64
+    step = float(base["notes"].split("one step (guidance embedded) ")[1].split(" GFLOPs")[0])
+    assert step * 1e9 == pytest.approx(hand, rel=0.03)
+    assert "28 steps, guidance 3.5 (batch 1 per step)" in base["shape"] and base["precision"] == "bf16"
+    assert 1.0 < ours["gflops"] / base["gflops"] <= 1.05
+    assert train["fits"] == {"24 GB": False, "40 GB": False, "80 GB": True}
+    assert train["trainable_parameters"] < 0.05 * train["frozen_parameters"]
