@@ -27,8 +27,8 @@ from tables import HEADER, draw_arguments, measured_by_this_code, prepared_draw,
 IMAGES_PER_PAIR = "4"
 RUNS = {  # name → (flags on top of recipes/tiny-cpu.toml, the steps at which it is evaluated)
     "offline (the tiny recipe)": ([], (100, 200, 400)),
-    # the tiny recipe's [train-gen-online]: every other step on the logged groups
-    "online, the tiny recipe (mixed: every other step on the logs)": (["--online"], (80, 160, 240)),
+    # the tiny recipe's [train-gen-online]: two steps in three on the logged groups
+    "online, the tiny recipe (mixed: two steps in three on the logs)": (["--online"], (80, 160, 240)),
     "online, every step on-policy (--online-mix 0)": (["--online", "--online-mix", "0"], (40, 80, 120)),
 }
 
@@ -61,7 +61,7 @@ def curve(workdir, name: str, flags: list[str], stages: tuple[int, ...]) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     draw_arguments(parser, "/tmp/online")
-    parser.set_defaults(seed="9")  # seeds 5 and 7 tuned the online values
+    parser.set_defaults(seed="11")  # seeds 5, 7 and 9 tuned the online values
     parser.add_argument("--taste", default="colour")
     parser.add_argument("--run", action="append", help="Only these runs (names as in RUNS, or their slugs).")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME STEPS FLAGS'",
