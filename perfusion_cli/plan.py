@@ -19,9 +19,9 @@ one step of each job is traced through the same modules the commands run:
 Each count gives parameters (trainable / frozen), GFLOPs and the peak of live tensor bytes
 (``accounting.count``). Mixed precision: the step is traced in the compute dtype (bf16/fp16); the
 trainable weights, their gradients and AdamW's two moments are kept in fp32 by Accelerate, which adds
-8 bytes per trainable parameter to the traced peak. Attention is counted as a memory-efficient kernel (see ``accounting``). What is
-not modelled: the CUDA context (about 0.5–1 GB) and allocator fragmentation; ``fits`` keeps 8 % of
-a card free for them.
+8 bytes per trainable parameter to the traced peak. Attention is counted as a memory-efficient kernel
+(see ``accounting``). What is not modelled: the CUDA context (about 0.5–1 GB) and allocator fragmentation;
+``fits`` keeps 8 % of a card free for them.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ def flux_generate_costs(train: GenTrainConfig, config: GenerateConfig, vocab: Fe
         return {"text": count(lambda: frozen.text_from_ids(ids), weights + inputs),
                 "decode": count(lambda: parts.vae.decode(noisy / parts.vae.config.scaling_factor), weights + inputs),
                 "steps": steps, "frozen": sum(parameters(module) for module in parts.frozen_modules),
-                "branch": parameters(branch), "branch_bytes": sum(t.numel() * t.element_size() for t in tensors_of(branch)),
+                "branch": parameters(branch),
+                "branch_bytes": sum(t.numel() * t.element_size() for t in tensors_of(branch)),
                 "resolution": resolution, "rows": images, "step": "step (guidance embedded)",
                 "dtype": dtype}

@@ -3,6 +3,8 @@ device, for counting on the meta device (``bench --plan``), as ``architectures.b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -13,12 +15,15 @@ from perfusion_cli.models.frozen_flux import FluxComponents, FrozenFlux
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")
 
 
-def flux_configs(base: str) -> dict[str, dict] | None:
-    """The configs of a FLUX base whose architecture ships here, else None."""
+def flux_folder(base: str) -> Path | None:
+    """The shipped folder of a FLUX base (its configs hold a transformer), else None."""
     folder = shipped_folder(base)
-    if folder is None or not (folder / "transformer.json").is_file():
-        return None
-    return {part: read_config(folder / f"{part}.json") for part in PARTS}
+    return folder if folder is not None and (folder / "transformer.json").is_file() else None
+
+
+def flux_configs(base: str) -> dict[str, dict]:
+    """The configs of a FLUX base whose architecture ships here."""
+    return {part: read_config(flux_folder(base) / f"{part}.json") for part in PARTS}
 
 
 def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 512) -> FluxComponents:
@@ -47,6 +52,6 @@ def flux_layout(base: str, dtype: torch.dtype, device: torch.device, **_) -> Fro
 
 
 def is_shipped_flux(base: str) -> bool:
-    return flux_configs(base) is not None
+    return flux_folder(base) is not None
 
 

@@ -1,4 +1,5 @@
-"""The U-Nets' process: a discrete β schedule, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, ε or v prediction (SD 1.x/2.x, SDXL)."""
+"""The U-Nets' process (SD 1.x/2.x, SDXL): a discrete β schedule, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, ε or v
+prediction."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The group objective on a rectified-flow noise process: Flow-DPO at one positive and one negative, a
 brute-force Plackett-Luce sum at any group size, σ drawn as diffusers' SD3 / FLUX trainers draw it.
 
-The predictor is the tiny U-Net with a perturbed merchant adapter, called through the objective's own path; only
-the noise process is the flow one (what a transformer family plugs in). Every expected value below is written
-out here from the formulas (x_t = (1 − σ)·x_0 + σ·ε, v = ε − x_0, SD3's shift σ' = s·σ / (1 + (s − 1)·σ)), not
-taken from the code under test.
+The predictor is the tiny U-Net with a perturbed merchant adapter, called through the objective's own path;
+only the noise process is the flow one (what a transformer family plugs in). Every expected value below is
+written out here from the formulas (x_t = (1 − σ)·x_0 + σ·ε, v = ε − x_0, SD3's shift σ' = s·σ / (1 + (s − 1)·σ)),
+not taken from the code under test.
 """
 
 import math
@@ -50,8 +50,9 @@ def _flow_objective(tiny_sd_dir, **overrides):
 
 
 def _independent_draw(seed: int, groups: int, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the objective should draw after ``manual_seed(seed)``: one ε per group, then one logit-normal u per group
-    mapped through the shifted table: index ⌊u·N⌋ of timesteps N, N−1, …, 1, σ = shift·s / (1 + (shift − 1)·s)."""
+    """What the objective should draw after ``manual_seed(seed)``: one ε per group, then one logit-normal u per
+    group mapped through the shifted table: index ⌊u·N⌋ of timesteps N, N−1, …, 1,
+    σ = shift·s / (1 + (shift − 1)·s)."""
     torch.manual_seed(seed)
     noise = torch.randn((groups, *shape))
     u = torch.sigmoid(torch.normal(0.0, 1.0, size=(groups,)))

@@ -26,9 +26,10 @@ def _transformer():
 
 def _inputs(batch=2, side=4, text_tokens=5):
     torch.manual_seed(1)
-    image_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(side).float(), torch.arange(side).float(), indexing="ij"),
-                            -1).view(-1, 3).float()
-    return {"hidden_states": torch.randn(batch, side * side, 16), "encoder_hidden_states": torch.randn(batch, text_tokens, 24),
+    axis = torch.arange(side).float()
+    image_ids = torch.stack(torch.meshgrid(torch.zeros(1), axis, axis, indexing="ij"), -1).view(-1, 3)
+    return {"hidden_states": torch.randn(batch, side * side, 16),
+            "encoder_hidden_states": torch.randn(batch, text_tokens, 24),
             "pooled_projections": torch.randn(batch, 12), "timestep": torch.tensor([0.3, 0.9]),
             "img_ids": image_ids, "txt_ids": torch.zeros(text_tokens, 3), "guidance": torch.full((batch,), 3.5)}
 

@@ -45,8 +45,9 @@ def _batch() -> GroupBatch:
     generator = torch.Generator().manual_seed(0)
     selected = torch.zeros(2, 3, dtype=torch.bool)
     selected[:, 0] = True
-    return GroupBatch(images=torch.rand(2, 3, 3, 32, 32, generator=generator), valid=torch.ones(2, 3, dtype=torch.bool),
-                      selected=selected, features=torch.tensor([[1], [2]]), prompts=["linen dress", "wool hoodie"],
+    return GroupBatch(images=torch.rand(2, 3, 3, 32, 32, generator=generator),
+                      valid=torch.ones(2, 3, dtype=torch.bool), selected=selected, features=torch.tensor([[1], [2]]),
+                      prompts=["linen dress", "wool hoodie"],
                       merchant_ids=["a", "b"], session_ids=["s0", "s1"])
 
 
@@ -64,7 +65,8 @@ def test_flux_parts_give_unpacked_latents_joint_text_and_a_flow_process():
     latents = frozen.latents(_batch().images[0])
     assert latents.shape == (3, 16, 16, 16)  # 32² pixels, one downsampling: 16 × 16 × 16
     text = frozen.text(["linen dress", "wool hoodie"])
-    assert isinstance(text, JointText) and text.hidden.shape == (2, 12, 24) and text.pooled.shape == (2, frozen.sd.text_encoder.config.hidden_size)
+    assert isinstance(text, JointText) and text.hidden.shape == (2, 12, 24)
+    assert text.pooled.shape == (2, frozen.sd.text_encoder.config.hidden_size)
     assert isinstance(text[torch.tensor([0, 0, 1])], JointText) and text.sized(32, 32) is text
 
 

@@ -248,7 +248,8 @@ def test_the_flux_recipe_plans_offline_and_a_step_is_flux_counted_by_hand():
     """FLUX.1-dev through the recipe: the frozen parts are FLUX's published sizes, one denoising step at 1024² with
     512 T5 tokens is FLUX written out by hand (tests/unit/test_flux_adapter.py), the adapter adds at most 5 % a
     step and an image, and the training step fits 80 GB cards only (the recipe's comment)."""
-    jobs = {job["job"]: job for job in plan_recipe("flux-industrial", merchants=100, jobs=("train-gen", "generate"))["jobs"]}
+    plan = plan_recipe("flux-industrial", merchants=100, jobs=("train-gen", "generate"))
+    jobs = {job["job"]: job for job in plan["jobs"]}
     base, ours, train = jobs["generate (base)"], jobs["generate (PerFusion)"], jobs["train-gen"]
     # transformer 11.90 B, T5-XXL's encoder 4.76 B, CLIP-L's text tower 123 M, the 16-channel VAE 84 M
     assert base["frozen_parameters"] == pytest.approx(16.87e9, rel=0.002)
