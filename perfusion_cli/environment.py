@@ -37,6 +37,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16, AMX, or Arm's BF16) and torch uses it.
+    Without them oneDNN emulates bf16: on a 2-core AVX2 machine a bf16 matmul ran 70× and a convolution 200×
+    slower than in fp32 (docs/notes/benchmarks-history.md)."""
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):  # ATEN_CPU_CAPABILITY may lower it
+        return platform.machine() in ("aarch64", "arm64") and "bf16" in cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def gpus() -> str:
     if not shutil.which("nvidia-smi"):
         return "none (no nvidia-smi)"

@@ -66,6 +66,17 @@ def check_training(config: RMTrainConfig | GenTrainConfig, vocab: FeatureVocab, 
                      "lower --batch-size (--grad-accum keeps the effective batch), or turn on gradient_checkpointing")
 
 
+def precision_note(mixed_precision: str, device: torch.device) -> str | None:
+    """A line for the user when bf16 would run emulated: it is a GPU setting, and on a CPU without bf16
+    instructions a step takes many times longer than in fp32."""
+    from perfusion_cli.environment import cpu_runs_bf16
+
+    if mixed_precision != "bf16" or device.type != "cpu" or cpu_runs_bf16():
+        return None
+    return ("this CPU has no bf16 instructions, so bf16 is emulated and runs far slower than fp32 "
+            "(70-200× in our measurements); use --mixed-precision no if the model fits in memory in fp32")
+
+
 def check_generation(run_dir: Path, config: GenerateConfig, vocab: FeatureVocab, images: int,
                      device: torch.device) -> None:
     """``images`` per pipeline call at ``config.resolution``, in the dtype ``generate`` runs on ``device``."""

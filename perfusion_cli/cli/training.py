@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from perfusion_cli.cli.console import RichProgress, console, say, table
+from perfusion_cli.cli.console import RichProgress, console, err_console, say, table
 
 
 def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: str | None, overwrite: bool,
@@ -13,9 +13,12 @@ def run_trainer(train: Callable, config, data_dir: Path, run_dir: Path, resume: 
     from accelerate import PartialState
 
     from perfusion_cli.data.manifest import load_manifest
-    from perfusion_cli.preflight import check_training, process_device
+    from perfusion_cli.preflight import check_training, precision_note, process_device
 
-    check_training(config, load_manifest(data_dir).vocab, process_device())  # before any weight loads
+    device = process_device()
+    check_training(config, load_manifest(data_dir).vocab, device)  # before any weight loads
+    if note := precision_note(config.mixed_precision, device):
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     with RichProgress() as progress:
         summary = train(config, data_dir, run_dir, resume=resume, progress=progress, command=command,
                         overwrite=overwrite)
