@@ -36,14 +36,13 @@ from perfusion_cli.config import (ONLINE_SECTION, SECTIONS, GenerateConfig, GenT
 from perfusion_cli.data.vocab import Feature, FeatureVocab
 from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.branch_kinds import create_branch
-from perfusion_cli.models.families import frozen_layout
-from perfusion_cli.models.flux_architecture import is_shipped_flux
+from perfusion_cli.models.families import frozen_layout, is_flow_transformer
 from perfusion_cli.models.frozen_sd import DTYPES
 from perfusion_cli.models.reward import PerFusionRM
 from perfusion_cli.models.text import TextConditions, encode_ids
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import OFF, REUSE, branch_schedule
-from perfusion_cli.plan_flux import flux_generate_costs
+from perfusion_cli.plan_transformers import transformer_generate_costs
 
 CARDS_GIB = (24, 40, 80)
 HEADROOM = 0.92
@@ -224,7 +223,7 @@ def sd_generate_costs(train: GenTrainConfig, config: GenerateConfig, vocab: Feat
 
 
 # (is the base this family's?, its costs); the U-Nets otherwise
-GENERATE_COSTS = [(is_shipped_flux, flux_generate_costs)]
+GENERATE_COSTS = [(is_flow_transformer, transformer_generate_costs)]
 
 
 def plan_generate(train: GenTrainConfig, config: GenerateConfig, vocab: FeatureVocab, images: int = 1,

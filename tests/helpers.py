@@ -147,3 +147,51 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def sd35_medium_guided_step_by_hand(pixels: int = 1024, t5_tokens: int = 256) -> int:
+    """SD 3.5 medium's FLOPs for one guided step (batch 2) written out by hand, 2 FLOPs a multiply-add: image tokens
+    N = (pixels/16)², text tokens T = 77 + t5_tokens, d = 1536 (24 heads of 64). A joint block: q, k, v, out (4d²)
+    and the 4× MLP (8d²) per token of each stream (the last block's text stream stops after its q, k and v: 3d²),
+    attention 2·2·(N + T)²·d. Blocks 0–12 add an image-only attention: 4d² per image token and 2·2·N²·d. Then the
+    patch embedding (2·2·16 → d), the text projection (4096 → d) and the output projection (d → 2·2·16)."""
+    n, t, d = (pixels // 16) ** 2, 77 + t5_tokens, 1536
+    s = n + t
+    joint = 2 * 12 * s * d * d + 4 * s * s * d
+    last = 2 * 12 * n * d * d + 2 * 3 * t * d * d + 4 * s * s * d
+    dual = 2 * 4 * n * d * d + 4 * n * n * d
+    return 2 * (23 * joint + last + 13 * dual + 2 * n * 64 * d + 2 * t * 4096 * d + 2 * n * d * 64)
+
+
+@torch.no_grad()
+def pipeline_images(pipeline, transformer, prompts: list[str], adapter=None, features=None, guided: bool = False,
+                    **call) -> torch.Tensor:
+    """A diffusers pipeline's images from seed 0 (``output_type="pt"``), with ``adapter`` attached to ``transformer``
+    and its merchant tokens for ``features`` as ``joint_attention_kwargs`` (a guided batch's two halves given the
+    same merchant); without it, the base's."""
+    kwargs = {}
+    if adapter is not None:
+        adapter.attach(transformer)
+        tokens = adapter.condition(features)
+        kwargs = {"joint_attention_kwargs": {"merchant_tokens": tokens.repeat(2, 1, 1) if guided else tokens,
+                                             "merchant_scale": 1.0}}
+    return pipeline(prompts, generator=torch.Generator().manual_seed(0), output_type="pt", **call, **kwargs).images
+
+
+def one_step_moves_only_the_branch(objective, frozen_module, branch, batch) -> None:
+    """One AdamW step of ``objective`` on ``batch``: the loss is finite with a KL to the reference, the frozen
+    module's weights are unchanged, and the branch's per-layer and merchant-encoder weights moved."""
+    import copy
+    import math
+
+    before = copy.deepcopy(frozen_module.state_dict())
+    branch_before = copy.deepcopy(branch.state_dict())
+    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    loss, logs = objective(branch, batch)
+    assert math.isfinite(loss.item()) and logs["kl"] > 0
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(value, before[name]) for name, value in frozen_module.state_dict().items())
+    moved = [name for name, value in branch.state_dict().items() if not torch.equal(value, branch_before[name])]
+    assert any("layers" in name for name in moved) and any("merchant" in name for name in moved)

@@ -38,6 +38,14 @@ def shipped_folder(base: str) -> Path | None:
     return ARCHITECTURES / entry if entry else None
 
 
+def shipped_transformer(base: str, class_name: str) -> Path | None:
+    """The shipped folder of a flow-transformer base whose transformer is ``class_name``, else None."""
+    folder = shipped_folder(base)
+    if folder is None or not (folder / "transformer.json").is_file():
+        return None
+    return folder if read_config(folder / "transformer.json").get("_class_name") == class_name else None
+
+
 def known_bases() -> list[str]:
     return sorted(key for key in read_config(ARCHITECTURES / "index.json") if not key.startswith("_"))
 
@@ -137,18 +145,24 @@ def without_meta(values: dict) -> dict:
     return {key: value for key, value in values.items() if key not in ("architectures", "_name_or_path", "_comment")}
 
 
+def tokenizer_for(text_encoder) -> object:
+    """The bundled tokenizer, padding to ``text_encoder``'s length (the random layouts' tokenizer)."""
+    from perfusion_cli.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = text_encoder.config.max_position_embeddings
+    return tokenizer
+
+
 def write_random_sd(base: str, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     """A random-weight Stable-Diffusion folder in the hub layout (``model_index.json``, one sub-folder per
     component, safetensors weights), with the bundled tokenizer (its ids fit the real 49,408-token vocab).
     An SDXL base gets SDXL's layout (``text_encoder_2``, ``tokenizer_2``, ``force_zeros_for_empty_prompt``)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from perfusion_cli.models.tiny import build_tokenizer
-
     torch.manual_seed(seed)
     sd = build_sd(base, dtype)
-    tokenizer = build_tokenizer()
-    tokenizer.model_max_length = sd.text_encoder.config.max_position_embeddings
+    tokenizer = tokenizer_for(sd.text_encoder)
     if sd.text_encoder_2 is not None:
         pipeline = StableDiffusionXLPipeline(vae=sd.vae, text_encoder=sd.text_encoder, text_encoder_2=sd.text_encoder_2,
                                              tokenizer=tokenizer, tokenizer_2=tokenizer, unet=sd.unet,

@@ -24,11 +24,12 @@ from perfusion_cli.errors import CheckpointError
 from perfusion_cli.models.adapter import MerchantAdapter
 from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.flux_adapter import FluxMerchantAdapter
+from perfusion_cli.models.sd3_adapter import SD3MerchantAdapter
 from perfusion_cli.runs import loading, model_class
 
 KINDS = {"controlnet": PersonalizedBranch, "xs": PersonalizedBranch, "adapter": MerchantAdapter}
-# what a model folder may hold: the kinds, and the adapter on a flow transformer's joint attention (flux_adapter.py)
-LOADABLE = (*KINDS.values(), FluxMerchantAdapter)
+# what a model folder may hold: the kinds, and the adapters on the flow transformers' joint attention
+LOADABLE = (*KINDS.values(), FluxMerchantAdapter, SD3MerchantAdapter)
 
 
 def create_branch(config: GenTrainConfig, unet: UNet2DConditionModel, vocab: FeatureVocab, base_model: str):

@@ -6,19 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from perfusion_cli.models.architectures import read_config, shipped_folder, without_meta
-from perfusion_cli.models.frozen_flux import FluxComponents, FrozenFlux
+from perfusion_cli.models.architectures import read_config, shipped_transformer, tokenizer_for, without_meta
+from perfusion_cli.models.frozen_flux import FluxComponents
 
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")
 
 
 def flux_folder(base: str) -> Path | None:
-    """The shipped folder of a FLUX base (its configs hold a transformer), else None."""
-    folder = shipped_folder(base)
-    return folder if folder is not None and (folder / "transformer.json").is_file() else None
+    """The shipped folder of a FLUX base, else None."""
+    return shipped_transformer(base, "FluxTransformer2DModel")
 
 
 def flux_configs(base: str) -> dict[str, dict]:
@@ -26,10 +25,12 @@ def flux_configs(base: str) -> dict[str, dict]:
     return {part: read_config(flux_folder(base) / f"{part}.json") for part in PARTS}
 
 
-def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 512) -> FluxComponents:
-    """Build under ``with torch.device("meta")`` to count without allocating (no tokenizers: counting feeds ids)."""
+def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 512,
+               overrides: dict[str, dict] | None = None) -> FluxComponents:
+    """Build under ``with torch.device("meta")`` to count without allocating (no tokenizers: counting feeds ids).
+    ``overrides``: per part, config values to change (fewer blocks for the real-architecture tests)."""
     configs = flux_configs(base)
-    clean = lambda part: without_meta(configs[part])  # noqa: E731
+    clean = lambda part: {**without_meta(configs[part]), **(overrides or {}).get(part, {})}  # noqa: E731
     with torch.device("cpu"):  # the scheduler's small tables stay on the CPU
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(clean("scheduler"))
     return FluxComponents(
@@ -44,14 +45,13 @@ def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_lengt
     )
 
 
-def flux_layout(base: str, dtype: torch.dtype, device: torch.device, **_) -> FrozenFlux:
-    """The frozen FLUX parts of ``base`` with random weights on ``device`` (the meta device to count)."""
-    with device:
-        parts = build_flux(base, dtype)
-    return FrozenFlux(parts, device, dtype)
-
-
-def is_shipped_flux(base: str) -> bool:
-    return flux_folder(base) is not None
-
-
+def write_random_flux(base: str, folder: Path, overrides: dict[str, dict] | None = None,
+                      dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """A random-weight FLUX.1 folder in the hub layout (``model_index.json``, a sub-folder per component,
+    safetensors), with the bundled tokenizer for CLIP and T5 (its 658 ids fit both vocabularies)."""
+    torch.manual_seed(seed)
+    parts = build_flux(base, dtype, overrides=overrides)
+    tokenizer = tokenizer_for(parts.text_encoder)
+    FluxPipeline(parts.noise_scheduler, parts.vae, parts.text_encoder, tokenizer, parts.text_encoder_2, tokenizer,
+                 parts.transformer).save_pretrained(folder, safe_serialization=True)
+    return Path(folder)

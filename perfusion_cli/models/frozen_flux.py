@@ -1,12 +1,9 @@
 """The frozen FLUX.1 parts PerFusion trains against: latents, text conditions, velocity predictions.
 
-The flow family's counterpart of ``frozen_sd.FrozenSD``, with the same three calls the objective makes
-(``latents``, ``text``, ``predictions``) and the same attributes (``device``, ``dtype``, ``latent_scale``,
-``sd.noise_scheduler``: here a ``FlowMatchEulerDiscreteScheduler``, so ``noise.noise_process`` gives rectified
-flow). What is FLUX's own stays here:
+A flow transformer (``frozen_transformer.FrozenTransformer``: latents, the adapter, ``predictions``); what is
+FLUX's own stays here:
 
-- latents: the 16-channel VAE's mean, shifted and scaled ((z − shift_factor)·scaling_factor, as FLUX's pipeline
-  undoes it), kept unpacked [N, 16, h, w] so the noise process and the objective see the U-Nets' shapes; packed
+- latents stay unpacked [N, 16, h, w] so the noise process and the objective see the U-Nets' shapes; packed
   into 2×2 patches [N, h/2·w/2, 64] with their (0, row, column) position ids only around the transformer call
   (diffusers' ``FluxPipeline._pack_latents`` / ``_unpack_latents`` / ``_prepare_latent_image_ids``);
 - text: T5's token embeddings (the joint attention's text stream, ``max_sequence_length`` tokens) and CLIP-L's
@@ -22,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
-from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.flux_adapter import FluxMerchantAdapter
+from perfusion_cli.models.frozen_transformer import FrozenTransformer, JointText, part_loader
 from perfusion_cli.models.text import TextConditions
 
 
@@ -46,14 +44,6 @@ def velocity(transformer: FluxTransformer2DModel, noisy: torch.Tensor, times: to
     return FluxPipeline._unpack_latents(out, height * latent_scale, width * latent_scale, latent_scale)
 
 
-class JointText(TextConditions):
-    """A flow transformer's text: ``hidden`` the text stream's tokens, ``pooled`` the pooled embedding. No size
-    conditions (``sized`` leaves it as it is)."""
-
-    def sized(self, height: int, width: int) -> "JointText":
-        return self
-
-
 @dataclass
 class FluxComponents:
     vae: AutoencoderKL
@@ -71,48 +61,16 @@ class FluxComponents:
         return [self.vae, self.text_encoder, self.text_encoder_2, self.transformer]
 
 
-class FrozenFlux:
-    def __init__(self, sd: FluxComponents, device: torch.device, dtype: torch.dtype):
-        self.sd = sd
-        for module in sd.frozen_modules:
-            module.requires_grad_(False).eval().to(device, dtype)
-        self.device, self.dtype = device, dtype
-        self.latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-        self.truncated_prompts = 0
-        self.share_encoder = False  # no encoder half: every call runs the whole transformer
-
-    @property
-    def latent_channels(self) -> int:
-        return self.sd.vae.config.latent_channels
+class FrozenFlux(FrozenTransformer):
+    adapter = FluxMerchantAdapter
+    guided_by_batch = False  # FLUX.1-dev's guidance is an embedded number
 
     @property
     def text_lengths(self) -> list[int]:
         """Tokens per text encoder: CLIP's 77, T5's ``max_sequence_length``."""
         return [min(77, self.sd.text_encoder.config.max_position_embeddings), self.sd.max_sequence_length]
 
-    def create_branch(self, config, vocab, base_model: str):
-        """The merchant adapter on the transformer's joint attention (the one branch kind on FLUX so far)."""
-        if config.branch != "adapter":
-            raise ConfigError(f"--branch {config.branch} is not built for FLUX yet: use --branch adapter")
-        branch = FluxMerchantAdapter.from_transformer(self.sd.transformer, vocab, config.merchant,
-                                                      config.adapter_tokens, base_model, config.resolution)
-        branch.attach(self.sd.transformer)
-        if config.gradient_checkpointing:  # gradients flow back through the frozen transformer
-            self.sd.transformer.enable_gradient_checkpointing()
-        return branch
-
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [−1, 1] → the transformer's latents [N, 16, h, w] (unpacked): (z − shift)·scale."""
-        config = self.sd.vae.config
-        mean = self.sd.vae.encode(pixels).latent_dist.mean
-        return ((mean - (config.shift_factor or 0.0)) * config.scaling_factor).to(self.dtype)
-
-    @torch.no_grad()
-    def latents(self, images: torch.Tensor, keys=None) -> torch.Tensor:
-        """images [N, 3, H, W] in [0, 1] → the transformer's latents [N, 16, h, w] (unpacked)."""
-        return self.encode_pixels(images.to(self.device, self.sd.vae.dtype) * 2 - 1)
-
-    def text_from_ids(self, ids: list[torch.Tensor]) -> "JointText":
+    def text_from_ids(self, ids: list[torch.Tensor]) -> JointText:
         """Token ids of CLIP and T5 → T5's token embeddings and CLIP's pooled embedding."""
         pooled = self.sd.text_encoder(ids[0], output_hidden_states=False).pooler_output
         hidden = self.sd.text_encoder_2(ids[1], output_hidden_states=False)[0]
@@ -126,9 +84,19 @@ class FrozenFlux:
         self.truncated_prompts += truncated
         return self.text_from_ids([clip_ids.to(self.device), t5["input_ids"].to(self.device)])
 
-    def predictions(self, branch, noisy, times, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
-        """(v_θ with gradients into ``branch``, v_ref without)."""
-        extra = branch(noisy, times, text, features=features)
-        with torch.no_grad():
-            reference = velocity(self.sd.transformer, noisy, times, text, self.latent_scale, self.sd.guidance)
-        return velocity(self.sd.transformer, noisy, times, text, self.latent_scale, self.sd.guidance, extra), reference
+    @classmethod
+    def components(cls, path: str, dtype: torch.dtype) -> FluxComponents:
+        load = part_loader(path, dtype)
+        return FluxComponents(
+            vae=load("the VAE", AutoencoderKL, "vae"),
+            text_encoder=load("the CLIP text encoder", CLIPTextModel, "text_encoder"),
+            tokenizer=load("the CLIP tokenizer", AutoTokenizer, "tokenizer"),
+            text_encoder_2=load("the T5 text encoder", T5EncoderModel, "text_encoder_2"),
+            tokenizer_2=load("the T5 tokenizer", AutoTokenizer, "tokenizer_2"),
+            transformer=load("the transformer", FluxTransformer2DModel, "transformer"),
+            noise_scheduler=load("the scheduler", FlowMatchEulerDiscreteScheduler, "scheduler"),
+        )
+
+    def velocity(self, noisy, times, text, extra=None, guidance=None):
+        return velocity(self.sd.transformer, noisy, times, text, self.latent_scale,
+                        self.sd.guidance if guidance is None else guidance, extra)

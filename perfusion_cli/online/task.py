@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler
 
 from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.manifest import Manifest
-from perfusion_cli.errors import CheckpointError
+from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.online.groups import OnlineGroups, OnlineObjective
@@ -33,6 +33,9 @@ def sampling_pipeline(frozen: FrozenSD, branch) -> PerFusionPipeline:
 def make_online(task: TrainTask, config: GenTrainConfig, frozen: FrozenSD, branch, reward, manifest: Manifest,
                 accelerator) -> None:
     """Turn the offline task into the online one: the loss, the guard and their checkpoint state."""
+    if not isinstance(frozen, FrozenSD):
+        raise ConfigError("--online draws its groups with the U-Nets' sampler; it is not built for the flow "
+                          "transformers (FLUX.1, SD 3.5) yet: train them offline")
     pipeline = sampling_pipeline(frozen, branch)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,

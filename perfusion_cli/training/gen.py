@@ -21,8 +21,7 @@ from perfusion_cli.errors import CheckpointError, ConfigError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.latents import check_tag
 from perfusion_cli.models.backbones import base_reference
-from perfusion_cli.models.branch_kinds import create_branch
-from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.models.families import load_frozen
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.progress import Progress
@@ -63,11 +62,12 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
         reward = load_reward_model(config.reward, device)
         reward.vocab.require_same(manifest.vocab, "reward model", data_dir)
     stored = manifest.raw.get("latents") if config.stored_latents else None
-    frozen = FrozenSD.load(config.base_model, device, config.mixed_precision, config.attention, config.share_encoder,
-                           config.cache_latents, config.resolution, fingerprints=stored is not None)
+    frozen = load_frozen(config.base_model, device, config.mixed_precision, attention=config.attention,
+                         share_encoder=config.share_encoder, cache=config.cache_latents, resolution=config.resolution,
+                         fingerprints=stored is not None)
     if stored is not None:
         check_tag(stored, config.base_model, frozen, config.resolution)
-    branch = create_branch(config, frozen.sd.unet, manifest.vocab, base_reference(config.base_model)).to(device)
+    branch = frozen.create_branch(config, manifest.vocab, base_reference(config.base_model)).to(device)
     objective = GroupDPOObjective(frozen, config, reward if config.positives == "reward" else None,
                                   accelerator.autocast)
 

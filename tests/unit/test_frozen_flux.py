@@ -1,7 +1,6 @@
 """The group objective on FLUX.1's layout at toy widths: the flow family's frozen parts (16-channel VAE latents,
 CLIP-L pooled + T5 tokens, packed 2×2 patches, guidance embedding) through the objective's one code path."""
 
-import copy
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from perfusion_cli.models.tiny import build_tiny_clip, build_tokenizer
 from perfusion_cli.noise import RectifiedFlow
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.training.tiny_bases import text_encoder_from_clip
+from tests.helpers import one_step_moves_only_the_branch, pipeline_images
 
 VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b"])])
 MERCHANT = MerchantEncoderConfig(embed_dim=4, mlp_dims=[16], user_dim=8)
@@ -84,17 +84,7 @@ def test_one_group_step_on_flux_moves_only_the_adapter():
     with torch.no_grad():
         for layer in branch.layers.values():
             layer.to_v.weight.normal_(std=0.2)
-    before = copy.deepcopy(frozen.sd.transformer.state_dict())
-    adapter_before = copy.deepcopy(branch.state_dict())
-    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-2)
-    torch.manual_seed(0)
-    loss, logs = objective(branch, _batch())
-    assert math.isfinite(loss.item()) and logs["kl"] > 0
-    loss.backward()
-    optimizer.step()
-    assert all(torch.equal(value, before[name]) for name, value in frozen.sd.transformer.state_dict().items())
-    moved = [name for name, value in branch.state_dict().items() if not torch.equal(value, adapter_before[name])]
-    assert any("layers" in name for name in moved) and any("merchant" in name for name in moved)
+    one_step_moves_only_the_branch(objective, frozen.sd.transformer, branch, _batch())
 
 
 @torch.no_grad()
@@ -112,14 +102,9 @@ def test_diffusers_flux_pipeline_draws_personalized_images_with_the_adapter():
     branch = FluxMerchantAdapter.from_transformer(parts.transformer, VOCAB, MERCHANT, tokens=2)
 
     def draw(adapter=None):
-        kwargs = {}
-        if adapter is not None:
-            adapter.attach(parts.transformer)
-            tokens = adapter.condition(torch.tensor([[1], [2]]))
-            kwargs = {"joint_attention_kwargs": {"merchant_tokens": tokens, "merchant_scale": 1.0}}
-        return pipeline(["linen dress", "wool hoodie"], height=32, width=32, num_inference_steps=3, guidance_scale=3.5,
-                        max_sequence_length=12, generator=torch.Generator().manual_seed(0), output_type="pt",
-                        **kwargs).images
+        return pipeline_images(pipeline, parts.transformer, ["linen dress", "wool hoodie"], adapter,
+                               torch.tensor([[1], [2]]), height=32, width=32, num_inference_steps=3,
+                               guidance_scale=3.5, max_sequence_length=12)
 
     base = draw()
     assert torch.equal(draw(branch), base)

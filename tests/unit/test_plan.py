@@ -16,6 +16,7 @@ from perfusion_cli.models.architectures import build_clip, build_sd
 from perfusion_cli.models.controlnet_branch import PersonalizedBranch
 from perfusion_cli.models.text import TextConditions
 from perfusion_cli.plan import plan_recipe, planning_vocab, train_gen_step, train_rm_step
+from tests.helpers import sd35_medium_guided_step_by_hand
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -262,3 +263,19 @@ def test_the_flux_recipe_plans_offline_and_a_step_is_flux_counted_by_hand():
     assert 1.0 < ours["gflops"] / base["gflops"] <= 1.05
     assert train["fits"] == {"24 GB": False, "40 GB": False, "80 GB": True}
     assert train["trainable_parameters"] < 0.05 * train["frozen_parameters"]
+
+
+def test_the_sd35_recipe_plans_offline_and_a_guided_step_is_sd35_counted_by_hand():
+    """SD 3.5 medium through the recipe: the frozen parts are its published sizes, one guided step at 1024² (batch 2,
+    77 CLIP + 256 T5 tokens) is SD 3.5 written out by hand (tests/unit/test_sd3_adapter.py), and the adapter adds
+    at most 5 % an image."""
+    plan = plan_recipe("sd35-industrial", merchants=100, jobs=("generate",))
+    jobs = {job["job"]: job for job in plan["jobs"]}
+    base, ours = jobs["generate (base)"], jobs["generate (PerFusion)"]
+    # transformer 2.24 B, T5-XXL's encoder 4.76 B, OpenCLIP bigG's text tower 695 M, CLIP-L's 124 M, the VAE 84 M
+    assert base["frozen_parameters"] == pytest.approx(7.91e9, rel=0.002)
+    hand = sd35_medium_guided_step_by_hand()
+    step = float(base["notes"].split("one guided step ")[1].split(" GFLOPs")[0])
+    assert step * 1e9 == pytest.approx(hand, rel=0.03)
+    assert "40 steps, guidance 4.5 (batch 2 per step)" in base["shape"] and base["precision"] == "bf16"
+    assert 1.0 < ours["gflops"] / base["gflops"] <= 1.05

@@ -1,0 +1,73 @@
+"""The flow transformers through ``perfusion train-gen``: FLUX.1's and SD 3.5's layouts at toy widths, written as
+hub-layout folders (``write_random_flux`` / ``write_random_sd3``) and loaded by the CLI like any ``--base-model``
+folder: the family is read from the folder's ``model_index.json`` (``models/families.py``), the merchant adapter
+attaches to its joint attention, the group objective trains it on velocity errors, and the run saves it."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from perfusion_cli.cli.main import app
+from perfusion_cli.models.branch_kinds import load_branch
+from perfusion_cli.models.flux_architecture import write_random_flux
+from perfusion_cli.models.sd3_architecture import write_random_sd3
+
+runner = CliRunner()
+VAE = {"block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+       "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 16,
+       "mid_block_add_attention": False}
+CLIP = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "projection_dim": 32, "max_position_embeddings": 16}
+T5 = {"d_model": 32, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 4}
+TOY = {
+    "flux": (write_random_flux, "black-forest-labs/FLUX.1-dev", "FluxMerchantAdapter", {
+        "vae": VAE, "text_encoder": CLIP, "text_encoder_2": T5,
+        "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                        "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": [4, 6, 6]}}),
+    "sd35": (write_random_sd3, "stabilityai/stable-diffusion-3.5-medium", "SD3MerchantAdapter", {
+        "vae": VAE, "text_encoder": CLIP, "text_encoder_2": {**CLIP, "hidden_size": 48, "projection_dim": 48},
+        "transformer": {"num_layers": 2, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 96,
+                        "caption_projection_dim": 16, "pooled_projection_dim": 80, "pos_embed_max_size": 32,
+                        "dual_attention_layers": [0]}}),
+}
+
+
+def _perfusion(*args) -> str:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, f"perfusion {' '.join(map(str, args))}\n{result.output}"
+    return result.output
+
+
+@pytest.mark.parametrize("family", TOY)
+def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_folder(family, market, tmp_path):
+    write, base, adapter, overrides = TOY[family]
+    folder = write(base, tmp_path / family, overrides, dtype=torch.float32)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == {"flux": "FluxPipeline", "sd35": "StableDiffusion3Pipeline"}[family]
+    run = tmp_path / "run"
+    _perfusion("train-gen", market[0], "--out", run, "--base-model", folder, "--resolution", 64,
+               "--group-size", 3, "--batch-size", 1, "--max-steps", 2, "--num-workers", 0, "--branch", "adapter",
+               "--no-stored-latents", "--lr", "1e-2")
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["steps"] == 2 and summary["shared_encoder"] is False
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row.get("split", "train") == "train"]
+    assert train and all(torch.isfinite(torch.tensor(row["loss"])) for row in train)
+    assert train[0]["err_ratio"] == pytest.approx(1.0, abs=1e-6)  # an untrained adapter is the base
+    branch = load_branch(run / "model")
+    assert type(branch).__name__ == adapter and branch.config.base_model == str(folder.resolve())
+    assert any(layer.to_v.weight.abs().sum() > 0 for layer in branch.layers.values())  # V left zero: it learned
+
+
+def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market, tmp_path):
+    write, base, _, overrides = TOY["flux"]
+    folder = write(base, tmp_path / "flux", overrides, dtype=torch.float32)
+    common = ["train-gen", str(market[0]), "--base-model", str(folder), "--resolution", "64",
+              "--max-steps", "1", "--num-workers", "0", "--no-stored-latents"]
+    for extra, message in ((["--branch", "controlnet"], "--branch controlnet is not built for flow transformers"),
+                           (["--branch", "adapter", "--resolution", "66"], "must be a multiple of 4"),
+                           (["--branch", "adapter", "--attention", "xformers"], "run diffusers' SDPA attention")):
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / "r"), *extra, "--overwrite"])
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
