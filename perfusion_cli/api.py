@@ -29,6 +29,7 @@ from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.merchant import MerchantEncoderModel
 from perfusion_cli.models.reward import RewardModel, load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.pipelines import load_pipeline
 
 ImageLike = Union[Image.Image, str, Path, bytes]
 
@@ -37,9 +38,10 @@ __all__ = ["Reward", "load_generator", "load_merchant_encoder", "load_reward"]
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> PerFusionPipeline:
-    """A ``train-gen`` run (or its ``model/`` folder) as a diffusers pipeline; call it with ``merchant=`` a profile
-    (or one per prompt), and without one for the base model's image from the same seed."""
-    return PerFusionPipeline.from_run(run, device, dtype)
+    """A ``train-gen`` run (or its ``model/`` folder) as a pipeline (a diffusers one for the U-Nets; the flow
+    transformers' takes the same call); call it with ``merchant=`` a profile (or one per prompt), and without one
+    for the base model's image from the same seed."""
+    return load_pipeline(run, device, dtype)
 
 
 def load_merchant_encoder(folder: str | Path) -> MerchantEncoderModel:

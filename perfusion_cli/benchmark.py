@@ -32,7 +32,9 @@ from perfusion_cli.environment import describe, pick_device
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
+from perfusion_cli.errors import ConfigError
 from perfusion_cli.pipeline import PerFusionPipeline
+from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress
 
 
@@ -257,7 +259,10 @@ def run_bench(run_dir: Path, data_dir: Path, config: BenchConfig, train: GenTrai
     progress = progress or NullProgress()
     device = pick_device(config.device)
     started = time.perf_counter()
-    pipeline = PerFusionPipeline.from_run(run_dir, device)
+    pipeline = load_pipeline(run_dir, device)
+    if not isinstance(pipeline, PerFusionPipeline):
+        raise ConfigError("perfusion bench measures U-Net runs (SD 1.5, SDXL); for a FLUX or SD 3.5 run use "
+                          "`perfusion bench --plan` (their measured bench is not built yet)")
     manifest = load_manifest(data_dir)
     steps, repeats = config.steps, config.repeats
     spec = StreamSpec(Path(data_dir), "train", config.batch_size, train.group_size, pipeline.default_resolution,

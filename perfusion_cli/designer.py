@@ -36,6 +36,7 @@ from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import tokenize
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
+from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.runs import run_of
 
@@ -121,7 +122,7 @@ class Designer:
         if config.rerank and not config.reward:
             raise ConfigError("--rerank needs a reward model: train one (`perfusion train-rm`) or pass --reward")
         device = pick_device(config.device)
-        self.pipeline = PerFusionPipeline.from_run(run_dir, device)
+        self.pipeline = load_pipeline(run_dir, device)
         self.pipeline.branch.vocab.require_same(self.manifest.vocab, "generator", data_dir)
         self.run_code = run_of(run_dir).code()  # the commit that trained the generator (run.json)
         self.reward = None

@@ -37,6 +37,19 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.round(image.permute(1, 2, 0).float().cpu().numpy() * 255).astype(np.uint8))
 
 
+def pipeline_output(latents: torch.Tensor, output_type: str, decode: Callable) -> ImagePipelineOutput:
+    """The final latents as the caller asked: ``latent`` (undecoded), ``pt`` ([N, 3, H, W] in [0, 1]), ``np``
+    ([N, H, W, 3]) or ``pil``."""
+    if output_type == "latent":
+        return ImagePipelineOutput(images=latents)
+    images = decode(latents)
+    if output_type == "pt":
+        return ImagePipelineOutput(images=images)
+    if output_type == "np":
+        return ImagePipelineOutput(images=images.permute(0, 2, 3, 1).cpu().numpy())
+    return ImagePipelineOutput(images=[to_pil(image) for image in images])
+
+
 def branch_schedule(steps: int, every: int = 1, until: float = 1.0) -> list[str]:
     """Per denoising step: compute the branch, reuse its last output, or run the base alone."""
     if every < 1 or not 0 < until <= 1:
@@ -67,7 +80,12 @@ class PerFusionPipeline(DiffusionPipeline):
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
         folder = model_folder(run_dir, "generator")
-        branch = load_branch(folder, dtype)
+        return cls.from_branch(load_branch(folder, dtype), folder, device, dtype)
+
+    @classmethod
+    def from_branch(cls, branch, folder: Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "PerFusionPipeline":
+        """The pipeline of a run's loaded branch (``folder``: its ``model/``, named in errors)."""
         sd = load_sd(branch.config.base_model, dtype)
         sd.vae.to(vae_dtype(sd, dtype))  # SDXL's VAE decodes in fp32 (it overflows in fp16)
         scheduler = DPMSolverMultistepScheduler.from_config(sd.noise_scheduler.config)
@@ -82,6 +100,12 @@ class PerFusionPipeline(DiffusionPipeline):
         return SDComponents(self.vae, self.text_encoder, self.tokenizer, self.unet,
                             DDPMScheduler.from_config(self.scheduler.config), "", self.text_encoder_2,
                             self.tokenizer_2, self.config.force_zeros_for_empty_prompt)
+
+    def frozen_parts(self):
+        """The frozen base as the objective sees it (``FrozenSD``, encoder shared): eval's denoising errors."""
+        from perfusion_cli.models.frozen_sd import FrozenSD
+
+        return FrozenSD(self.sd_components(), self.device, self.unet.dtype, share_encoder=True, cache=False)
 
     @property
     def tokenizers(self) -> list:
@@ -177,14 +201,7 @@ class PerFusionPipeline(DiffusionPipeline):
             if on_step is not None:
                 on_step(1)
         # 6. decode
-        if output_type == "latent":
-            return ImagePipelineOutput(images=latents)
-        images = self.decode(latents)
-        if output_type == "pt":
-            return ImagePipelineOutput(images=images)
-        if output_type == "np":
-            return ImagePipelineOutput(images=images.permute(0, 2, 3, 1).cpu().numpy())
-        return ImagePipelineOutput(images=[to_pil(image) for image in images])
+        return pipeline_output(latents, output_type, self.decode)
 
     def _step_kwargs(self, eta: float, generator) -> dict:
         """What this scheduler's ``step`` takes of η and the generator (DDIM takes both, DPM-Solver neither)."""

@@ -26,7 +26,10 @@ MODEL = "model"
 TRACKERS = "trackers"
 
 # kind → (the model classes that save_pretrained records, the command that makes it)
-KINDS = {"reward": (("PerFusionRM",), "train-rm"), "generator": (("PersonalizedBranch", "MerchantAdapter"), "train-gen")}
+# the model classes a run's model/config.json may name (branch_kinds.LOADABLE's, for the generator)
+KINDS = {"reward": (("PerFusionRM",), "train-rm"),
+         "generator": (("PersonalizedBranch", "MerchantAdapter", "FluxMerchantAdapter", "SD3MerchantAdapter"),
+                       "train-gen")}
 
 
 @dataclass(frozen=True)

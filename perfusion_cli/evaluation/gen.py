@@ -34,6 +34,7 @@ from perfusion_cli.model_card import record_evaluation
 from perfusion_cli.models.backbones import is_tiny
 from perfusion_cli.models.reward import load_reward_model
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
+from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress
 
 MODELS = ("base", "perfusion")
@@ -184,7 +185,7 @@ def evaluate_generator(run_dir: Path, data_dir: Path, config: EvalGenConfig, rep
     progress = progress or NullProgress()
     device = pick_device(config.device)
     manifest = load_manifest(data_dir)
-    pipeline = PerFusionPipeline.from_run(run_dir, device)
+    pipeline = load_pipeline(run_dir, device)
     pipeline.branch.vocab.require_same(manifest.vocab, "generator", data_dir)
     resolution = pipeline.default_resolution
     pairs = held_out_pairs(data_dir, config.split, config.max_pairs, resolution)

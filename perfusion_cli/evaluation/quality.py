@@ -17,7 +17,6 @@ from perfusion_cli.config import EvalGenConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, eval_batches
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.marketplace.oracle import integrity
-from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import PerFusionPipeline
 
@@ -32,8 +31,7 @@ def integrity_scores(metric: str, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def denoising_errors(pipeline: PerFusionPipeline, data_dir: Path, config: EvalGenConfig) -> dict:
     """PerFusion's and the reference's denoising errors on up to ``max_pairs`` groups of the split."""
-    components = pipeline.sd_components()
-    frozen = FrozenSD(components, pipeline.device, pipeline.unet.dtype, share_encoder=True, cache=False)
+    frozen = pipeline.frozen_parts()
     objective = GroupDPOObjective(frozen, GenTrainConfig(base_model=pipeline.base_model))
     manifest = load_manifest(data_dir)
     spec = StreamSpec(Path(data_dir), config.split, 8, manifest.max_candidates, pipeline.default_resolution)

@@ -172,3 +172,35 @@ def test_siglip2_industrial_recipe_trains_and_evaluates_the_reward_model_on_sigl
                         "--json", ws / "e.json")
     assert "GAUC" in output and json.loads((ws / "e.json").read_text())["models"][0]["n_groups"] > 0
     shutil.rmtree(siglip)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd35"])
+def test_flow_recipes_train_and_generate_on_flux_widths_and_sd35_medium(family, market, tmp_path):
+    """FLUX.1-dev's real widths (3072 hidden, 24 heads of 128, its RoPE axes, T5-XXL's 4096-wide layers) with 2
+    double- and 4 single-stream blocks and 2 T5 layers (FLUX's 11.9 B parameters would not fit 24 GiB); SD 3.5
+    medium's whole 2.24 B transformer with both CLIPs, T5 left out as its pipeline allows. Each through its GPU
+    recipe with sizes overridden: 2 steps of train-gen on groups of 2, then generate 2 steps at 128²."""
+    base, recipe, writer, overrides = {
+        "flux": ("black-forest-labs/FLUX.1-dev", "flux-industrial", "write_random_flux",
+                 {"transformer": {"num_layers": 2, "num_single_layers": 4}, "text_encoder_2": {"num_layers": 2}}),
+        "sd35": ("stabilityai/stable-diffusion-3.5-medium", "sd35-industrial", "write_random_sd3", {}),
+    }[family]
+    module = "flux_architecture" if family == "flux" else "sd3_architecture"
+    folder = tmp_path / family
+    code = (f"from perfusion_cli.models.{module} import {writer}; {writer}({base!r}, {str(folder)!r}, {overrides!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=900)
+    precision = "bf16" if cpu_runs_bf16() else "no"
+    ws = _workspace(tmp_path / "ws", market)
+    _perfusion(ws, "train-gen", "--recipe", recipe, "--base-model", folder, "--resolution", "128", "--batch-size", "1",
+               "--grad-accum", "1", "--group-size", "2", "--max-steps", "2", "--mixed-precision", precision,
+               "--num-workers", "0")
+    gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
+    assert gen["config"]["beta"] == 2500.0 and gen["config"]["gradient_checkpointing"] is True and gen["steps"] == 2
+    assert torch.isfinite(torch.tensor(gen["final"]["loss"]))
+    branch = json.loads((ws / "runs" / "gen" / "model" / "config.json").read_text())
+    # merchant tokens at the joint attention's 4096 width, K/V for every attention with a text stream
+    assert branch["token_dim"] == 4096 and len(branch["cross_attention"]) == {"flux": 2, "sd35": 24}[family]
+    _perfusion(ws, "generate", "--recipe", recipe, "--merchant", "102", "linen dress", "--n", "1", "--steps", "2",
+               "--resolution", "128", "--no-rerank")
+    assert len(list((ws / "outputs" / "102" / "linen-dress-seed0").glob("*.png"))) == 1
+    shutil.rmtree(folder)

@@ -59,6 +59,19 @@ def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_fold
     branch = load_branch(run / "model")
     assert type(branch).__name__ == adapter and branch.config.base_model == str(folder.resolve())
     assert any(layer.to_v.weight.abs().sum() > 0 for layer in branch.layers.values())  # V left zero: it learned
+    # generate and eval gen open the run through the flow family's pipeline
+    merchant = json.loads((market[0] / "merchant_table.jsonl").read_text().splitlines()[0])["merchant_id"]
+    out = tmp_path / "outputs"
+    _perfusion("generate", "--model", run, "--data", market[0], "--merchant", merchant, "linen dress", "--n", 2,
+               "--steps", 2, "--out", out, "--no-rerank")
+    made = json.loads(next(out.rglob("metadata.json")).read_text())
+    assert made["base_model"] == str(folder.resolve()) and len(made["images"]) == 2 and made["resolution"] == 64
+    _perfusion("eval", "gen", "--model", run, "--data", market[0], "--max-pairs", 2, "--n-per-prompt", 1,
+               "--steps", 2, "--json", tmp_path / "eval.json")
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["pairs"] == 2 and set(summary["models"]) >= {"base", "perfusion"}
+    refused = runner.invoke(app, ["bench", "--model", str(run), "--data", str(market[0]), "--steps", "1"])
+    assert refused.exit_code == 1 and "perfusion bench measures U-Net runs" in " ".join(refused.output.split())
 
 
 def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market, tmp_path):

@@ -88,3 +88,10 @@ def test_the_branch_schedule():
     assert branch_schedule(5, until=0.5) == [COMPUTE] * 3 + [OFF] * 2  # ceil: the branch runs at least once
     with pytest.raises(ValueError):
         branch_schedule(5, every=0)
+
+
+def test_every_loadable_branch_is_a_generator_model_a_run_folder_may_hold():
+    from perfusion_cli.models.branch_kinds import LOADABLE
+    from perfusion_cli.runs import KINDS
+
+    assert {cls.__name__ for cls in LOADABLE} == set(KINDS["generator"][0])
