@@ -145,6 +145,7 @@ def _job(name: str, config, step: Step) -> JobPlan:
 def train_gen_step(config: GenTrainConfig, vocab: FeatureVocab, device: torch.device = META) -> Step:
     dtype = DTYPES[config.mixed_precision]
     frozen = frozen_layout(config.base_model, dtype, device, config.share_encoder, config.cache_latents)
+    frozen.check_resolution(config.resolution)
     sd = frozen.sd
     with device:
         branch = frozen.create_branch(config, vocab, config.base_model).to(dtype).train()

@@ -38,12 +38,25 @@ def shipped_folder(base: str) -> Path | None:
     return ARCHITECTURES / entry if entry else None
 
 
-def shipped_transformer(base: str, class_name: str) -> Path | None:
-    """The shipped folder of a flow-transformer base whose transformer is ``class_name``, else None."""
-    folder = shipped_folder(base)
-    if folder is None or not (folder / "transformer.json").is_file():
-        return None
-    return folder if read_config(folder / "transformer.json").get("_class_name") == class_name else None
+def transformer_folder(base: str, class_name: str) -> tuple[Path, bool] | None:
+    """(folder, shipped) of a flow-transformer base whose transformer is ``class_name``: its configs shipped here for
+    a hub id (``<part>.json``), or a local diffusers folder (``<part>/config.json``); None for another family."""
+    shipped = shipped_folder(base)
+    if shipped is not None:
+        path, found = shipped / "transformer.json", (shipped, True)
+    else:
+        path, found = Path(base) / "transformer" / "config.json", (Path(base), False)
+    return found if path.is_file() and read_config(path).get("_class_name") == class_name else None
+
+
+def transformer_configs(base: str, class_name: str, parts: tuple[str, ...]) -> dict[str, dict]:
+    """The configs of a flow-transformer base's ``parts`` that it has (a folder may leave out an optional text
+    encoder), without their metadata keys."""
+    folder, shipped = transformer_folder(base, class_name)
+    names = {"scheduler": "scheduler_config.json"}
+    paths = {part: folder / f"{part}.json" if shipped else folder / part / names.get(part, "config.json")
+             for part in parts}
+    return {part: without_meta(read_config(path)) for part, path in paths.items() if path.is_file()}
 
 
 def known_bases() -> list[str]:

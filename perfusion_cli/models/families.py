@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from perfusion_cli.models.architectures import build_sd, shipped_transformer
+from perfusion_cli.models.architectures import build_sd, transformer_folder
 from perfusion_cli.models.backbones import pipeline_config, resolve
 from perfusion_cli.models.flux_architecture import build_flux
 from perfusion_cli.models.frozen_flux import FrozenFlux
@@ -31,21 +31,22 @@ TRANSFORMERS = [("FluxPipeline", "FluxTransformer2DModel", build_flux, FrozenFlu
                 ("StableDiffusion3Pipeline", "SD3Transformer2DModel", build_sd3, FrozenSD3)]
 
 
-def _shipped_family(base: str):
-    """(build, frozen class) of the flow transformer whose configs ship for ``base``, else None."""
+def _configured_family(base: str):
+    """(build, frozen class) of the flow transformer ``base`` is, by its configs (shipped for a hub id, or a local
+    folder's), else None."""
     return next(((build, frozen) for _, transformer, build, frozen in TRANSFORMERS
-                 if shipped_transformer(base, transformer)), None)
+                 if transformer_folder(base, transformer)), None)
 
 
 def is_flow_transformer(base: str) -> bool:
-    """Whether ``base`` is one of the flow-transformer families whose configs ship (the U-Nets otherwise)."""
-    return _shipped_family(base) is not None
+    """Whether ``base`` is one of the flow-transformer families, by its configs (the U-Nets otherwise)."""
+    return _configured_family(base) is not None
 
 
 def frozen_layout(base: str, dtype: torch.dtype, device: torch.device, share_encoder: bool = True,
                   cache: bool = False):
     """``base``'s frozen parts built from its configs with random weights: counting and the real-layout tests."""
-    family = _shipped_family(base)
+    family = _configured_family(base)
     if family is None:
         return sd_layout(base, dtype, device, share_encoder, cache)
     build, frozen = family

@@ -9,20 +9,16 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from perfusion_cli.models.architectures import read_config, shipped_transformer, tokenizer_for, without_meta
+from perfusion_cli.models.architectures import tokenizer_for, transformer_configs
 from perfusion_cli.models.frozen_flux import FluxComponents
 
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")
-
-
-def flux_folder(base: str) -> Path | None:
-    """The shipped folder of a FLUX base, else None."""
-    return shipped_transformer(base, "FluxTransformer2DModel")
+CLASS = "FluxTransformer2DModel"
 
 
 def flux_configs(base: str) -> dict[str, dict]:
-    """The configs of a FLUX base whose architecture ships here."""
-    return {part: read_config(flux_folder(base) / f"{part}.json") for part in PARTS}
+    """The configs of a FLUX base whose architecture ships here, or of a local FLUX folder."""
+    return transformer_configs(base, CLASS, PARTS)
 
 
 def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 512,
@@ -30,7 +26,7 @@ def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_lengt
     """Build under ``with torch.device("meta")`` to count without allocating (no tokenizers: counting feeds ids).
     ``overrides``: per part, config values to change (fewer blocks for the real-architecture tests)."""
     configs = flux_configs(base)
-    clean = lambda part: {**without_meta(configs[part]), **(overrides or {}).get(part, {})}  # noqa: E731
+    clean = lambda part: {**configs[part], **(overrides or {}).get(part, {})}  # noqa: E731
     with torch.device("cpu"):  # the scheduler's small tables stay on the CPU
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(clean("scheduler"))
     return FluxComponents(

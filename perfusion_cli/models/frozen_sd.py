@@ -83,10 +83,14 @@ class FrozenSD:
         prints = ({"vae": weights_digest(sd.vae), "text_encoder": weights_digest(*sd.text_encoders)} if fingerprints
                   else {})
         frozen = cls(sd, device, DTYPES[mixed_precision], share_encoder, cache)
-        if resolution is not None and resolution % frozen.latent_scale:
-            raise ConfigError(f"resolution {resolution} must be a multiple of {frozen.latent_scale} for this VAE")
+        if resolution is not None:
+            frozen.check_resolution(resolution)
         frozen.fingerprints = prints
         return frozen
+
+    def check_resolution(self, resolution: int) -> None:
+        if resolution % self.latent_scale:
+            raise ConfigError(f"resolution {resolution} must be a multiple of {self.latent_scale} for this VAE")
 
     @property
     def latent_channels(self) -> int:

@@ -77,10 +77,14 @@ class FrozenTransformer:
                               f"(--attention sdpa)")
         dtype = DTYPES[mixed_precision]
         frozen = cls(cls.components(resolve(base_model, "sd"), dtype), device, dtype)
-        if resolution is not None and resolution % (2 * frozen.latent_scale):
-            raise ConfigError(f"resolution {resolution} must be a multiple of {2 * frozen.latent_scale} for this VAE "
-                              f"and the transformer's 2×2 patches")
+        if resolution is not None:
+            frozen.check_resolution(resolution)
         return frozen
+
+    def check_resolution(self, resolution: int) -> None:
+        if resolution % (2 * self.latent_scale):
+            raise ConfigError(f"resolution {resolution} must be a multiple of {2 * self.latent_scale} for this VAE "
+                              f"and the transformer's 2×2 patches")
 
     @property
     def latent_channels(self) -> int:

@@ -1,5 +1,6 @@
-"""SD 3.5's modules from its public configs (``perfusion_cli/architectures/sd35-medium``): random weights, on any
-device, for counting on the meta device (``bench --plan``), as ``flux_architecture`` builds FLUX.1's."""
+"""SD 3.5's modules from its public configs (``perfusion_cli/architectures/sd35-medium``) or a local SD 3.5 folder's:
+random weights, on any device, for counting on the meta device (``bench --plan``, the memory check before a
+run), as ``flux_architecture`` builds FLUX.1's."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from perfusion_cli.models.architectures import read_config, shipped_transformer, tokenizer_for, without_meta
+from perfusion_cli.models.architectures import tokenizer_for, transformer_configs
 from perfusion_cli.models.frozen_sd3 import SD3Components
 
 CLASS = "SD3Transformer2DModel"
+PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "scheduler")
 
 
 def build_sd3(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 256, t5: bool = True,
               overrides: dict[str, dict] | None = None) -> SD3Components:
     """Build under ``with torch.device("meta")`` to count without allocating (no tokenizers: counting feeds ids).
     ``overrides``: per part, config values to change (toy widths for tests)."""
-    folder = shipped_transformer(base, CLASS)
-    clean = lambda part: {**without_meta(read_config(folder / f"{part}.json")),  # noqa: E731
-                          **(overrides or {}).get(part, {})}
+    configs = transformer_configs(base, CLASS, PARTS)
+    clean = lambda part: {**configs[part], **(overrides or {}).get(part, {})}  # noqa: E731
+    t5 = t5 and "text_encoder_3" in configs
     with torch.device("cpu"):  # the scheduler's small tables stay on the CPU
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(clean("scheduler"))
     return SD3Components(

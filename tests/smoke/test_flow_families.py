@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from perfusion_cli.cli.main import app
 from perfusion_cli.models.branch_kinds import load_branch
+from perfusion_cli.models.families import load_frozen
 from perfusion_cli.models.flux_architecture import write_random_flux
 from perfusion_cli.models.sd3_architecture import write_random_sd3
 
@@ -84,3 +85,25 @@ def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market,
                            (["--branch", "adapter", "--attention", "xformers"], "run diffusers' SDPA attention")):
         result = runner.invoke(app, [*common, "--out", str(tmp_path / "r"), *extra, "--overwrite"])
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("family", TOY)
+def test_a_local_flow_folder_is_planned_like_a_shipped_one(family, tmp_path):
+    """``bench --plan --base-model FOLDER`` and the memory check before train-gen read a local FLUX or SD 3.5
+    folder's own configs, as they read the shipped ones for the hub ids: the toy folder's parameters, counted on
+    the meta device, are the ones written."""
+    from perfusion_cli.accounting import parameters
+    from perfusion_cli.config import GenTrainConfig
+    from perfusion_cli.models.families import frozen_layout, is_flow_transformer
+    from perfusion_cli.plan import planning_vocab
+    from perfusion_cli.preflight import training_peak
+
+    write, base, _, overrides = TOY[family]
+    folder = write(base, tmp_path / family, overrides, dtype=torch.float32)
+    assert is_flow_transformer(str(folder)) and not is_flow_transformer("tiny")
+    counted = frozen_layout(str(folder), torch.float32, torch.device("meta"))
+    loaded = load_frozen(str(folder), torch.device("cpu"))
+    assert type(counted) is type(loaded)
+    assert parameters(counted.sd.transformer) == parameters(loaded.sd.transformer) > 0
+    config = GenTrainConfig(base_model=str(folder), resolution=64, batch_size=1, group_size=3)
+    assert training_peak(config, planning_vocab(10)) > 0
