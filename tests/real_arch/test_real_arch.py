@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -52,8 +53,10 @@ def layouts(tmp_path_factory):
 
 def _perfusion(workspace, *args, timeout=900):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "perfusion_cli", "--workdir", str(workspace), *map(str, args)],
                             capture_output=True, text=True, env=env, timeout=timeout)
+    print(f"perfusion {args[0]} {args[1] if len(args) > 1 else ''}: {time.perf_counter() - started:.1f} s")
     assert result.returncode == 0, f"perfusion {' '.join(map(str, args))}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     return result.stdout
 
