@@ -13,6 +13,8 @@ from PIL import Image
 
 from perfusion_cli.config import SECTIONS, TINY_RECIPE, PrepareConfig, SyntheticConfig, build, load_recipe
 from perfusion_cli.data.prepare import prepare, prepare_synthetic
+from perfusion_cli.models.flux_architecture import write_random_flux as _write_flux
+from perfusion_cli.models.sd3_architecture import write_random_sd3 as _write_sd3
 
 # What tests shrink in the shipped tiny recipe (recipes/tiny-cpu.toml): steps and batches, never the
 # models or the optimisation settings the recipe chose.
@@ -195,3 +197,24 @@ def one_step_moves_only_the_branch(objective, frozen_module, branch, batch) -> N
     assert all(torch.equal(value, before[name]) for name, value in frozen_module.state_dict().items())
     moved = [name for name, value in branch.state_dict().items() if not torch.equal(value, branch_before[name])]
     assert any("layers" in name for name in moved) and any("merchant" in name for name in moved)
+
+
+# The flow families at toy widths, as hub-layout folders: family → (writer, the hub id whose configs it shrinks, the
+# adapter class a run saves, the overrides)
+_VAE = {"block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+       "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 16,
+       "mid_block_add_attention": False}
+_CLIP = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "projection_dim": 32, "max_position_embeddings": 16}
+_T5 = {"d_model": 32, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 4}
+TOY_FLOW = {
+    "flux": (_write_flux, "black-forest-labs/FLUX.1-dev", "FluxMerchantAdapter", {
+        "vae": _VAE, "text_encoder": _CLIP, "text_encoder_2": _T5,
+        "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                        "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": [4, 6, 6]}}),
+    "sd35": (_write_sd3, "stabilityai/stable-diffusion-3.5-medium", "SD3MerchantAdapter", {
+        "vae": _VAE, "text_encoder": _CLIP, "text_encoder_2": {**_CLIP, "hidden_size": 48, "projection_dim": 48},
+        "transformer": {"num_layers": 2, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 96,
+                        "caption_projection_dim": 16, "pooled_projection_dim": 80, "pos_embed_max_size": 32,
+                        "dual_attention_layers": [0]}}),
+}

@@ -12,27 +12,9 @@ from typer.testing import CliRunner
 from perfusion_cli.cli.main import app
 from perfusion_cli.models.branch_kinds import load_branch
 from perfusion_cli.models.families import load_frozen
-from perfusion_cli.models.flux_architecture import write_random_flux
-from perfusion_cli.models.sd3_architecture import write_random_sd3
+from tests.helpers import TOY_FLOW
 
 runner = CliRunner()
-VAE = {"block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
-       "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 16,
-       "mid_block_add_attention": False}
-CLIP = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "projection_dim": 32, "max_position_embeddings": 16}
-T5 = {"d_model": 32, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 4}
-TOY = {
-    "flux": (write_random_flux, "black-forest-labs/FLUX.1-dev", "FluxMerchantAdapter", {
-        "vae": VAE, "text_encoder": CLIP, "text_encoder_2": T5,
-        "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
-                        "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": [4, 6, 6]}}),
-    "sd35": (write_random_sd3, "stabilityai/stable-diffusion-3.5-medium", "SD3MerchantAdapter", {
-        "vae": VAE, "text_encoder": CLIP, "text_encoder_2": {**CLIP, "hidden_size": 48, "projection_dim": 48},
-        "transformer": {"num_layers": 2, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 96,
-                        "caption_projection_dim": 16, "pooled_projection_dim": 80, "pos_embed_max_size": 32,
-                        "dual_attention_layers": [0]}}),
-}
 
 
 def _perfusion(*args) -> str:
@@ -41,9 +23,9 @@ def _perfusion(*args) -> str:
     return result.output
 
 
-@pytest.mark.parametrize("family", TOY)
+@pytest.mark.parametrize("family", TOY_FLOW)
 def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_folder(family, market, tmp_path):
-    write, base, adapter, overrides = TOY[family]
+    write, base, adapter, overrides = TOY_FLOW[family]
     folder = write(base, tmp_path / family, overrides, dtype=torch.float32)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == {"flux": "FluxPipeline", "sd35": "StableDiffusion3Pipeline"}[family]
@@ -76,7 +58,7 @@ def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_fold
 
 
 def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market, tmp_path):
-    write, base, _, overrides = TOY["flux"]
+    write, base, _, overrides = TOY_FLOW["flux"]
     folder = write(base, tmp_path / "flux", overrides, dtype=torch.float32)
     common = ["train-gen", str(market[0]), "--base-model", str(folder), "--resolution", "64",
               "--max-steps", "1", "--num-workers", "0", "--no-stored-latents"]
@@ -87,7 +69,7 @@ def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market,
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
 
 
-@pytest.mark.parametrize("family", TOY)
+@pytest.mark.parametrize("family", TOY_FLOW)
 def test_a_local_flow_folder_is_planned_like_a_shipped_one(family, tmp_path):
     """``bench --plan --base-model FOLDER`` and the memory check before train-gen read a local FLUX or SD 3.5
     folder's own configs, as they read the shipped ones for the hub ids: the toy folder's parameters, counted on
@@ -98,7 +80,7 @@ def test_a_local_flow_folder_is_planned_like_a_shipped_one(family, tmp_path):
     from perfusion_cli.plan import planning_vocab
     from perfusion_cli.preflight import training_peak
 
-    write, base, _, overrides = TOY[family]
+    write, base, _, overrides = TOY_FLOW[family]
     folder = write(base, tmp_path / family, overrides, dtype=torch.float32)
     assert is_flow_transformer(str(folder)) and not is_flow_transformer("tiny")
     counted = frozen_layout(str(folder), torch.float32, torch.device("meta"))
