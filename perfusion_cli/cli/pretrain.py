@@ -12,7 +12,7 @@ from perfusion_cli.cli.console import RichProgress, boundary, console, fail, say
 from perfusion_cli.cli.flags import routes
 from perfusion_cli.config import ASSETS
 
-ROUTES = routes("pretrain-base", local=("out", "sdxl", "siglip", "source", "recipe"))
+ROUTES = routes("pretrain-base", local=("out", "sdxl", "siglip", "flux", "source", "recipe"))
 
 
 @boundary
@@ -23,8 +23,11 @@ def pretrain_command(
                                                       "in --source (its tiny-clip/ and tiny-sd/).")] = False,
     siglip: Annotated[bool, typer.Option("--siglip", help="Make the tiny SigLIP reward-model base (tiny-siglip/), "
                                                           "with --source's tiny-clip/ tokenizer.")] = False,
+    flux: Annotated[bool, typer.Option("--flux", help="Make the tiny FLUX-architecture base (tiny-flux/) with "
+                                                      "--source's tiny-clip/ and tiny-sd/'s VAE; --unet-steps "
+                                                      "sets its transformer's steps.")] = False,
     source: Annotated[Path, typer.Option(
-        "--source", help="Where --sdxl and --siglip find tiny-clip/ (and tiny-sd/).")] = ASSETS,
+        "--source", help="Where --sdxl, --siglip and --flux find tiny-clip/ (and tiny-sd/).")] = ASSETS,
     unet_steps: Annotated[Optional[int], typer.Option("--unet-steps", help="Training steps of the tiny U-Net.")] = None,
     vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", help="Training steps of the tiny VAE.")] = None,
     clip_steps: Annotated[Optional[int], typer.Option("--clip-steps", help="Training steps of the tiny CLIP.")] = None,
@@ -35,17 +38,20 @@ def pretrain_command(
 ) -> None:
     """Pre-train the tiny CLIP, VAE and U-Net that `--base-model tiny` loads (CPU, about two hours);
     with --sdxl, the tiny SDXL base that `--base-model tiny-sdxl` loads; with --siglip, the tiny SigLIP that
-    `train-rm --base-model tiny-siglip` loads."""
+    `train-rm --base-model tiny-siglip` loads; with --flux, the tiny FLUX base that `--base-model tiny-flux` loads."""
     from perfusion_cli.training.tiny_bases import pretrain_base, pretrain_sdxl, pretrain_siglip
+    from perfusion_cli.training.tiny_flux import pretrain_flux
 
-    if sdxl and siglip:
-        raise fail("--sdxl and --siglip make different bases: pass one of them")
+    if sdxl + siglip + flux > 1:
+        raise fail("--sdxl, --siglip and --flux make different bases: pass one of them")
     config = context.section(ctx, recipe, "pretrain-base")
     with RichProgress() as progress:
         if sdxl:
             timings, made = pretrain_sdxl(out, config, source, progress), [out / "tiny-sdxl"]
         elif siglip:
             timings, made = pretrain_siglip(out, config, source, progress), [out / "tiny-siglip"]
+        elif flux:
+            timings, made = pretrain_flux(out, config, source, progress), [out / "tiny-flux"]
         else:
             timings, made = pretrain_base(out, config, progress), [out / "tiny-clip", out / "tiny-sd"]
     console.print(table("pre-training", ["stage", "seconds"], [[k, v] for k, v in timings.items()]))

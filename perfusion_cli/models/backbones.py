@@ -23,13 +23,15 @@ TINY = "tiny"
 
 TINY_SDXL = "tiny-sdxl"
 TINY_SIGLIP = "tiny-siglip"  # a reward-model base only: the bundled tiny SigLIP
+TINY_FLUX = "tiny-flux"  # FLUX.1's layout at tiny widths
 
 
 # (bundled base, what is asked for) → its folder under ASSETS; tiny-sdxl's CLIP (reward models, metrics) is tiny's
 TINY_FOLDERS = {(TINY, "clip"): "tiny-clip", (TINY, "sd"): "tiny-sd", (TINY_SDXL, "clip"): "tiny-clip",
-                (TINY_SDXL, "sd"): TINY_SDXL, (TINY_SIGLIP, "clip"): TINY_SIGLIP}
+                (TINY_SDXL, "sd"): TINY_SDXL, (TINY_SIGLIP, "clip"): TINY_SIGLIP, (TINY_FLUX, "clip"): "tiny-clip",
+                (TINY_FLUX, "sd"): TINY_FLUX}
 MAKES = {"tiny-clip": "pretrain-base", "tiny-sd": "pretrain-base", TINY_SDXL: "pretrain-base --sdxl",
-         TINY_SIGLIP: "pretrain-base --siglip"}
+         TINY_SIGLIP: "pretrain-base --siglip", TINY_FLUX: "pretrain-base --flux"}
 
 
 def resolve(base: str, kind: str) -> str:
@@ -48,8 +50,8 @@ def resolve(base: str, kind: str) -> str:
 
 
 def is_tiny(base: str) -> bool:
-    """One of the bundled CPU backbones (``tiny``, ``tiny-sdxl``, ``tiny-siglip``)."""
-    return base in (TINY, TINY_SDXL, TINY_SIGLIP)
+    """One of the bundled CPU backbones (``tiny``, ``tiny-sdxl``, ``tiny-siglip``, ``tiny-flux``)."""
+    return base in (TINY, TINY_SDXL, TINY_SIGLIP, TINY_FLUX)
 
 
 def load_part(what: str, base: str, loader, *args, **kwargs):

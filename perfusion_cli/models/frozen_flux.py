@@ -10,7 +10,8 @@ FLUX's own stays here:
   pooled embedding (``pooled_projections``), as ``FluxPipeline.encode_prompt`` makes them;
 - time: the transformer takes σ, the noise process's time / 1000 (the pipeline divides the same way);
 - guidance: FLUX.1-dev's guidance embedding gets ``guidance`` (diffusers' FLUX trainers pass their
-  ``--guidance_scale``, 3.5 by default); a base without the embedding (schnell) gets none.
+  ``--guidance_scale``, 3.5 by default); a base without the embedding (schnell, the tiny one) gets none, and is
+  guided classifier-free when drawn.
 """
 
 from __future__ import annotations
@@ -60,10 +61,20 @@ class FluxComponents:
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.vae, self.text_encoder, self.text_encoder_2, self.transformer]
 
+    def with_text_length(self) -> "FluxComponents":
+        """T5's tokens as its tokenizer pads them, at most FLUX's 512 (a tiny T5's 16)."""
+        self.max_sequence_length = min(512, self.tokenizer_2.model_max_length)
+        return self
+
 
 class FrozenFlux(FrozenTransformer):
     adapter = FluxMerchantAdapter
-    guided_by_batch = False  # FLUX.1-dev's guidance is an embedded number
+
+    @property
+    def guided_by_batch(self) -> bool:
+        """FLUX.1-dev's guidance is an embedded number; a base without the embedding (the tiny one) is guided
+        classifier-free, the prompt and the empty prompt as a batch of two."""
+        return not self.sd.transformer.config.guidance_embeds
 
     @property
     def text_lengths(self) -> list[int]:
@@ -95,7 +106,7 @@ class FrozenFlux(FrozenTransformer):
             tokenizer_2=load("the T5 tokenizer", AutoTokenizer, "tokenizer_2"),
             transformer=load("the transformer", FluxTransformer2DModel, "transformer"),
             noise_scheduler=load("the scheduler", FlowMatchEulerDiscreteScheduler, "scheduler"),
-        )
+        ).with_text_length()
 
     def velocity(self, noisy, times, text, extra=None, guidance=None):
         return velocity(self.sd.transformer, noisy, times, text, self.latent_scale,

@@ -67,7 +67,7 @@ def make_catalogue(size: int, seed: int) -> Catalogue:
     return Catalogue(np.stack(images), prompts, captions)
 
 
-def _cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -76,7 +76,7 @@ def _cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50) -> t
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _optimize(loss: torch.Tensor, optimizer, schedule, progress: Progress, clip_norm: float = 0.0) -> None:
+def optimize_step(loss: torch.Tensor, optimizer, schedule, progress: Progress, clip_norm: float = 0.0) -> None:
     loss.backward()
     if clip_norm:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
@@ -97,7 +97,7 @@ def pretrain_towers(model, catalogue: Catalogue, tokenizer, config: BaseTrainCon
     batch; SigLIP: pairwise sigmoid), its pixel normalization and its text masking."""
     family = family_of(model.config.to_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
-    schedule = _cosine(optimizer, config.clip_steps)
+    schedule = cosine_schedule(optimizer, config.clip_steps)
     rng = np.random.default_rng(config.seed + 1)
     progress.start(f"pre-training {what}", config.clip_steps)
     for _ in range(config.clip_steps):
@@ -106,7 +106,7 @@ def pretrain_towers(model, catalogue: Catalogue, tokenizer, config: BaseTrainCon
         pixels = clip_pixels(catalogue.tensor(index), IMAGE_SIZE, family.pixel_mean, family.pixel_std)
         masking = {"attention_mask": mask} if family.text_mask else {}
         loss = model(input_ids=ids, pixel_values=pixels, return_loss=True, **masking).loss
-        _optimize(loss, optimizer, schedule, progress)
+        optimize_step(loss, optimizer, schedule, progress)
     progress.stop()
     return model.eval()
 
@@ -114,7 +114,7 @@ def pretrain_towers(model, catalogue: Catalogue, tokenizer, config: BaseTrainCon
 def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progress):
     vae = build_tiny_vae(seed=config.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = _cosine(optimizer, config.vae_steps)
+    schedule = cosine_schedule(optimizer, config.vae_steps)
     rng = np.random.default_rng(config.seed + 2)
     progress.start("pre-training tiny VAE", config.vae_steps)
     for _ in range(config.vae_steps):
@@ -122,7 +122,7 @@ def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progre
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
-        _optimize(loss, optimizer, schedule, progress)
+        optimize_step(loss, optimizer, schedule, progress)
     progress.stop()
     vae.eval()
     with torch.no_grad():
@@ -132,39 +132,54 @@ def pretrain_vae(catalogue: Catalogue, config: BaseTrainConfig, progress: Progre
     return vae
 
 
-def pretrain_unet(catalogue: Catalogue, vae, unet, encode: Callable[[list[str]], TextConditions],
-                  config: BaseTrainConfig, progress: Progress):
-    """ε-prediction on the catalogue's cached latents; ``encode`` gives the text conditions of a list of texts."""
-    scheduler = tiny_noise_scheduler()
+def pretrain_denoiser(catalogue: Catalogue, model: torch.nn.Module, latents_of: Callable, text_of: Callable,
+                      loss_of: Callable, config: BaseTrainConfig, progress: Progress, what: str, seed: int):
+    """What the tiny U-Net's and the tiny transformer's pre-training share: the catalogue's latents
+    (``latents_of(images in [0, 1])``) and texts (``text_of(texts)``, prompts, captions and the empty text)
+    cached once, then ``config.unet_steps`` AdamW steps on batches whose text is the prompt (45 %), the caption
+    (45 %) or empty (10 %, for guidance), of ``loss_of(x0, conditions, generator)``; the EMA of the weights is kept."""
     with torch.no_grad():
-        latents = torch.cat([vae.encode(catalogue.tensor(np.arange(i, min(i + 256, len(catalogue.images)))) * 2 - 1)
-                             .latent_dist.mean for i in range(0, len(catalogue.images), 256)])
-        latents = latents * vae.config.scaling_factor
+        latents = torch.cat([latents_of(catalogue.tensor(np.arange(i, min(i + 256, len(catalogue.images)))))
+                             for i in range(0, len(catalogue.images), 256)])
         texts = sorted({"", *catalogue.prompts, *catalogue.captions})
-        conditions = TextConditions.cat([encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+        parts = [text_of(texts[i:i + 256]) for i in range(0, len(texts), 256)]
+        conditions = type(parts[0]).cat(parts)
     row = {text: i for i, text in enumerate(texts)}
     prompt_rows = torch.tensor([row[p] for p in catalogue.prompts])
     caption_rows = torch.tensor([row[c] for c in catalogue.captions])
-
-    ema = EMAModel(unet.parameters(), decay=0.999)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-2)
-    schedule = _cosine(optimizer, config.unet_steps, warmup=200)
-    generator = torch.Generator().manual_seed(config.seed + 3)
-    progress.start("pre-training tiny U-Net", config.unet_steps)
+    ema = EMAModel(model.parameters(), decay=0.999)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    schedule = cosine_schedule(optimizer, config.unet_steps, warmup=200)
+    generator = torch.Generator().manual_seed(seed)
+    progress.start(f"pre-training {what}", config.unet_steps)
     for _ in range(config.unet_steps):
         index = torch.randint(len(latents), (config.batch_size,), generator=generator)
         choice = torch.rand(config.batch_size, generator=generator)
         text = torch.where(choice < 0.45, prompt_rows[index], caption_rows[index])
         text = torch.where(choice > 0.9, torch.full_like(text, row[""]), text)
-        noise = torch.randn(latents[index].shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
-        noisy = scheduler.add_noise(latents[index], noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, **conditions[text].unet_kwargs()).sample, noise)
-        _optimize(loss, optimizer, schedule, progress, clip_norm=1.0)
-        ema.step(unet.parameters())
+        optimize_step(loss_of(latents[index], conditions[text], generator), optimizer, schedule, progress,
+                      clip_norm=1.0)
+        ema.step(model.parameters())
     progress.stop()
-    ema.copy_to(unet.parameters())
-    return unet.eval(), scheduler
+    ema.copy_to(model.parameters())
+    return model.eval()
+
+
+def pretrain_unet(catalogue: Catalogue, vae, unet, encode: Callable[[list[str]], TextConditions],
+                  config: BaseTrainConfig, progress: Progress):
+    """ε-prediction on the catalogue's cached latents; ``encode`` gives the text conditions of a list of texts."""
+    scheduler = tiny_noise_scheduler()
+
+    def loss(x0: torch.Tensor, text: TextConditions, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(x0.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        return F.mse_loss(unet(noisy, timesteps, **text.unet_kwargs()).sample, noise)
+
+    latents_of = lambda images: vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor  # noqa: E731
+    unet = pretrain_denoiser(catalogue, unet, latents_of, encode, loss, config, progress, "tiny U-Net",
+                             config.seed + 3)
+    return unet, scheduler
 
 
 def text_encoder_from_clip(clip) -> CLIPTextModel:
@@ -174,7 +189,7 @@ def text_encoder_from_clip(clip) -> CLIPTextModel:
     return encoder.eval()
 
 
-def _begin(config: BaseTrainConfig, progress: Progress) -> Catalogue:
+def begin_pretraining(config: BaseTrainConfig, progress: Progress) -> Catalogue:
     """What every pre-training run starts with: threads, the seed, the catalogue drawn."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -190,7 +205,7 @@ def pretrain_base(out: str | Path, config: BaseTrainConfig, progress: Progress |
     progress = progress or NullProgress()
     out = Path(out)
     started = time.perf_counter()
-    catalogue = _begin(config, progress)
+    catalogue = begin_pretraining(config, progress)
     tokenizer = build_tokenizer()
     timings = {}
     clock = time.perf_counter()
@@ -241,6 +256,14 @@ def warm_start(unet, source) -> int:
     return copied
 
 
+def tiny_sources(source: Path) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
+    """What the tiny SDXL and FLUX bases start from: the tiny CLIP's tokenizer and text tower, the tiny SD VAE."""
+    tokenizer = CLIPTokenizer.from_pretrained(source / "tiny-clip")
+    text = text_encoder_from_clip(CLIPModel.from_pretrained(source / "tiny-clip", dtype=torch.float32))
+    vae = AutoencoderKL.from_pretrained(source / "tiny-sd", subfolder="vae", torch_dtype=torch.float32).eval()
+    return tokenizer, text, vae
+
+
 def pretrain_sdxl(out: str | Path, config: BaseTrainConfig, source: str | Path, progress: Progress | None = None) -> dict:
     """The tiny SDXL-architecture base, beside the tiny SD one in ``source`` (its ``tiny-clip`` and ``tiny-sd``).
 
@@ -252,10 +275,8 @@ def pretrain_sdxl(out: str | Path, config: BaseTrainConfig, source: str | Path, 
     progress = progress or NullProgress()
     source, out = Path(source), Path(out)
     timings, started = {}, time.perf_counter()
-    catalogue = _begin(config, progress)
-    tokenizer = CLIPTokenizer.from_pretrained(source / "tiny-clip")
-    first = text_encoder_from_clip(CLIPModel.from_pretrained(source / "tiny-clip", dtype=torch.float32))
-    vae = AutoencoderKL.from_pretrained(source / "tiny-sd", subfolder="vae", torch_dtype=torch.float32).eval()
+    catalogue = begin_pretraining(config, progress)
+    tokenizer, first, vae = tiny_sources(source)
     clock = time.perf_counter()
     second = text_encoder_with_projection(pretrain_clip(catalogue, tokenizer, config, progress, SDXL_TEXT_WIDTH))
     timings["clip_2_s"] = time.perf_counter() - clock
@@ -288,7 +309,7 @@ def pretrain_siglip(out: str | Path, config: BaseTrainConfig, source: str | Path
     ``source``'s ``tiny-clip``), trained on the same catalogue with SigLIP's sigmoid loss (``clip_steps``)."""
     progress = progress or NullProgress()
     out, started = Path(out), time.perf_counter()
-    catalogue = _begin(config, progress)
+    catalogue = begin_pretraining(config, progress)
     tokenizer = CLIPTokenizer.from_pretrained(Path(source) / "tiny-clip")
     siglip = pretrain_towers(build_tiny_siglip(tokenizer, seed=config.seed), catalogue, tokenizer, config, progress,
                              "tiny SigLIP")

@@ -89,3 +89,23 @@ def test_a_local_flow_folder_is_planned_like_a_shipped_one(family, tmp_path):
     assert parameters(counted.sd.transformer) == parameters(loaded.sd.transformer) > 0
     config = GenTrainConfig(base_model=str(folder), resolution=64, batch_size=1, group_size=3)
     assert training_peak(config, planning_vocab(10)) > 0
+
+
+def test_pretrain_base_flux_makes_a_flux_folder_that_ours_and_diffusers_pipelines_load(tmp_path):
+    """``pretrain-base --flux`` (a few steps here; the bundled base needs thousands): a ``FluxPipeline`` folder of
+    fp16 safetensors, without a guidance embedding, so it is drawn with classifier-free guidance; diffusers' stock
+    ``FluxPipeline`` loads and draws it, and train-gen's loader reads it as FLUX."""
+    from diffusers import FluxPipeline
+
+    from perfusion_cli.config import ASSETS
+
+    _perfusion("pretrain-base", "--flux", "--source", ASSETS, "--out", tmp_path, "--unet-steps", 3, "--images", 64)
+    folder = tmp_path / "tiny-flux"
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    assert not list(folder.rglob("*.bin")) and sum(f.stat().st_size for f in folder.rglob("*.safetensors")) < 20e6
+    frozen = load_frozen(str(folder), torch.device("cpu"))
+    assert frozen.guided_by_batch and frozen.text_lengths == [16, 16] and frozen.latent_scale == 4
+    stock = FluxPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    image = stock("linen dress", height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
+                  max_sequence_length=16, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
