@@ -1,11 +1,12 @@
 """The bundled tiny bases draw recognizable products: a silhouette in a colour. Each is sampled by diffusers'
-own pipeline for its layout (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``), so the folders are what
-those pipelines load."""
+own pipeline for its layout (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``FluxPipeline`` with
+classifier-free guidance, as the tiny FLUX base has no guidance embedding), so the folders are what those
+pipelines load."""
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DPMSolverMultistepScheduler, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from perfusion_cli.marketplace.drawing import BACKGROUND
 from perfusion_cli.marketplace.oracle import measure, product_mask
@@ -14,15 +15,22 @@ from perfusion_cli.models.backbones import resolve
 PROMPTS = ["linen dress", "denim trousers", "leather handbag", "wool hoodie"]
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
+# base → (its diffusers pipeline, the call's guidance)
+SAMPLERS = {"tiny": (StableDiffusionPipeline, {"guidance_scale": 3.0}),
+            "tiny-sdxl": (StableDiffusionXLPipeline, {"guidance_scale": 3.0}),
+            "tiny-flux": (FluxPipeline, {"true_cfg_scale": 3.0, "negative_prompt": [""] * 4, "max_sequence_length": 16})}
+
+
+@pytest.fixture(scope="module", params=list(SAMPLERS))
 def samples(request):
-    kind = StableDiffusionXLPipeline if request.param == "tiny-sdxl" else StableDiffusionPipeline
+    kind, guidance = SAMPLERS[request.param]
     pipeline = kind.from_pretrained(resolve(request.param, "sd"), torch_dtype=torch.float32)
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    if kind is not FluxPipeline:  # the flow base keeps its flow-matching Euler
+        pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     images = {}
     for prompt in PROMPTS:
-        out = pipeline([prompt] * 4, num_inference_steps=20, guidance_scale=3.0, height=64, width=64,
+        out = pipeline([prompt] * 4, num_inference_steps=20, height=64, width=64, **guidance,
                        generator=[torch.Generator().manual_seed(s) for s in range(4)], output_type="np")
         images[prompt] = np.round(out.images * 255).astype(np.uint8)
     return images
