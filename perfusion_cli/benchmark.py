@@ -29,10 +29,10 @@ from perfusion_cli.config import BenchConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, train_batches
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.environment import describe, pick_device
+from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
-from perfusion_cli.errors import ConfigError
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress

@@ -22,10 +22,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from perfusion_cli.data.merchants import profile_features
 from perfusion_cli.errors import ConfigError
+from perfusion_cli.models.frozen_sd import DTYPES
 from perfusion_cli.models.frozen_transformer import FrozenTransformer
-from perfusion_cli.pipeline import OFF, REUSE, branch_schedule, pipeline_output
+from perfusion_cli.pipeline import (OFF, REUSE, branch_schedule, merchant_condition, merchant_features,
+                                    pipeline_output, seeded_noise)
 
 
 class FlowPerFusionPipeline:
@@ -56,10 +57,8 @@ class FlowPerFusionPipeline:
         return self.frozen
 
     def merchant_features(self, merchant: dict | list[dict], batch: int) -> torch.Tensor:
-        profiles = [merchant] * batch if isinstance(merchant, dict) else list(merchant)
-        if len(profiles) != batch:
-            raise ConfigError(f"merchant: {len(profiles)} profiles for {batch} prompts (give one, or one per prompt)")
-        return torch.tensor([profile_features(self.branch.vocab, profile) for profile in profiles])
+        """[B, F] feature ids of one merchant profile (for every prompt) or one per prompt."""
+        return merchant_features(self.branch.vocab, merchant, batch)
 
     def _timesteps(self, steps: int, tokens: int) -> torch.Tensor:
         config = self.scheduler.config
@@ -89,22 +88,15 @@ class FlowPerFusionPipeline:
         if merchant is not None:
             features = self.merchant_features(merchant, batch)
         height, width = height or self.default_resolution, width or self.default_resolution
-        if height % (2 * frozen.latent_scale) or width % (2 * frozen.latent_scale):
-            raise ConfigError(f"{height}×{width}: height and width must be multiples of {2 * frozen.latent_scale}")
+        frozen.check_resolution(height)
+        frozen.check_resolution(width)
         guided = frozen.guided_by_batch and guidance_scale > 1.0
         text = frozen.text(prompts)
         if guided:
             text = type(text).cat([frozen.text([""] * batch), text])
         shape = (batch, frozen.latent_channels, height // frozen.latent_scale, width // frozen.latent_scale)
-        if latents is None:
-            generators = generator if isinstance(generator, list) else [generator] * batch
-            latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
-        latents = latents.to(self.device, frozen.dtype)
-        cond = None
-        if features is not None or merchant_embedding is not None:
-            u = merchant_embedding if merchant_embedding is not None else self.branch.merchant(features.to(self.device))
-            cond = self.branch.condition_from_embedding(u.to(self.device, self.branch.dtype), shape[-2:])
-            cond = torch.cat([cond, cond]) if guided else cond
+        latents = (seeded_noise(shape, generator) if latents is None else latents).to(self.device, frozen.dtype)
+        cond = merchant_condition(self.branch, features, merchant_embedding, shape[-2:], self.device, guided)
         schedule = branch_schedule(num_inference_steps, branch_every, branch_until) if cond is not None else None
         extra: dict = {}
         timesteps = self._timesteps(num_inference_steps, shape[-2] * shape[-1] // 4)
@@ -145,6 +137,6 @@ def flow_pipeline(branch, folder: Path, device, dtype: torch.dtype) -> FlowPerFu
     """A flow transformer's run: its base's frozen parts loaded (``families.load_frozen``) under its adapter."""
     from perfusion_cli.models.families import load_frozen
 
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    precision = next((name for name, value in DTYPES.items() if value == dtype), "no")
     frozen = load_frozen(branch.config.base_model, torch.device(device), precision)
     return FlowPerFusionPipeline(frozen, branch.to(device))

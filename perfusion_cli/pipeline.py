@@ -50,6 +50,32 @@ def pipeline_output(latents: torch.Tensor, output_type: str, decode: Callable) -
     return ImagePipelineOutput(images=[to_pil(image) for image in images])
 
 
+def merchant_features(vocab, merchant: dict | list[dict], batch: int) -> torch.Tensor:
+    """[B, F] feature ids of one merchant profile (for every prompt) or one per prompt."""
+    profiles = [merchant] * batch if isinstance(merchant, dict) else list(merchant)
+    if len(profiles) != batch:
+        raise ConfigError(f"merchant: {len(profiles)} profiles for {batch} prompts (give one, or one per prompt)")
+    return torch.tensor([profile_features(vocab, profile) for profile in profiles])
+
+
+def seeded_noise(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """The starting noise [B, ...] in fp32, image i from ``generator[i]`` (or all from one generator): the same seeds
+    give the same start, base or personalized."""
+    generators = generator if isinstance(generator, list) else [generator] * shape[0]
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
+
+
+def merchant_condition(branch, features: torch.Tensor | None, embedding: torch.Tensor | None, size: tuple[int, int],
+                       device, guided: bool) -> torch.Tensor | None:
+    """The branch's condition for the merchant (``features`` or its ``embedding``), computed once; both halves of a
+    guided batch get it. None without a merchant (the base's image)."""
+    if features is None and embedding is None:
+        return None
+    u = embedding if embedding is not None else branch.merchant(features.to(device))
+    cond = branch.condition_from_embedding(u.to(device, branch.dtype), size)
+    return torch.cat([cond, cond]) if guided else cond
+
+
 def branch_schedule(steps: int, every: int = 1, until: float = 1.0) -> list[str]:
     """Per denoising step: compute the branch, reuse its last output, or run the base alone."""
     if every < 1 or not 0 < until <= 1:
@@ -126,10 +152,7 @@ class PerFusionPipeline(DiffusionPipeline):
 
     def merchant_features(self, merchant: dict | list[dict], batch: int) -> torch.Tensor:
         """[B, F] feature ids of one merchant profile (for every prompt) or one per prompt."""
-        profiles = [merchant] * batch if isinstance(merchant, dict) else list(merchant)
-        if len(profiles) != batch:
-            raise ConfigError(f"merchant: {len(profiles)} profiles for {batch} prompts (give one, or one per prompt)")
-        return torch.tensor([profile_features(self.branch.vocab, profile) for profile in profiles])
+        return merchant_features(self.branch.vocab, merchant, batch)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[TextConditions, int]:
@@ -173,15 +196,10 @@ class PerFusionPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            generators = generator if isinstance(generator, list) else [generator] * batch
-            latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
+            latents = seeded_noise(shape, generator)
         latents = latents.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
         # 4. the merchant condition, once; applied to both halves of the guidance batch
-        cond = None
-        if personalized:
-            u = merchant_embedding if merchant_embedding is not None else self.branch.merchant(features.to(self.device))
-            cond = self.branch.condition_from_embedding(u.to(self.device, self.branch.dtype), shape[-2:])
-            cond = torch.cat([cond, cond]) if guided else cond
+        cond = merchant_condition(self.branch, features, merchant_embedding, shape[-2:], self.device, guided)
         schedule = branch_schedule(num_inference_steps, branch_every, branch_until) if personalized else None
         # 5. denoising loop
         extra: dict = {}

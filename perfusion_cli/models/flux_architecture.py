@@ -16,16 +16,11 @@ PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")
 CLASS = "FluxTransformer2DModel"
 
 
-def flux_configs(base: str) -> dict[str, dict]:
-    """The configs of a FLUX base whose architecture ships here, or of a local FLUX folder."""
-    return transformer_configs(base, CLASS, PARTS)
-
-
 def build_flux(base: str, dtype: torch.dtype = torch.float32, max_sequence_length: int = 512,
                overrides: dict[str, dict] | None = None) -> FluxComponents:
     """Build under ``with torch.device("meta")`` to count without allocating (no tokenizers: counting feeds ids).
     ``overrides``: per part, config values to change (fewer blocks for the real-architecture tests)."""
-    configs = flux_configs(base)
+    configs = transformer_configs(base, CLASS, PARTS)  # shipped for a hub id, or a local FLUX folder's
     clean = lambda part: {**configs[part], **(overrides or {}).get(part, {})}  # noqa: E731
     with torch.device("cpu"):  # the scheduler's small tables stay on the CPU
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(clean("scheduler"))

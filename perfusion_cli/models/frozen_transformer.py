@@ -23,7 +23,7 @@ from perfusion_cli.models.text import TextConditions
 def part_loader(path: str, dtype: torch.dtype):
     """``load(what, cls, subfolder)``: one component of a diffusers folder (or hub id), from safetensors, in ``dtype``
     (tokenizers and schedulers as they are), with ``backbones.load_part``'s one-line errors."""
-    from diffusers import ModelMixin, SchedulerMixin
+    from diffusers import ModelMixin
     from transformers import PreTrainedModel
 
     def load(what: str, cls, subfolder: str):

@@ -67,7 +67,8 @@ def make_catalogue(size: int, seed: int) -> Catalogue:
     return Catalogue(np.stack(images), prompts, captions)
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int,
+                    warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
