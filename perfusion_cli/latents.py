@@ -2,12 +2,14 @@
 
 ``prepare --latents --base-model M`` runs this after the shards are written: every sample of every
 shard gets ``latents.safetensors`` (``latents`` [N, C, h, w] for its N candidates in log order,
-``text`` [L, d], and for SDXL ``pooled`` [p], all fp16), encoded in batches on the chosen device by the
-same ``FrozenSD`` code train-gen would run. New shards are written beside the old ones (``<split>-<n>.latents-<tag>.tar``);
-the manifest, rewritten last and atomically, switches to them and records what made them (``tag``:
-the base model, fingerprints of its VAE and text encoder weights, the resolution), so a crash leaves
-the data as it was. ``train-gen`` uses stored latents when the tag matches its own base model and
-resolution, and refuses them with the reason when it does not (``check_tag``).
+``text`` [L, d], and for SDXL, SD 3.5 and FLUX.1 ``pooled`` [p], all fp16), encoded in batches on the chosen
+device by the same frozen parts' code train-gen would run (``families.load_frozen``: a U-Net's VAE and CLIP, or a
+flow transformer's VAE and text encoders, T5 included, so T5-XXL runs once per group and never in a step).
+New shards are written beside the old ones (``<split>-<n>.latents-<tag>.tar``); the manifest, rewritten last
+and atomically, switches to them and records what made them (``tag``: the base model, fingerprints of its VAE
+and text encoder weights, the resolution), so a crash leaves the data as it was. ``train-gen`` uses stored
+latents when the tag matches its own base model and resolution, and refuses them with the reason when it does
+not (``check_tag``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ from perfusion_cli.data.loader import LATENTS_KEY, load_image
 from perfusion_cli.data.manifest import SHARD_DIR, load_manifest, write_manifest
 from perfusion_cli.data.shards import SplitWriter, candidate_images
 from perfusion_cli.errors import ConfigError
-from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.models.families import load_frozen
 from perfusion_cli.progress import NullProgress, Progress
 
 
-def make_tag(base_model: str, frozen: FrozenSD, resolution: int) -> dict:
+def make_tag(base_model: str, frozen, resolution: int) -> dict:
     return {"base_model": base_model, "vae": frozen.fingerprints["vae"],
             "text_encoder": frozen.fingerprints["text_encoder"], "resolution": resolution, "dtype": "float16"}
 
 
-def check_tag(stored: dict, base_model: str, frozen: FrozenSD, resolution: int) -> None:
+def check_tag(stored: dict, base_model: str, frozen, resolution: int) -> None:
     """A ConfigError naming what differs when the stored latents were not made by this model at this size."""
     own = make_tag(base_model, frozen, resolution)
     differ = [what for what in ("vae", "text_encoder", "resolution") if stored.get(what) != own[what]]
@@ -51,7 +53,7 @@ def store_latents(data_dir: Path, base_model: str, resolution: int, device: torc
     progress = progress or NullProgress()
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
-    frozen = FrozenSD.load(base_model, device, share_encoder=False, resolution=resolution, fingerprints=True)
+    frozen = load_frozen(base_model, device, share_encoder=False, resolution=resolution, fingerprints=True)
     tag = make_tag(base_model, frozen, resolution)
     suffix = ".latents-" + hashlib.sha256(json.dumps(tag, sort_keys=True).encode()).hexdigest()[:8]
     raw = dict(manifest.raw)
@@ -82,7 +84,7 @@ def store_latents(data_dir: Path, base_model: str, resolution: int, device: torc
     return tag
 
 
-def _encode_and_write(frozen: FrozenSD, samples: list[dict], resolution: int, writer: SplitWriter) -> None:
+def _encode_and_write(frozen, samples: list[dict], resolution: int, writer: SplitWriter) -> None:
     metas = [json.loads(sample["json"]) for sample in samples]
     groups = [[images[k] for k in sorted(images)] for images in map(candidate_images, samples)]
     pixels = torch.stack([load_image(data, resolution) for group in groups for _, data in group])

@@ -83,7 +83,7 @@ class GroupDPOObjective:
         keys = [(batch.session_ids[g], k) for g, k in zip(groups.tolist(), slots.tolist())]
         if batch.latents is not None:  # stored by prepare --latents (train-gen checked what made them)
             latents = batch.latents[valid].to(device, self.frozen.dtype)
-            text = TextConditions(batch.text, batch.pooled).to(device, self.frozen.dtype)
+            text = self.frozen.text_conditions(batch.text, batch.pooled).to(device, self.frozen.dtype)
         else:
             latents = self.frozen.latents(batch.images[valid], keys)
             text = self.frozen.text(batch.prompts)

@@ -59,8 +59,8 @@ def prepare_command(
         "--latents", help="Also store each candidate's VAE latent and the prompt's text embedding in the shards "
                           "(fp16), so train-gen never re-encodes them.")] = False,
     base_model: Annotated[Optional[str], typer.Option(
-        "--base-model", help="--latents: the Stable-Diffusion base whose VAE and text encoder encode (default: the "
-                             "recipe's [train-gen] base_model).")] = None,
+        "--base-model", help="--latents: the base whose VAE and text encoders encode (SD 1.x, SDXL, SD 3.5, FLUX.1; "
+                             "default: the recipe's [train-gen] base_model).")] = None,
     resolution: Annotated[Optional[int], typer.Option(
         "--resolution", help="--latents: image resolution (default: the recipe's [train-gen] resolution).")] = None,
     device: options.Device = None,

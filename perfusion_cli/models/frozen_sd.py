@@ -35,12 +35,14 @@ def set_attention(sd: SDComponents, attention: str) -> None:
         sd.vae.enable_xformers_memory_efficient_attention()
 
 
-def weights_digest(*modules: torch.nn.Module) -> str:
-    """SHA-256 of modules' weights (names, dtypes, shapes, bytes): which VAE or text encoders made a latent."""
+def weights_digest(*modules: torch.nn.Module, rounded_to: torch.dtype | None = None) -> str:
+    """SHA-256 of modules' weights (names, dtypes, shapes, bytes): which VAE or text encoders made a latent.
+    ``rounded_to``: of the weights cast to that dtype (the same digest whichever precision they were loaded in)."""
     digest = hashlib.sha256()
     for position, module in enumerate(modules):
         prefix = f"{position}." if position else ""  # one module: the digest it always had
         for name, tensor in sorted(module.state_dict().items()):
+            tensor = tensor if rounded_to is None or not tensor.is_floating_point() else tensor.to(rounded_to)
             digest.update(f"{prefix}{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -55,6 +57,8 @@ def vae_dtype(sd: SDComponents, dtype: torch.dtype) -> torch.dtype:
 
 
 class FrozenSD:
+    text_conditions = TextConditions  # what stored text embeddings (prepare --latents) are read back as
+
     def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
                  cache: bool):
         self.sd = sd

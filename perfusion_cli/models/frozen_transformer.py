@@ -16,7 +16,7 @@ import torch
 
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import load_part, resolve
-from perfusion_cli.models.frozen_sd import DTYPES
+from perfusion_cli.models.frozen_sd import DTYPES, weights_digest
 from perfusion_cli.models.text import TextConditions
 
 
@@ -49,6 +49,7 @@ class JointText(TextConditions):
 class FrozenTransformer:
     adapter: type  # the family's merchant adapter (``joint_adapter.JointAttentionAdapter``)
     guided_by_batch: bool  # classifier-free guidance runs the prompt and the empty prompt as one batch
+    text_conditions = JointText  # what stored text embeddings (prepare --latents) are read back as
 
     def __init__(self, sd, device: torch.device, dtype: torch.dtype):
         self.sd = sd
@@ -58,6 +59,11 @@ class FrozenTransformer:
         self.latent_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
         self.truncated_prompts = 0
         self.share_encoder = False  # no encoder half: every call runs the whole transformer
+        self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [module for module in self.sd.frozen_modules if module not in (self.sd.vae, self.sd.transformer)]
 
     @classmethod
     def components(cls, path: str, dtype: torch.dtype):
@@ -68,10 +74,8 @@ class FrozenTransformer:
     def load(cls, base_model: str, device: torch.device, mixed_precision: str = "no", attention: str = "sdpa",
              share_encoder: bool = True, cache: bool = False, resolution: int | None = None,
              fingerprints: bool = False) -> "FrozenTransformer":
-        """``FrozenSD.load``'s call, for a flow transformer's folder (``families.load_frozen`` picks the class)."""
-        if fingerprints:
-            raise ConfigError("prepare --latents does not store a flow transformer's latents yet: pass "
-                              "--no-stored-latents")
+        """``FrozenSD.load``'s call, for a flow transformer's folder (``families.load_frozen`` picks the class);
+        ``fingerprints``: hash the VAE's and the text encoders' weights (what stored latents are checked against)."""
         if attention != "sdpa":
             raise ConfigError(f"--attention {attention}: the flow transformers run diffusers' SDPA attention "
                               f"(--attention sdpa)")
@@ -79,6 +83,9 @@ class FrozenTransformer:
         frozen = cls(cls.components(resolve(base_model, "sd"), dtype), device, dtype)
         if resolution is not None:
             frozen.check_resolution(resolution)
+        if fingerprints:  # loaded in the run's precision (T5-XXL in fp32 is 19 GB): digests of the weights in bf16
+            frozen.fingerprints = {"vae": weights_digest(frozen.sd.vae, rounded_to=torch.bfloat16),
+                                   "text_encoder": weights_digest(*frozen.text_encoders, rounded_to=torch.bfloat16)}
         return frozen
 
     def check_resolution(self, resolution: int) -> None:

@@ -1,5 +1,6 @@
 """``prepare --latents``: VAE latents and text embeddings stored in the shards; train-gen on them computes
-the same step as encoding on the fly, and refuses latents another VAE, text encoder or resolution made."""
+the same step as encoding on the fly, and refuses latents another VAE, text encoder or resolution made; the same for
+the flow transformers (their T5 tokens stored too)."""
 
 import json
 import shutil
@@ -13,9 +14,10 @@ from perfusion_cli.data.loader import StreamSpec, train_batches
 from perfusion_cli.data.manifest import SHARD_DIR, load_manifest, shard_problem
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.latents import store_latents
+from perfusion_cli.models.families import load_frozen
 from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.training.gen import train_generator
-from tests.helpers import tiny_config
+from tests.helpers import TOY_FLOW, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,32 @@ def test_the_cli_stores_latents_and_refuses_their_flags_without_latents(tmp_path
     assert "stored latents: tiny at 64 px (VAE " in text and load_manifest(tmp_path / "data").raw["latents"]
     result = runner.invoke(app, ["--workdir", str(tmp_path / "b"), "prepare", "--synthetic", "--base-model", "tiny"])
     assert result.exit_code == 1 and "--base-model, --resolution and --device apply with --latents" in result.output
+
+
+@pytest.mark.parametrize("family", TOY_FLOW)
+def test_a_flow_transformer_stores_its_text_encoders_output_and_trains_the_same_first_step(family, market, tmp_path):
+    """FLUX's T5 tokens and CLIP pooled embedding (SD 3.5's joint CLIP + T5 tokens and pooled pair) are stored once
+    per group: what the frozen parts give, read back as their own text, and the step on them is the step on the fly."""
+    write, base, _, overrides = TOY_FLOW[family]
+    model = str(write(base, tmp_path / family, overrides, dtype=torch.float32))
+    folder = tmp_path / "data"
+    shutil.copytree(market[0], folder, ignore=shutil.ignore_patterns("raw"))
+    tag = store_latents(folder, model, 64, torch.device("cpu"), batch_size=16)
+    bf16 = load_frozen(model, torch.device("cpu"), "bf16", fingerprints=True)
+    assert (tag["vae"], tag["text_encoder"]) == (bf16.fingerprints["vae"], bf16.fingerprints["text_encoder"])
+
+    batch = next(train_batches(StreamSpec(folder, "train", 2, 5, 64, stored_latents=True), steps_per_epoch=1))
+    frozen = load_frozen(model, torch.device("cpu"), resolution=64)
+    text = frozen.text(batch.prompts)
+    assert batch.latents.shape[2] == 16 and batch.pooled is not None
+    torch.testing.assert_close(batch.latents[batch.valid].float(), frozen.latents(batch.images[batch.valid]),
+                               rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(batch.text.float(), text.hidden, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(batch.pooled.float(), text.pooled, rtol=2e-3, atol=2e-3)
+
+    settings = {"base_model": model, "max_steps": 1, "cache_latents": False, "group_size": 3, "batch_size": 1}
+    train_generator(tiny_config("train-gen", **settings), folder, tmp_path / "with")
+    train_generator(tiny_config("train-gen", stored_latents=False, **settings), folder, tmp_path / "without")
+    first = [next(r for r in _rows(tmp_path / run) if r.get("step") == 1) for run in ("with", "without")]
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-3, abs=1e-6)
+    assert first[0]["model_err"] == pytest.approx(first[1]["model_err"], rel=1e-3)
