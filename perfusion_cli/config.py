@@ -162,6 +162,14 @@ class GenTrainConfig(TrainLoopConfig):
     # Use the latents and text embeddings stored in the shards (prepare --latents) when the data has them;
     # they must come from this base model's VAE and text encoder at this resolution (checked).
     stored_latents: bool = True
+    # The flow transformers' training σ (diffusers' SD3 / FLUX trainers' --weighting_scheme, --logit_mean and
+    # --logit_std, with logit_mean σ's as in the SD3 paper): u ~ N(logit_mean, logit_std²), σ = sigmoid(u) through
+    # the base's own shift; or σ uniform. A positive logit_mean trains more at high noise, where a product's colour
+    # is decided (recipes/tiny-flux-cpu.toml). A U-Net draws its times uniformly over its schedule: these stay at
+    # their defaults there (refused otherwise).
+    time_density: Literal["logit_normal", "uniform"] = "logit_normal"
+    logit_mean: float = bounded(0.0, ge=-10, le=10)
+    logit_std: float = bounded(1.0, gt=0, le=10)
     # The branch kind: adapter (the default, at about the base's cost per image: merchant tokens through
     # decoupled cross-attention, adapter_tokens of them; docs/benchmarks.md), controlnet (PerFusion's
     # ControlNet copy of the encoder half; grid_* size its condition) or xs (a thin ControlNet of
@@ -308,7 +316,7 @@ RECIPE_ONLY: dict[str, frozenset[str]] = {
                            "augment_flip"}),
     "train-gen": frozenset({"weight_decay", "warmup_steps", "max_grad_norm", "shuffle_buffer", "steps_per_epoch",
                             "log_every", "eval_every", "grid_size", "grid_channels", "xs_width", "adapter_tokens",
-                            "merchant", "warn_error_ratio"}),
+                            "merchant", "warn_error_ratio", "time_density", "logit_mean", "logit_std"}),
     "generate": frozenset({"batch_size"}),
     "serve": frozenset({"default_n", "max_prompt_chars", "max_body_bytes", "keep_shown_days"}),
     "pretrain-base": frozenset({"batch_size"}),

@@ -71,7 +71,8 @@ class GroupDPOObjective:
         self.frozen = frozen
         self.config = config
         self.reward = reward
-        self.process = noise_process(frozen.sd.noise_scheduler)
+        self.process = noise_process(frozen.sd.noise_scheduler, config.time_density, config.logit_mean,
+                                     config.logit_std)
         self.loss_fn = LOSSES[config.loss]
         self.autocast = autocast or contextlib.nullcontext
         self.predict = predict or frozen.predictions

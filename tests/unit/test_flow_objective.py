@@ -140,3 +140,27 @@ def test_each_base_scheduler_picks_its_noise_process(tiny_sd_dir):
     assert isinstance(noise_process(FlowMatchEulerDiscreteScheduler(shift=3.0)), RectifiedFlow)
     with pytest.raises(ConfigError, match="no noise process for the scheduler PNDMScheduler"):
         noise_process(PNDMScheduler())
+
+
+@pytest.mark.parametrize("mean, std", [(1.0, 0.5), (-1.5, 1.0)])
+def test_logit_mean_is_sigmas_own_as_in_the_sd3_paper(mean, std):
+    """σ = sigmoid(u), u ~ N(logit_mean, logit_std²) (no shift here): positive means more noise. diffusers' trainers'
+    index ⌊u·N⌋ into the descending table gives 1 − σ, so the process flips the sign it hands them."""
+    process = noise_process(FlowMatchEulerDiscreteScheduler(num_train_timesteps=STEPS, shift=1.0), "logit_normal",
+                            mean, std)
+    torch.manual_seed(0)
+    sigma = process.times(20_000, torch.device("cpu")) / STEPS
+    expected = torch.sigmoid(torch.distributions.Normal(mean, std).icdf(torch.tensor([0.1, 0.5, 0.9])))
+    assert torch.allclose(torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9])), expected, atol=0.01)
+    uniform = noise_process(FlowMatchEulerDiscreteScheduler(num_train_timesteps=STEPS, shift=1.0), "uniform")
+    assert torch.allclose(torch.quantile(uniform.times(20_000, torch.device("cpu")) / STEPS,
+                                         torch.tensor([0.1, 0.5, 0.9])), torch.tensor([0.1, 0.5, 0.9]), atol=0.01)
+
+
+def test_a_unet_refuses_a_flow_sigma_draw_in_one_line():
+    from diffusers import DDPMScheduler
+
+    from perfusion_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="this base is a U-Net, whose times are drawn uniformly over its schedule"):
+        noise_process(DDPMScheduler(), "logit_normal", 1.0, 1.0)
