@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from tables import (HEADER, draw_arguments, measured_by_this_code, prepared_draw, quality_cells, read, run,
+from tables import (HEADER, ROOT, draw_arguments, measured_by_this_code, prepared_draw, quality_cells, read, run,
                     trained_by_this_code)
 
 # the previous tiny recipe: the ControlNet branch at batch 4 with no anchor
@@ -50,6 +50,9 @@ VARIANTS = {  # flags on top of recipes/tiny-cpu.toml (adapter, batch 8, lr 1e-3
     "tiny SDXL: adapter, batch 8, KL κ 200": ["--base-model", "tiny-sdxl", "--kl-weight", "200"],
     "tiny SDXL: adapter, batch 8, KL κ 300": ["--base-model", "tiny-sdxl", "--kl-weight", "300"],
     "tiny SDXL: adapter, batch 8, KL κ 1000": ["--base-model", "tiny-sdxl", "--kl-weight", "1000"],
+    # on the tiny FLUX base: the SD recipe as it is (σ's logit-normal mean 0), and recipes/tiny-flux-cpu.toml (mean 2)
+    "tiny FLUX: the SD recipe (σ logit mean 0)": ["--base-model", "tiny-flux"],
+    "tiny FLUX recipe: σ logit mean 2": ["--recipe", str(ROOT / "recipes" / "tiny-flux-cpu.toml")],
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, load_sd
 from perfusion_cli.models.branch_kinds import create_branch
+from perfusion_cli.models.latent_cache import CachedLatents
 from perfusion_cli.models.text import TextConditions, encode_ids, encode_prompts
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 
@@ -56,7 +57,7 @@ def vae_dtype(sd: SDComponents, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if upcast else dtype
 
 
-class FrozenSD:
+class FrozenSD(CachedLatents):
     text_conditions = TextConditions  # what stored text embeddings (prepare --latents) are read back as
 
     def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
@@ -116,19 +117,6 @@ class FrozenSD:
     def text_from_ids(self, ids: list[torch.Tensor]) -> TextConditions:
         """Token ids, one tensor per text encoder → conditions without sizes."""
         return encode_ids(self.sd.text_encoders, ids)
-
-    @torch.no_grad()
-    def latents(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
-        """images [N, 3, H, W] in [0, 1] → scaled latent means [N, 4, h, w]."""
-        missing = [i for i, key in enumerate(keys) if key not in self._latents] if self.cache else range(len(keys))
-        fresh = {}
-        if len(missing):
-            pixels = images[list(missing)].to(self.device, self.sd.vae.dtype) * 2 - 1
-            encoded = self.encode_pixels(pixels).to(self.dtype)
-            fresh = dict(zip(missing, encoded))
-            if self.cache:
-                self._latents.update({keys[i]: fresh[i] for i in missing})
-        return torch.stack([fresh[i] if i in fresh else self._latents[key] for i, key in enumerate(keys)])
 
     @torch.no_grad()
     def text(self, prompts: list[str]) -> TextConditions:

@@ -17,6 +17,7 @@ import torch
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import load_part, resolve
 from perfusion_cli.models.frozen_sd import DTYPES, weights_digest
+from perfusion_cli.models.latent_cache import CachedLatents
 from perfusion_cli.models.text import TextConditions
 
 
@@ -46,12 +47,12 @@ class JointText(TextConditions):
         return self
 
 
-class FrozenTransformer:
+class FrozenTransformer(CachedLatents):
     adapter: type  # the family's merchant adapter (``joint_adapter.JointAttentionAdapter``)
     guided_by_batch: bool  # classifier-free guidance runs the prompt and the empty prompt as one batch
     text_conditions = JointText  # what stored text embeddings (prepare --latents) are read back as
 
-    def __init__(self, sd, device: torch.device, dtype: torch.dtype):
+    def __init__(self, sd, device: torch.device, dtype: torch.dtype, cache: bool = False):
         self.sd = sd
         for module in sd.frozen_modules:
             module.requires_grad_(False).eval().to(device, dtype)
@@ -60,6 +61,7 @@ class FrozenTransformer:
         self.truncated_prompts = 0
         self.share_encoder = False  # no encoder half: every call runs the whole transformer
         self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
+        self.cache, self._latents = cache, {}  # cache_latents: each candidate's latent encoded once
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
@@ -80,7 +82,7 @@ class FrozenTransformer:
             raise ConfigError(f"--attention {attention}: the flow transformers run diffusers' SDPA attention "
                               f"(--attention sdpa)")
         dtype = DTYPES[mixed_precision]
-        frozen = cls(cls.components(resolve(base_model, "sd"), dtype), device, dtype)
+        frozen = cls(cls.components(resolve(base_model, "sd"), dtype), device, dtype, cache)
         if resolution is not None:
             frozen.check_resolution(resolution)
         if fingerprints:  # loaded in the run's precision (T5-XXL in fp32 is 19 GB): digests of the weights in bf16
@@ -113,11 +115,6 @@ class FrozenTransformer:
         config = self.sd.vae.config
         mean = self.sd.vae.encode(pixels).latent_dist.mean
         return ((mean - (config.shift_factor or 0.0)) * config.scaling_factor).to(self.dtype)
-
-    @torch.no_grad()
-    def latents(self, images: torch.Tensor, keys=None) -> torch.Tensor:
-        """images [N, 3, H, W] in [0, 1] → the transformer's latents [N, 16, h, w] (unpacked)."""
-        return self.encode_pixels(images.to(self.device, self.sd.vae.dtype) * 2 - 1)
 
     def velocity(self, noisy: torch.Tensor, times: torch.Tensor, text: TextConditions, extra: dict | None = None,
                  guidance: float | None = None) -> torch.Tensor:

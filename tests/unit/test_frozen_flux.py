@@ -68,6 +68,10 @@ def test_flux_parts_give_unpacked_latents_joint_text_and_a_flow_process():
     assert isinstance(text, JointText) and text.hidden.shape == (2, 12, 24)
     assert text.pooled.shape == (2, frozen.sd.text_encoder.config.hidden_size)
     assert isinstance(text[torch.tensor([0, 0, 1])], JointText) and text.sized(32, 32) is text
+    frozen.cache = True  # cache_latents: encoded once per (session, candidate), the same latents
+    keys = [("s", k) for k in range(3)]
+    assert torch.equal(frozen.latents(_batch().images[0], keys), latents) and set(frozen._latents) == set(keys)
+    assert torch.equal(frozen.latents(torch.zeros_like(_batch().images[0]), keys), latents)  # read, not encoded
 
 
 @torch.no_grad()
