@@ -1,7 +1,7 @@
 """PerFusion learns merchants' taste and keeps the picture: on held-out pairs of a marketplace drawn by
 another renderer than the one the tiny recipe was tuned on, its samples beat the base's by the oracle
 and stay products (clean backgrounds) — on the tiny SD base and on the tiny SDXL base. Exported, the same
-adapter personalizes a stock diffusers pipeline."""
+adapter personalizes a stock diffusers pipeline. The tiny FLUX base, with its own recipe, passes the same bars."""
 
 import pytest
 
@@ -46,3 +46,20 @@ def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_pa
     assert stock["gain"] > 0.1 and stock["win_rate"] >= 0.7, stock
     assert stock["base"] == pytest.approx(base["oracle"], abs=0.01), (stock, base)
     assert stock["personalized"] == pytest.approx(personalized["oracle"], abs=0.01), (stock, personalized)
+
+
+@pytest.mark.slow
+def test_the_tiny_flux_recipe_gains_taste_and_keeps_the_picture(studio_market, tmp_path):
+    """recipes/tiny-flux-cpu.toml on the tiny FLUX base: the same bars (its gain is smaller than on the U-Nets')."""
+    recipe = load_recipe(TINY_RECIPE.parent / "tiny-flux-cpu.toml")["train-gen"]
+    config = build(GenTrainConfig, recipe, {"max_steps": 250, "log_every": 50})
+    assert (config.base_model, config.logit_mean) == ("tiny-flux", 2.0)
+    train_generator(config, studio_market, tmp_path / "gen")
+    evaluation = tiny_config("eval-gen", max_pairs=32, steps=15, guidance=3.0, clip_model="tiny")
+    summary = evaluate_generator(tmp_path / "gen", studio_market, evaluation)
+    base, personalized = summary["models"]["base"], summary["models"]["perfusion"]
+    assert personalized["oracle"] > base["oracle"] + 0.05, summary["models"]
+    assert summary["win_rate"]["oracle"] >= 0.7, summary["win_rate"]
+    assert personalized["clean_background"] >= 0.9 * base["clean_background"], summary["models"]
+    assert personalized["intact"] >= 0.9 * base["intact"], summary["models"]
+    assert abs(personalized["clip"] - base["clip"]) <= 2.0, summary["models"]
