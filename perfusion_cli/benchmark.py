@@ -1,10 +1,10 @@
 """``perfusion bench``: latency, memory and throughput, measured on one machine in one run.
 
 (a) generation: seconds per image and peak memory, base vs personalized, per attention backend
-    (SDPA; the classic "eager" processor; xFormers when installed);
+    (SDPA; for U-Nets also the classic "eager" processor and xFormers when installed);
 (b) a train step of PerFusion vs a plain Diffusion-DPO step on the same backbone and batch (the
-    whole U-Net trainable, as Diffusion-DPO's authors train), and PerFusion with and without the
-    shared frozen encoder pass;
+    whole U-Net or transformer trainable, as Diffusion-DPO's authors train), and PerFusion with and without the
+    shared frozen encoder pass (U-Nets);
 (c) reward-model scoring throughput, PerFusionRM vs the same CLIP without plug-ins;
 (d) data-loader groups per second vs the groups a train step consumes per second.
 
@@ -29,8 +29,6 @@ from perfusion_cli.config import BenchConfig, GenTrainConfig
 from perfusion_cli.data.loader import StreamSpec, train_batches
 from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.environment import describe, pick_device
-from perfusion_cli.errors import ConfigError
-from perfusion_cli.models.frozen_sd import FrozenSD
 from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.pipeline import PerFusionPipeline
@@ -104,22 +102,15 @@ def attention_backends() -> dict[str, object]:
     return backends
 
 
-def _set_attention(pipeline: PerFusionPipeline, processor_class) -> None:
-    for module in (pipeline.unet, pipeline.vae):
-        if module.attn_processors:
-            module.set_attn_processor(processor_class())
-    pipeline.branch.attach(pipeline.unet, processor_class)  # the branch's own layers, or the adapter's processors
-
-
 def bench_generation(pipeline: PerFusionPipeline, features: torch.Tensor, steps: int, repeats: int,
                      progress: Progress) -> dict:
     device = pipeline.device
     out: dict = {"steps": steps, "resolution": pipeline.default_resolution, "backends": {}}
-    backends = attention_backends()
+    backends = pipeline.attention_backends(attention_backends())
     if "xformers" not in backends:
-        out["xformers"] = "not measured: needs xformers and a CUDA device (pip install 'perfusion[gpu]')"
+        out["xformers"] = "not measured: needs xformers, a CUDA device (pip install 'perfusion[gpu]') and a U-Net"
     for name, processor in backends.items():
-        _set_attention(pipeline, processor)
+        pipeline.set_attention(processor)
         entry = {}
         for mode, kwargs in (("base", {}), ("personalized", {"features": features[:1]})):
             run = lambda: pipeline(["linen dress"], num_inference_steps=steps, output_type="pt",  # noqa: E731
@@ -131,7 +122,7 @@ def bench_generation(pipeline: PerFusionPipeline, features: torch.Tensor, steps:
         entry["latency_ratio"] = entry["personalized"]["median"] / entry["base"]["median"]
         entry["memory_ratio"] = entry["personalized"]["peak_mb"] / entry["base"]["peak_mb"]
         out["backends"][name] = entry
-    _set_attention(pipeline, backends["sdpa"])
+    pipeline.set_attention(backends["sdpa"])
     return out
 
 
@@ -195,22 +186,23 @@ def _train_step(objective: GroupDPOObjective, policy: torch.nn.Module, batch) ->
 
 def bench_train_step(pipeline: PerFusionPipeline, batch, train: GenTrainConfig, repeats: int,
                      progress: Progress) -> dict:
-    """PerFusion's step (shared and unshared frozen encoder) against Diffusion-DPO's (the whole U-Net is the
-    policy, as its authors train), all through the one ``GroupDPOObjective`` with the recipe's β and loss."""
+    """PerFusion's step (shared and unshared frozen encoder; a transformer has none to share, and both are its one
+    step) against Diffusion-DPO's (the whole U-Net or transformer is the policy, as its authors train), all through
+    the one ``GroupDPOObjective`` with the recipe's β and loss."""
     device = pipeline.device
-    components = pipeline.sd_components()
     out: dict = {"groups": len(batch), "candidates": int(batch.valid.sum()), "beta": train.beta, "loss": train.loss}
     branch = copy.deepcopy(pipeline.branch).train().requires_grad_(True)
     for name, shared in (("perfusion_shared_encoder", True), ("perfusion_two_passes", False)):
-        frozen = FrozenSD(components, device, pipeline.unet.dtype, share_encoder=shared, cache=True)
+        frozen = pipeline.frozen_parts(share_encoder=shared, cache=True)
+        out["shared_encoder"] = out.get("shared_encoder", frozen.share_encoder)  # False: no encoder half to share
         with peak_memory(device) as memory:
             times = timed(_train_step(GroupDPOObjective(frozen, train), branch, batch), device, repeats)
         out[name] = {"seconds": times, "median": statistics.median(times), **memory,
                      "trainable_parameters": _trainable(branch)}
         progress.advance(1)
-    policy = copy.deepcopy(pipeline.unet).train().requires_grad_(True)
-    frozen = FrozenSD(components, device, pipeline.unet.dtype, share_encoder=False, cache=True)
-    objective = GroupDPOObjective(frozen, train, predict=frozen.full_unet_predictions)
+    policy = copy.deepcopy(pipeline.denoiser).train().requires_grad_(True)
+    frozen = pipeline.frozen_parts(share_encoder=False, cache=True)
+    objective = GroupDPOObjective(frozen, train, predict=frozen.full_predictions)
     with peak_memory(device) as memory:
         times = timed(_train_step(objective, policy, batch), device, repeats)
     out["diffusion_dpo"] = {"seconds": times, "median": statistics.median(times), **memory,
@@ -260,15 +252,12 @@ def run_bench(run_dir: Path, data_dir: Path, config: BenchConfig, train: GenTrai
     device = pick_device(config.device)
     started = time.perf_counter()
     pipeline = load_pipeline(run_dir, device)
-    if not isinstance(pipeline, PerFusionPipeline):
-        raise ConfigError("perfusion bench measures U-Net runs (SD 1.5, SDXL); for a FLUX or SD 3.5 run use "
-                          "`perfusion bench --plan` (their measured bench is not built yet)")
     manifest = load_manifest(data_dir)
     steps, repeats = config.steps, config.repeats
     spec = StreamSpec(Path(data_dir), "train", config.batch_size, train.group_size, pipeline.default_resolution,
                       num_workers=config.num_workers)
     batch = next(train_batches(spec, steps_per_epoch=1)).to(device)
-    backends = len(attention_backends())
+    backends = len(pipeline.attention_backends(attention_backends()))
     progress.start("benchmarking", 2 * backends + 3 + len(CHEAP) + 3 + (2 if reward_source else 0))
     result = {"machine": describe(torch_runtime=True), "device": str(device), "command": command, "repeats": repeats,
               "data": str(data_dir), "model": str(run_dir), "features": len(manifest.vocab.features)}

@@ -52,9 +52,30 @@ class FlowPerFusionPipeline:
         """The resolution the adapter was trained at (else the transformer's native size)."""
         return self.branch.config.resolution or self.frozen.sd.transformer.config.sample_size * self.frozen.latent_scale
 
-    def frozen_parts(self) -> FrozenTransformer:
-        """The frozen base as training code sees it: eval's and bench's denoising errors."""
+    def frozen_parts(self, share_encoder: bool = True, cache: bool = False) -> FrozenTransformer:
+        """The frozen base as training code sees it: eval's denoising errors, bench's train steps (a transformer
+        has no encoder half to share)."""
+        self.frozen.cache = cache
         return self.frozen
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.frozen.sd.transformer
+
+    @property
+    def latent_channels(self) -> int:
+        return self.frozen.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.frozen.latent_scale
+
+    def attention_backends(self, available: dict) -> dict:
+        """The flow transformers run diffusers' SDPA attention only (their processors, the adapter's around them)."""
+        return {"sdpa": available["sdpa"]}
+
+    def set_attention(self, processor_class) -> None:
+        """Nothing to switch: SDPA is the one backend (``attention_backends``)."""
 
     def merchant_features(self, merchant: dict | list[dict], batch: int) -> torch.Tensor:
         """[B, F] feature ids of one merchant profile (for every prompt) or one per prompt."""

@@ -6,7 +6,7 @@ For B groups of up to K candidates (only valid candidates are encoded):
 2. one noise ε and one time t per group, shared by its candidates; x_t and the target from the base's noise
    process (``perfusion_cli.noise``: DDPM's ε or v for the U-Nets, rectified flow's velocity ε − x_0);
 3. ε_θ and ε_ref (or the velocities) from the frozen model (``FrozenSD.predictions``: the personalized branch; or
-   ``full_unet_predictions``: a whole trainable U-Net, Diffusion-DPO's own setting, which ``bench``
+   ``full_predictions``: a whole trainable U-Net or transformer, Diffusion-DPO's own setting, which ``bench``
    measures against);
 4. per-candidate errors ‖ε − ε̂‖² (mean over the latent), the implicit rewards
    r = −(β/2)(err_θ − err_ref), and the Plackett-Luce loss over each group's positives

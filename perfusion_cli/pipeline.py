@@ -127,11 +127,31 @@ class PerFusionPipeline(DiffusionPipeline):
                             DDPMScheduler.from_config(self.scheduler.config), "", self.text_encoder_2,
                             self.tokenizer_2, self.config.force_zeros_for_empty_prompt)
 
-    def frozen_parts(self):
-        """The frozen base as the objective sees it (``FrozenSD``, encoder shared): eval's denoising errors."""
+    def frozen_parts(self, share_encoder: bool = True, cache: bool = False):
+        """The frozen base as the objective sees it (``FrozenSD``): eval's denoising errors, bench's train steps."""
         from perfusion_cli.models.frozen_sd import FrozenSD
 
-        return FrozenSD(self.sd_components(), self.device, self.unet.dtype, share_encoder=True, cache=False)
+        return FrozenSD(self.sd_components(), self.device, self.unet.dtype, share_encoder=share_encoder, cache=cache)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The frozen network the branch personalizes (bench trains a copy of it whole, as Diffusion-DPO does)."""
+        return self.unet
+
+    def attention_backends(self, available: dict) -> dict:
+        """The attention processors ``bench`` may time this pipeline with: all of them."""
+        return available
+
+    def set_attention(self, processor_class) -> None:
+        """One attention processor class on the U-Net, the VAE and the branch's own layers."""
+        for module in (self.unet, self.vae):
+            if module.attn_processors:
+                module.set_attn_processor(processor_class())
+        self.branch.attach(self.unet, processor_class)  # the branch's own layers, or the adapter's processors
 
     @property
     def tokenizers(self) -> list:

@@ -85,9 +85,10 @@ def print_bench(result: dict) -> None:
                          for k, v in result["batched"].items()]))
     step = result["train_step"]
     console.print(table(f"train step ({step['groups']} groups, {step['candidates']} candidates)", ["", "median s"], [
-        ["PerFusion (shared frozen encoder)", step["perfusion_shared_encoder"]["median"]],
+        ["PerFusion (shared frozen encoder)" if step["shared_encoder"] else "PerFusion (no encoder half to share)",
+         step["perfusion_shared_encoder"]["median"]],
         ["PerFusion (two full frozen passes)", step["perfusion_two_passes"]["median"]],
-        ["Diffusion-DPO (whole U-Net trained)", step["diffusion_dpo"]["median"]],
+        ["Diffusion-DPO (whole denoiser trained)", step["diffusion_dpo"]["median"]],
         ["ratio PerFusion / Diffusion-DPO", step["ratio_perfusion_vs_dpo"]],
         ["ratio two passes / shared", step["ratio_two_passes_vs_shared"]]]))
     reward = result["reward"]

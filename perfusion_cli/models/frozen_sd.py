@@ -93,6 +93,20 @@ class FrozenSD(CachedLatents):
         frozen.fingerprints = prints
         return frozen
 
+    def sampling_pipeline(self, branch, eta: float = 0.0):
+        """These parts and the branch as a pipeline with a DDIM scheduler (η > 0 makes its steps stochastic): what
+        ``train-gen --online`` draws its groups with."""
+        from diffusers import DDIMScheduler
+
+        from perfusion_cli.pipeline import PerFusionPipeline
+
+        sd = self.sd
+        scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
+        pipeline = PerFusionPipeline(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch,
+                                     sd.text_encoder_2, sd.tokenizer_2, sd.zero_empty_prompt)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
     def check_resolution(self, resolution: int) -> None:
         if resolution % self.latent_scale:
             raise ConfigError(f"resolution {resolution} must be a multiple of {self.latent_scale} for this VAE")
@@ -146,7 +160,7 @@ class FrozenSD(CachedLatents):
             reference = unet(noisy, timesteps, **text.unet_kwargs()).sample
         return unet(noisy, timesteps, **text.unet_kwargs(), **extra).sample, reference
 
-    def full_unet_predictions(self, policy_unet, noisy, timesteps, text: TextConditions,
+    def full_predictions(self, policy_unet, noisy, timesteps, text: TextConditions,
                               features) -> tuple[torch.Tensor, torch.Tensor]:
         """Diffusion-DPO as its authors train it: a trainable copy of the whole U-Net is the policy."""
         with torch.no_grad():

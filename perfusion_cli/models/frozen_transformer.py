@@ -90,6 +90,16 @@ class FrozenTransformer(CachedLatents):
                                    "text_encoder": weights_digest(*frozen.text_encoders, rounded_to=torch.bfloat16)}
         return frozen
 
+    def sampling_pipeline(self, branch, eta: float = 0.0):
+        """These parts and the branch as ``FlowPerFusionPipeline`` (deterministic Euler steps from each candidate's
+        noise): what ``train-gen --online`` draws its groups with. No stochastic flow sampler yet (η must be 0)."""
+        from perfusion_cli.flow_pipeline import FlowPerFusionPipeline
+
+        if eta:
+            raise ConfigError("--sample-eta > 0 (a stochastic sampler) is not built for flow transformers yet: "
+                              "--sample-eta 0 draws each candidate deterministically from its own noise")
+        return FlowPerFusionPipeline(self, branch)
+
     def check_resolution(self, resolution: int) -> None:
         if resolution % (2 * self.latent_scale):
             raise ConfigError(f"resolution {resolution} must be a multiple of {2 * self.latent_scale} for this VAE "
@@ -121,6 +131,18 @@ class FrozenTransformer(CachedLatents):
         """The transformer's velocity at ``noisy`` [N, C, h, w] and noise-process ``times`` [N] (σ·1000); ``extra``:
         a branch's keyword arguments; ``guidance``: an embedded guidance other than the training one."""
         raise NotImplementedError
+
+    def full_predictions(self, policy, noisy, times, text: TextConditions,
+                         features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Diffusion-DPO as its authors train it (``bench``'s baseline): ``policy``, a trainable copy of the whole
+        transformer, in the frozen one's place for one call."""
+        with torch.no_grad():
+            reference = self.velocity(noisy, times, text)
+        frozen, self.sd.transformer = self.sd.transformer, policy
+        try:
+            return self.velocity(noisy, times, text), reference
+        finally:
+            self.sd.transformer = frozen
 
     def predictions(self, branch, noisy, times, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
         """(v_θ with gradients into ``branch``, v_ref without)."""

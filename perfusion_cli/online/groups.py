@@ -43,7 +43,7 @@ class OnlineGroups:
         size, count = self.config.group_size, len(batch)
         pipeline, resolution = self.pipeline, self.config.resolution
         scale = pipeline.vae_scale_factor
-        noise = torch.randn((count * size, pipeline.unet.config.in_channels, resolution // scale,
+        noise = torch.randn((count * size, pipeline.latent_channels, resolution // scale,
                              resolution // scale), device=pipeline.device)
         training = branch.training
         branch.eval()  # the policy as generate draws it (no merchant-id dropout)

@@ -6,37 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import DDIMScheduler
-
 from perfusion_cli.config import GenTrainConfig
 from perfusion_cli.data.manifest import Manifest
-from perfusion_cli.errors import CheckpointError, ConfigError
-from perfusion_cli.models.frozen_sd import FrozenSD
+from perfusion_cli.errors import CheckpointError
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.online.groups import OnlineGroups, OnlineObjective
 from perfusion_cli.online.hacking_guard import build_guard
-from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training import gen
 from perfusion_cli.training.loop import TrainTask
 
 
-def sampling_pipeline(frozen: FrozenSD, branch) -> PerFusionPipeline:
-    """The frozen model and the branch as a pipeline with a DDIM scheduler (η > 0 makes its steps stochastic)."""
-    sd = frozen.sd
-    scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
-    pipeline = PerFusionPipeline(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
-                                 sd.tokenizer_2, sd.zero_empty_prompt)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def make_online(task: TrainTask, config: GenTrainConfig, frozen: FrozenSD, branch, reward, manifest: Manifest,
+def make_online(task: TrainTask, config: GenTrainConfig, frozen, branch, reward, manifest: Manifest,
                 accelerator) -> None:
-    """Turn the offline task into the online one: the loss, the guard and their checkpoint state."""
-    if not isinstance(frozen, FrozenSD):
-        raise ConfigError("--online draws its groups with the U-Nets' sampler; it is not built for the flow "
-                          "transformers (FLUX.1, SD 3.5) yet: train them offline")
-    pipeline = sampling_pipeline(frozen, branch)
+    """Turn the offline task into the online one: the loss, the guard and their checkpoint state. ``frozen`` (a
+    U-Net's or a flow transformer's parts) gives the pipeline that draws the groups (``sampling_pipeline``)."""
+    pipeline = frozen.sampling_pipeline(branch, config.sample_eta)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
                              accelerator.unwrap_model)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from perfusion_cli.cli.main import app
 from perfusion_cli.models.branch_kinds import load_branch
 from perfusion_cli.models.families import load_frozen
-from tests.helpers import TOY_FLOW
+from perfusion_cli.training.rm import train_reward_model
+from tests.helpers import TOY_FLOW, read_jsonl, tiny_config
 
 runner = CliRunner()
 
@@ -53,8 +54,17 @@ def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_fold
                "--steps", 2, "--json", tmp_path / "eval.json")
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["pairs"] == 2 and set(summary["models"]) >= {"base", "perfusion"}
-    refused = runner.invoke(app, ["bench", "--model", str(run), "--data", str(market[0]), "--steps", "1"])
-    assert refused.exit_code == 1 and "perfusion bench measures U-Net runs" in " ".join(refused.output.split())
+    # bench measures the run: base against personalized drawing (SDPA only), its step against Diffusion-DPO's
+    _perfusion("bench", "--model", run, "--data", market[0], "--steps", 1, "--repeats", 1, "--batch-size", 2,
+               "--json", tmp_path / "bench.json")
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert set(bench["generation"]["backends"]) == {"sdpa"}
+    assert bench["generation"]["backends"]["sdpa"]["latency_ratio"] > 0
+    step = bench["train_step"]
+    transformer = load_frozen(str(folder), torch.device("cpu")).sd.transformer
+    assert step["shared_encoder"] is False and step["groups"] == 2
+    assert step["diffusion_dpo"]["trainable_parameters"] == sum(p.numel() for p in transformer.parameters())
+    assert step["perfusion_shared_encoder"]["trainable_parameters"] == sum(p.numel() for p in branch.parameters())
 
 
 def test_a_flow_transformer_refuses_what_it_does_not_run_yet_in_one_line(market, tmp_path):
@@ -109,3 +119,24 @@ def test_pretrain_base_flux_makes_a_flux_folder_that_ours_and_diffusers_pipeline
     image = stock("linen dress", height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
                   max_sequence_length=16, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_online_training_draws_its_groups_from_a_flow_transformer(market, tmp_path):
+    """train-gen --online on FLUX's layout: each step draws its candidates with the flow pipeline (Euler steps from
+    each candidate's noise), ranks them with the reward model and trains on them; the guard probes between steps."""
+    write, base, _, overrides = TOY_FLOW["flux"]
+    folder = write(base, tmp_path / "flux", overrides, dtype=torch.float32)
+    train_reward_model(tiny_config("train-rm"), market[0], tmp_path / "rm")
+    common = ["train-gen", market[0], "--base-model", folder, "--resolution", 64, "--group-size", 3, "--batch-size",
+              1, "--num-workers", 0, "--no-stored-latents", "--online", "--reward", tmp_path / "rm", "--online-mix", 0,
+              "--sample-steps", 2, "--probe-every", 1, "--probe-pairs", 2, "--judge-clip", "tiny"]
+    _perfusion(*common, "--out", tmp_path / "online", "--max-steps", 2)
+    rows = read_jsonl(tmp_path / "online" / "metrics.jsonl")
+    steps = [row for row in rows if "loss" in row]
+    assert [row["online"] for row in steps] == [1, 1] and all(row["sample_seconds"] > 0 for row in steps)
+    assert all(torch.isfinite(torch.tensor([row["loss"], row["reward"]])).all() for row in steps)
+    assert [row["step"] for row in rows if row.get("split") == "probe"] == [0, 1, 2]
+    refused = runner.invoke(app, [str(arg) for arg in (*common, "--out", tmp_path / "eta", "--max-steps", 1,
+                                                        "--sample-eta", 0.5)])
+    assert refused.exit_code == 1 and "--sample-eta > 0 (a stochastic sampler) is not built for flow transformers" \
+        in " ".join(refused.output.split()), refused.output
