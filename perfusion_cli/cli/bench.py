@@ -84,13 +84,13 @@ def print_bench(result: dict) -> None:
                         [[k, v["one_by_one_images_per_second"], v["batched_images_per_second"], v["speedup"]]
                          for k, v in result["batched"].items()]))
     step = result["train_step"]
+    shared = [["PerFusion (two full frozen passes)", step["perfusion_two_passes"]["median"]],
+              ["ratio two passes / shared", step["ratio_two_passes_vs_shared"]]] if step["shared_encoder"] else []
     console.print(table(f"train step ({step['groups']} groups, {step['candidates']} candidates)", ["", "median s"], [
         ["PerFusion (shared frozen encoder)" if step["shared_encoder"] else "PerFusion (no encoder half to share)",
          step["perfusion_shared_encoder"]["median"]],
-        ["PerFusion (two full frozen passes)", step["perfusion_two_passes"]["median"]],
         ["Diffusion-DPO (whole denoiser trained)", step["diffusion_dpo"]["median"]],
-        ["ratio PerFusion / Diffusion-DPO", step["ratio_perfusion_vs_dpo"]],
-        ["ratio two passes / shared", step["ratio_two_passes_vs_shared"]]]))
+        ["ratio PerFusion / Diffusion-DPO", step["ratio_perfusion_vs_dpo"]], *shared]))
     reward = result["reward"]
     if "unavailable" in reward:
         say(f"reward model: n/a — {reward['unavailable']}")
