@@ -214,7 +214,7 @@ class PerFusionPipeline(DiffusionPipeline):
         text = text.sized(height, width)
         # 3. timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (batch, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = seeded_noise(shape, generator)
         latents = latents.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma

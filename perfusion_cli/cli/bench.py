@@ -84,8 +84,9 @@ def print_bench(result: dict) -> None:
                         [[k, v["one_by_one_images_per_second"], v["batched_images_per_second"], v["speedup"]]
                          for k, v in result["batched"].items()]))
     step = result["train_step"]
-    shared = [["PerFusion (two full frozen passes)", step["perfusion_two_passes"]["median"]],
-              ["ratio two passes / shared", step["ratio_two_passes_vs_shared"]]] if step["shared_encoder"] else []
+    shared = ([["PerFusion (two full frozen passes)", step["perfusion_two_passes"]["median"]],
+               ["ratio two passes / shared", step["ratio_two_passes_vs_shared"]]]
+              if "perfusion_two_passes" in step else [])
     console.print(table(f"train step ({step['groups']} groups, {step['candidates']} candidates)", ["", "median s"], [
         ["PerFusion (shared frozen encoder)" if step["shared_encoder"] else "PerFusion (no encoder half to share)",
          step["perfusion_shared_encoder"]["median"]],

@@ -87,8 +87,8 @@ class FrozenFlux(FrozenTransformer):
         hidden = self.sd.text_encoder_2(ids[1], output_hidden_states=False)[0]
         return JointText(hidden.to(self.dtype), pooled.to(self.dtype))
 
-    @torch.no_grad()
-    def text(self, prompts: list[str]) -> JointText:
+    def encode_text(self, prompts: list[str]) -> JointText:
+        """Distinct prompts' conditions (``text`` is what callers use: it encodes each prompt once)."""
         clip_ids, _, truncated = tokenize(self.sd.tokenizer, prompts)
         t5 = self.sd.tokenizer_2(prompts, padding="max_length", max_length=self.sd.max_sequence_length,
                                  truncation=True, return_tensors="pt")

@@ -16,7 +16,7 @@ import torch
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import SDComponents, load_sd
 from perfusion_cli.models.branch_kinds import create_branch
-from perfusion_cli.models.latent_cache import CachedLatents
+from perfusion_cli.models.encoding_cache import CachedEncodings
 from perfusion_cli.models.text import TextConditions, encode_ids, encode_prompts
 from perfusion_cli.models.unet_halves import decode, encode, supports_split
 
@@ -57,7 +57,7 @@ def vae_dtype(sd: SDComponents, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if upcast else dtype
 
 
-class FrozenSD(CachedLatents):
+class FrozenSD(CachedEncodings):
     text_conditions = TextConditions  # what stored text embeddings (prepare --latents) are read back as
 
     def __init__(self, sd: SDComponents, device: torch.device, dtype: torch.dtype, share_encoder: bool,
@@ -132,20 +132,11 @@ class FrozenSD(CachedLatents):
         """Token ids, one tensor per text encoder → conditions without sizes."""
         return encode_ids(self.sd.text_encoders, ids)
 
-    @torch.no_grad()
-    def text(self, prompts: list[str]) -> TextConditions:
-        """The prompts' conditions, without sizes (``TextConditions.sized`` adds SDXL's)."""
-        missing = sorted({p for p in prompts if p not in self._texts}) if self.cache else sorted(set(prompts))
-        encoded = {}
-        if missing:
-            conditions, truncated = encode_prompts(self.sd.tokenizers, self.sd.text_encoders, missing)
-            self.truncated_prompts += truncated
-            encoded = {prompt: conditions[i] for i, prompt in enumerate(missing)}
-            if self.cache:
-                self._texts.update(encoded)
-        rows = [encoded.get(p, self._texts.get(p)) for p in prompts]
-        return TextConditions(torch.stack([r.hidden for r in rows]),
-                              None if rows[0].pooled is None else torch.stack([r.pooled for r in rows]))
+    def encode_text(self, prompts: list[str]) -> TextConditions:
+        """Distinct prompts' conditions (``text`` is what callers use: it encodes each prompt once)."""
+        conditions, truncated = encode_prompts(self.sd.tokenizers, self.sd.text_encoders, prompts)
+        self.truncated_prompts += truncated
+        return conditions
 
     def predictions(self, branch, noisy, timesteps, text: TextConditions, features) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε_θ with gradients into ``branch``, ε_ref without); ``branch`` is any branch kind."""

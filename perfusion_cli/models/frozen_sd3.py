@@ -72,8 +72,8 @@ class FrozenSD3(FrozenTransformer):
         pooled = torch.cat([clip_l.text_embeds, clip_g.text_embeds], dim=-1)
         return JointText(torch.cat([clip, t5.to(clip.dtype)], dim=-2).to(self.dtype), pooled.to(self.dtype))
 
-    @torch.no_grad()
-    def text(self, prompts: list[str]) -> JointText:
+    def encode_text(self, prompts: list[str]) -> JointText:
+        """Distinct prompts' conditions (``text`` is what callers use: it encodes each prompt once)."""
         ids, truncated = [], 0
         for tokenizer in (self.sd.tokenizer, self.sd.tokenizer_2):
             clip_ids, _, cut = tokenize(tokenizer, prompts)

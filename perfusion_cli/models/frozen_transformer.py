@@ -17,7 +17,7 @@ import torch
 from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.backbones import load_part, resolve
 from perfusion_cli.models.frozen_sd import DTYPES, weights_digest
-from perfusion_cli.models.latent_cache import CachedLatents
+from perfusion_cli.models.encoding_cache import CachedEncodings
 from perfusion_cli.models.text import TextConditions
 
 
@@ -47,7 +47,7 @@ class JointText(TextConditions):
         return self
 
 
-class FrozenTransformer(CachedLatents):
+class FrozenTransformer(CachedEncodings):
     adapter: type  # the family's merchant adapter (``joint_adapter.JointAttentionAdapter``)
     guided_by_batch: bool  # classifier-free guidance runs the prompt and the empty prompt as one batch
     text_conditions = JointText  # what stored text embeddings (prepare --latents) are read back as
@@ -61,7 +61,7 @@ class FrozenTransformer(CachedLatents):
         self.truncated_prompts = 0
         self.share_encoder = False  # no encoder half: every call runs the whole transformer
         self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
-        self.cache, self._latents = cache, {}  # cache_latents: each candidate's latent encoded once
+        self.cache, self._latents, self._texts = cache, {}, {}  # cache_latents: each latent and prompt once
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:

@@ -62,7 +62,7 @@ def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_fold
     assert bench["generation"]["backends"]["sdpa"]["latency_ratio"] > 0
     step = bench["train_step"]
     transformer = load_frozen(str(folder), torch.device("cpu")).sd.transformer
-    assert step["shared_encoder"] is False and step["groups"] == 2
+    assert step["shared_encoder"] is False and step["groups"] == 2 and "perfusion_two_passes" not in step
     assert step["diffusion_dpo"]["trainable_parameters"] == sum(p.numel() for p in transformer.parameters())
     assert step["perfusion_shared_encoder"]["trainable_parameters"] == sum(p.numel() for p in branch.parameters())
 

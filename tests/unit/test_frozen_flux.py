@@ -72,6 +72,10 @@ def test_flux_parts_give_unpacked_latents_joint_text_and_a_flow_process():
     keys = [("s", k) for k in range(3)]
     assert torch.equal(frozen.latents(_batch().images[0], keys), latents) and set(frozen._latents) == set(keys)
     assert torch.equal(frozen.latents(torch.zeros_like(_batch().images[0]), keys), latents)  # read, not encoded
+    repeated = frozen.text(["wool hoodie", "linen dress", "wool hoodie"])  # each prompt encoded once, rows in order
+    assert isinstance(repeated, JointText) and set(frozen._texts) == {"linen dress", "wool hoodie"}
+    torch.testing.assert_close(repeated.hidden, text.hidden[[1, 0, 1]])
+    torch.testing.assert_close(repeated.pooled, text.pooled[[1, 0, 1]])
 
 
 @torch.no_grad()
