@@ -35,6 +35,15 @@ class FlowPerFusionPipeline:
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(frozen.sd.noise_scheduler.config)
         branch.attach(frozen.sd.transformer)
 
+    @classmethod
+    def for_sampling(cls, frozen: FrozenTransformer, branch, eta: float = 0.0) -> "FlowPerFusionPipeline":
+        """A run's frozen parts and its adapter, drawing with deterministic Euler steps from each candidate's noise:
+        what ``train-gen --online`` draws its groups with. No stochastic flow sampler yet (η must be 0)."""
+        if eta:
+            raise ConfigError("--sample-eta > 0 (a stochastic sampler) is not built for flow transformers yet: "
+                              "--sample-eta 0 draws each candidate deterministically from its own noise")
+        return cls(frozen, branch)
+
     @property
     def device(self) -> torch.device:
         return self.frozen.device

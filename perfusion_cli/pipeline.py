@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
@@ -120,6 +120,17 @@ class PerFusionPipeline(DiffusionPipeline):
                            sd.tokenizer_2, sd.zero_empty_prompt)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(device)
+
+    @classmethod
+    def for_sampling(cls, frozen, branch, eta: float = 0.0) -> "PerFusionPipeline":
+        """A run's frozen parts (``FrozenSD``) and its branch with a DDIM scheduler (η > 0 makes its steps
+        stochastic): what ``train-gen --online`` draws its groups with."""
+        sd = frozen.sd
+        scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
+        pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,
+                       sd.tokenizer_2, sd.zero_empty_prompt)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
     def sd_components(self) -> SDComponents:
         """The frozen base as training code sees it (``FrozenSD``): bench's and eval's denoising errors."""

@@ -93,20 +93,6 @@ class FrozenSD(CachedEncodings):
         frozen.fingerprints = prints
         return frozen
 
-    def sampling_pipeline(self, branch, eta: float = 0.0):
-        """These parts and the branch as a pipeline with a DDIM scheduler (η > 0 makes its steps stochastic): what
-        ``train-gen --online`` draws its groups with."""
-        from diffusers import DDIMScheduler
-
-        from perfusion_cli.pipeline import PerFusionPipeline
-
-        sd = self.sd
-        scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
-        pipeline = PerFusionPipeline(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch,
-                                     sd.text_encoder_2, sd.tokenizer_2, sd.zero_empty_prompt)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
     def check_resolution(self, resolution: int) -> None:
         if resolution % self.latent_scale:
             raise ConfigError(f"resolution {resolution} must be a multiple of {self.latent_scale} for this VAE")

@@ -90,16 +90,6 @@ class FrozenTransformer(CachedEncodings):
                                    "text_encoder": weights_digest(*frozen.text_encoders, rounded_to=torch.bfloat16)}
         return frozen
 
-    def sampling_pipeline(self, branch, eta: float = 0.0):
-        """These parts and the branch as ``FlowPerFusionPipeline`` (deterministic Euler steps from each candidate's
-        noise): what ``train-gen --online`` draws its groups with. No stochastic flow sampler yet (η must be 0)."""
-        from perfusion_cli.flow_pipeline import FlowPerFusionPipeline
-
-        if eta:
-            raise ConfigError("--sample-eta > 0 (a stochastic sampler) is not built for flow transformers yet: "
-                              "--sample-eta 0 draws each candidate deterministically from its own noise")
-        return FlowPerFusionPipeline(self, branch)
-
     def check_resolution(self, resolution: int) -> None:
         if resolution % (2 * self.latent_scale):
             raise ConfigError(f"resolution {resolution} must be a multiple of {2 * self.latent_scale} for this VAE "

@@ -12,6 +12,7 @@ from perfusion_cli.errors import CheckpointError
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.online.groups import OnlineGroups, OnlineObjective
 from perfusion_cli.online.hacking_guard import build_guard
+from perfusion_cli.pipelines import sampling_pipeline
 from perfusion_cli.training import gen
 from perfusion_cli.training.loop import TrainTask
 
@@ -19,8 +20,8 @@ from perfusion_cli.training.loop import TrainTask
 def make_online(task: TrainTask, config: GenTrainConfig, frozen, branch, reward, manifest: Manifest,
                 accelerator) -> None:
     """Turn the offline task into the online one: the loss, the guard and their checkpoint state. ``frozen`` (a
-    U-Net's or a flow transformer's parts) gives the pipeline that draws the groups (``sampling_pipeline``)."""
-    pipeline = frozen.sampling_pipeline(branch, config.sample_eta)
+    U-Net's or a flow transformer's parts) and the branch make the pipeline that draws the groups."""
+    pipeline = sampling_pipeline(frozen, branch, config.sample_eta)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
                              accelerator.unwrap_model)
