@@ -113,7 +113,7 @@ class TrainLoopConfig:
     shuffle_buffer: int = bounded(1000, ge=1, le=1_000_000)
     steps_per_epoch: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)  # None: one pass over the train split
     log_every: int = bounded(1, ge=1, le=MAX_STEPS)
-    eval_every: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)
+    eval_every: Optional[int] = bounded(None, ge=0, le=MAX_STEPS)  # 0 or None: no validation
     checkpoint_every: Optional[int] = bounded(None, ge=1, le=MAX_STEPS)  # None: only on a stop signal and at the end
     keep_last: int = bounded(2, ge=1, le=1000)
     skip_bad_shards: bool = False

@@ -29,7 +29,8 @@ def train_rm_command(
         "--freeze-backbone/--train-backbone", help="Train only the plug-ins.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the plug-ins.")] = None,
     backbone_lr: Annotated[Optional[float], typer.Option("--backbone-lr", help="Learning rate of CLIP.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validations.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(
+        "--eval-every", help="Steps between validations (0: none, whatever the recipe says).")] = None,
     init_from: Annotated[Optional[str], typer.Option(
         "--init-from", help="Start from this trained reward model (a run folder): continued training on new "
                             "logs prepared with its vocabulary (prepare LOGS --vocab DATA).")] = None,

@@ -30,11 +30,14 @@ def integrity_scores(metric: str, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def denoising_errors(pipeline: PerFusionPipeline, data_dir: Path, config: EvalGenConfig) -> dict:
-    """PerFusion's and the reference's denoising errors on up to ``max_pairs`` groups of the split."""
+    """PerFusion's and the reference's denoising errors on ``max_pairs`` groups of the split (all of them when it
+    is unset or larger), read in batches of at most 8 that add up to it where they can."""
     frozen = pipeline.frozen_parts()
     objective = GroupDPOObjective(frozen, GenTrainConfig(base_model=pipeline.base_model))
     manifest = load_manifest(data_dir)
-    spec = StreamSpec(Path(data_dir), config.split, 8, manifest.max_candidates, pipeline.default_resolution)
+    batches = -(-config.max_pairs // 8) if config.max_pairs else 1  # a batch of 8 for max_pairs 1 encoded 7 in vain
+    size = -(-config.max_pairs // batches) if config.max_pairs else 8
+    spec = StreamSpec(Path(data_dir), config.split, size, manifest.max_candidates, pipeline.default_resolution)
     generator_state = torch.get_rng_state()
     torch.manual_seed(config.seed)
     totals, groups = {"model_err": 0.0, "ref_err": 0.0}, 0

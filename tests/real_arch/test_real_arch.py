@@ -82,11 +82,15 @@ def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
     sd, clip = layouts
     ws = _workspace(tmp_path, market)
     recipe = ["--recipe", "sd15-industrial"]
+    # --eval-every 0: no validation pass over ViT-L (28 s here), whatever the recipe's eval_every
     _perfusion(ws, "train-rm", *recipe, "--base-model", clip, "--batch-size", "1", "--max-steps", "1",
-               "--mixed-precision", "no", "--num-workers", "0")
+               "--mixed-precision", "no", "--num-workers", "0", "--eval-every", "0")
     rm = json.loads((ws / "runs" / "rm" / "run.json").read_text())
     assert rm["config"]["gradient_checkpointing"] is True and rm["config"]["backbone_lr"] == 3e-6
-    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE)
+    rows = [json.loads(line) for line in (ws / "runs" / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and not [row for row in rows if row.get("split") == "val"]
+    # groups of 2 (the recipe's 5 cost twice the time and check nothing more)
+    _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE, "--group-size", "2")
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
     # the adapter acts inside the encoder half, so ε_θ and ε_ref cannot share it
     assert gen["shared_encoder"] is False and gen["config"]["beta"] == 5000.0
@@ -111,7 +115,7 @@ def test_sd15_industrial_recipe_runs_every_command(layouts, market, tmp_path):
                "--clip-model", clip, "--aesthetic-weights", tmp_path / "aesthetic.safetensors",
                "--json", tmp_path / "eval.json")
     summary = json.loads((tmp_path / "eval.json").read_text())
-    assert summary["unavailable"] == {} and summary["pairs"] == 1
+    assert summary["unavailable"] == {} and summary["pairs"] == 1 and summary["denoising"]["groups"] == 1
     assert all(isinstance(value, float) for value in summary["models"]["perfusion"].values())
     assert summary["fid"]["features"].startswith("clip image features")
 
@@ -121,7 +125,7 @@ def test_sd15_pickapic_recipe_trains_both_models(layouts, market, tmp_path):
     ws = _workspace(tmp_path, market)
     recipe = ["--recipe", "sd15-pickapic"]
     _perfusion(ws, "train-rm", *recipe, "--base-model", clip, "--batch-size", "1", "--max-steps", "1",
-               "--mixed-precision", "no", "--num-workers", "0")
+               "--mixed-precision", "no", "--num-workers", "0", "--eval-every", "0")
     # one micro-batch a step: the industrial test above checks that a recipe's grad_accum is applied
     _perfusion(ws, "train-gen", *recipe, "--base-model", sd, "--attention", "sdpa", *SIZE, "--grad-accum", "1")
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
@@ -142,8 +146,8 @@ def test_sdxl_industrial_recipe_trains_and_generates_on_sdxl_base(market, tmp_pa
     assert index["_class_name"] == "StableDiffusionXLPipeline" and index["force_zeros_for_empty_prompt"] is True
     ws = _workspace(tmp_path / "ws", market)
     _perfusion(ws, "train-gen", "--recipe", "sdxl-industrial", "--base-model", sdxl, "--resolution", "128",
-               "--batch-size", "1", "--grad-accum", "1", "--max-steps", "1", "--mixed-precision", precision,
-               "--num-workers", "0")
+               "--batch-size", "1", "--grad-accum", "1", "--group-size", "2", "--max-steps", "1",
+               "--mixed-precision", precision, "--num-workers", "0")
     gen = json.loads((ws / "runs" / "gen" / "run.json").read_text())
     assert gen["config"]["beta"] == 5000.0 and gen["config"]["gradient_checkpointing"] is True
     assert torch.isfinite(torch.tensor(gen["final"]["loss"]))

@@ -1,6 +1,6 @@
 """PerFusion learns merchants' taste and keeps the picture: on held-out pairs of a marketplace drawn by
 another renderer than the one the tiny recipe was tuned on, its samples beat the base's by the oracle
-and stay products (clean backgrounds) — on the tiny SD base and on the tiny SDXL base. Exported, the same
+and stay products (clean backgrounds) — on the tiny SD base and on the tiny SDXL base. Exported, the SD
 adapter personalizes a stock diffusers pipeline. The tiny FLUX base, with its own recipe, passes the same bars."""
 
 import pytest
@@ -44,12 +44,12 @@ def _trained_and_checked(recipe, market, tmp_path, gain: float):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [TINY_RECIPE, TINY_RECIPE.parent / "tiny-sdxl-cpu.toml"], ids=["sd", "sdxl"])
-def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_path, recipe):
-    config, evaluation, summary = _trained_and_checked(recipe, studio_market, tmp_path, gain=0.1)
+def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_path):
+    config, evaluation, summary = _trained_and_checked(TINY_RECIPE, studio_market, tmp_path, gain=0.1)
     base, personalized = summary["models"]["base"], summary["models"]["perfusion"]
     # exported: a stock diffusers pipeline with a merchant's embedding beats the same pipeline without the adapter,
-    # and on eval gen's pairs and seeds it draws what PerFusion's own pipeline drew
+    # and on eval gen's pairs and seeds it draws what PerFusion's own pipeline drew (on SDXL the export's pixels
+    # are checked against perfusion generate's in tests/smoke/test_export.py)
     exported = export_generator(tmp_path / "gen", studio_market, tmp_path / "export")
     stock = stock_pipeline_gain(tmp_path / "export", studio_market, exported.base_model, config.resolution,
                                 pairs=evaluation.max_pairs, steps=evaluation.steps, guidance=evaluation.guidance,
@@ -57,6 +57,11 @@ def test_personalized_samples_gain_taste_and_stay_products(studio_market, tmp_pa
     assert stock["gain"] > 0.1 and stock["win_rate"] >= 0.7, stock
     assert stock["base"] == pytest.approx(base["oracle"], abs=0.01), (stock, base)
     assert stock["personalized"] == pytest.approx(personalized["oracle"], abs=0.01), (stock, personalized)
+
+
+@pytest.mark.slow
+def test_the_tiny_sdxl_recipe_gains_taste_and_keeps_the_picture(studio_market, tmp_path):
+    _trained_and_checked(TINY_RECIPE.parent / "tiny-sdxl-cpu.toml", studio_market, tmp_path, gain=0.1)
 
 
 @pytest.mark.slow
