@@ -22,9 +22,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from perfusion_cli.errors import ConfigError
 from perfusion_cli.models.frozen_sd import DTYPES
 from perfusion_cli.models.frozen_transformer import FrozenTransformer
+from perfusion_cli.noise.flow_sde import flow_sde_step
 from perfusion_cli.pipeline import (OFF, REUSE, branch_schedule, merchant_condition, merchant_features,
                                     pipeline_output, seeded_noise)
 
@@ -37,11 +37,8 @@ class FlowPerFusionPipeline:
 
     @classmethod
     def for_sampling(cls, frozen: FrozenTransformer, branch, eta: float = 0.0) -> "FlowPerFusionPipeline":
-        """A run's frozen parts and its adapter, drawing with deterministic Euler steps from each candidate's noise:
-        what ``train-gen --online`` draws its groups with. No stochastic flow sampler yet (η must be 0)."""
-        if eta:
-            raise ConfigError("--sample-eta > 0 (a stochastic sampler) is not built for flow transformers yet: "
-                              "--sample-eta 0 draws each candidate deterministically from its own noise")
+        """A run's frozen parts and its adapter: what ``train-gen --online`` draws its groups with (Euler steps from
+        each candidate's noise, or the stochastic flow step where the call's ``eta`` > 0)."""
         return cls(frozen, branch)
 
     @property
@@ -109,9 +106,8 @@ class FlowPerFusionPipeline:
                  on_step: Callable[[int], None] | None = None, branch_every: int = 1, branch_until: float = 1.0,
                  eta: float = 0.0) -> ImagePipelineOutput:
         """``PerFusionPipeline.__call__``'s arguments and outputs. ``guidance_scale``: FLUX.1-dev's embedded
-        guidance, or SD 3.5's classifier-free scale. ``eta`` must be 0 (no stochastic sampler here yet)."""
-        if eta:
-            raise ConfigError("eta > 0 (stochastic sampling for --online) is not built for flow transformers yet")
+        guidance, or SD 3.5's classifier-free scale. ``eta`` > 0 draws with the stochastic flow step
+        (``noise.flow_sde``; its noise from ``generator``, else torch's global RNG) instead of Euler's."""
         frozen = self.frozen
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
@@ -141,7 +137,12 @@ class FlowPerFusionPipeline:
             if guided:
                 unconditional, conditional = velocity.chunk(2)
                 velocity = unconditional + guidance_scale * (conditional - unconditional)
-            latents = self.scheduler.step(velocity, t, latents).prev_sample
+            if eta:
+                sigmas = self.scheduler.sigmas
+                latents = flow_sde_step(latents, velocity, float(sigmas[index]), float(sigmas[index + 1]), eta,
+                                        generator if isinstance(generator, torch.Generator) else None)
+            else:
+                latents = self.scheduler.step(velocity, t, latents).prev_sample
             if on_step is not None:
                 on_step(1)
         return pipeline_output(latents, output_type, self.decode)

@@ -45,7 +45,8 @@ def train_gen_command(
     sample_steps: Annotated[Optional[int], typer.Option(
         "--sample-steps", help="With --online: DDIM steps per drawn candidate.")] = None,
     sample_eta: Annotated[Optional[float], typer.Option(
-        "--sample-eta", help="With --online: DDIM η of the draws (0 deterministic, 1 DDPM-like).")] = None,
+        "--sample-eta", help="With --online: the draws' noise η (0 deterministic; U-Nets: DDIM's η, 1 DDPM-like; "
+                             "flow transformers: the stochastic flow step's, Flow-GRPO's 0.7).")] = None,
     sample_guidance: Annotated[Optional[float], typer.Option(
         "--sample-guidance", help="With --online: classifier-free guidance of the draws.")] = None,
     probe_every: Annotated[Optional[int], typer.Option(

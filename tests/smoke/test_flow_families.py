@@ -54,6 +54,7 @@ def test_train_gen_trains_the_joint_attention_adapter_of_a_flow_transformer_fold
                "--steps", 2, "--json", tmp_path / "eval.json")
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["pairs"] == 2 and set(summary["models"]) >= {"base", "perfusion"}
+    assert summary["denoising"]["groups"] == 2  # the denoising errors on as many groups as pairs, not a batch of 8
     # bench measures the run: base against personalized drawing (SDPA only), its step against Diffusion-DPO's
     _perfusion("bench", "--model", run, "--data", market[0], "--steps", 1, "--repeats", 1, "--batch-size", 2,
                "--json", tmp_path / "bench.json")
@@ -123,7 +124,8 @@ def test_pretrain_base_flux_makes_a_flux_folder_that_ours_and_diffusers_pipeline
 
 def test_online_training_draws_its_groups_from_a_flow_transformer(market, tmp_path):
     """train-gen --online on FLUX's layout: each step draws its candidates with the flow pipeline (Euler steps from
-    each candidate's noise), ranks them with the reward model and trains on them; the guard probes between steps."""
+    each candidate's noise, or the stochastic flow step at η > 0), ranks them with the reward model and trains on
+    them; the guard probes between steps."""
     write, base, _, overrides = TOY_FLOW["flux"]
     folder = write(base, tmp_path / "flux", overrides, dtype=torch.float32)
     train_reward_model(tiny_config("train-rm"), market[0], tmp_path / "rm")
@@ -136,7 +138,8 @@ def test_online_training_draws_its_groups_from_a_flow_transformer(market, tmp_pa
     assert [row["online"] for row in steps] == [1, 1] and all(row["sample_seconds"] > 0 for row in steps)
     assert all(torch.isfinite(torch.tensor([row["loss"], row["reward"]])).all() for row in steps)
     assert [row["step"] for row in rows if row.get("split") == "probe"] == [0, 1, 2]
-    refused = runner.invoke(app, [str(arg) for arg in (*common, "--out", tmp_path / "eta", "--max-steps", 1,
-                                                        "--sample-eta", 0.5)])
-    assert refused.exit_code == 1 and "--sample-eta > 0 (a stochastic sampler) is not built for flow transformers" \
-        in " ".join(refused.output.split()), refused.output
+    # η > 0: the stochastic flow step draws the groups; the same seed gives other candidates, so another reward
+    _perfusion(*common, "--out", tmp_path / "eta", "--max-steps", 1, "--sample-eta", 0.7)
+    noisy = [row for row in read_jsonl(tmp_path / "eta" / "metrics.jsonl") if "loss" in row]
+    assert noisy[0]["online"] == 1 and noisy[0]["sample_seconds"] > 0
+    assert noisy[0]["reward"] != steps[0]["reward"] and torch.isfinite(torch.tensor(noisy[0]["loss"]))
