@@ -195,9 +195,12 @@ class GenTrainConfig(TrainLoopConfig):
     # group_size candidates per (merchant, prompt) of the batch from the current model (DDIM, sample_steps
     # steps from fresh noise, η sample_eta, guidance sample_guidance), ranks them with the frozen reward model
     # (`reward`, default the workspace's runs/rm) and trains on them with the group loss, the reward's top_k
-    # as positives. online_mix: the share of steps that train on the logged groups instead (their labels).
+    # as positives. online_mix: the share of steps that train on the logged groups instead (their labels);
+    # online_warmup: the first steps, all on the logged groups (the policy's own draws carry a signal once the
+    # logs have moved it toward each merchant's taste).
     online: bool = False
     online_mix: float = bounded(0.0, ge=0, le=1)
+    online_warmup: int = bounded(0, ge=0, le=MAX_STEPS)
     sample_steps: int = bounded(8, ge=1, le=1000)
     sample_eta: float = bounded(0.0, ge=0, le=1)  # 0: each candidate's noise is its only randomness (docs)
     sample_guidance: float = bounded(3.0, ge=0, le=100)

@@ -42,6 +42,8 @@ def train_gen_command(
                                    "(on-policy), instead of the logged groups.")] = None,
     online_mix: Annotated[Optional[float], typer.Option(
         "--online-mix", help="With --online: the share of steps that train on the logged groups instead.")] = None,
+    online_warmup: Annotated[Optional[int], typer.Option(
+        "--online-warmup", help="With --online: the first N steps train on the logged groups only.")] = None,
     sample_steps: Annotated[Optional[int], typer.Option(
         "--sample-steps", help="With --online: DDIM steps per drawn candidate.")] = None,
     sample_eta: Annotated[Optional[float], typer.Option(

@@ -77,6 +77,10 @@ class FrozenSD(CachedEncodings):
         self.truncated_prompts = 0
         self.fingerprints: dict[str, str] = {}  # set by ``load(fingerprints=True)``
 
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return self.sd.text_encoders
+
     @classmethod
     def load(cls, base_model: str, device: torch.device, mixed_precision: str = "no", attention: str = "sdpa",
              share_encoder: bool = True, cache: bool = False, resolution: int | None = None,

@@ -73,18 +73,22 @@ class OnlineGroups:
 
 class OnlineObjective:
     """The loss of one call: the on-policy group of the batch's pairs, or on ``online_mix`` of the calls the
-    logged groups themselves."""
+    logged groups themselves; the first ``warmup`` calls all train on the logs (``online_warmup`` steps)."""
 
-    def __init__(self, groups: OnlineGroups, objective: GroupDPOObjective, mix: float, unwrap=lambda model: model):
+    def __init__(self, groups: OnlineGroups, objective: GroupDPOObjective, mix: float, unwrap=lambda model: model,
+                 warmup: int = 0):
         self.groups = groups
         self.objective = objective
         self.mix = mix
         self.unwrap = unwrap  # the branch itself from its DDP wrapper (sampling needs its methods)
+        self.warmup = warmup
         self.calls = 0
 
     def logged(self, call: int) -> bool:
-        """Whether call number ``call`` (1, 2, …) trains on the logs: ⌊n·mix⌋ steps up by one on those."""
-        return math.floor(call * self.mix) > math.floor((call - 1) * self.mix)
+        """Whether call number ``call`` (1, 2, …) trains on the logs: all of the warm-up, then those where
+        ⌊n·mix⌋ (n counted after the warm-up) steps up by one."""
+        after = call - self.warmup
+        return after <= 0 or math.floor(after * self.mix) > math.floor((after - 1) * self.mix)
 
     def __call__(self, policy, batch: GroupBatch) -> tuple[torch.Tensor, dict[str, float]]:
         self.calls += 1

@@ -24,7 +24,7 @@ def make_online(task: TrainTask, config: GenTrainConfig, frozen, branch, reward,
     pipeline = sampling_pipeline(frozen, branch, config.sample_eta)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
-                             accelerator.unwrap_model)
+                             accelerator.unwrap_model, warmup=config.online_warmup * config.grad_accum)
     guard = build_guard(config, pipeline, branch, reward, manifest, accelerator.device)
 
     def load(state: dict) -> None:

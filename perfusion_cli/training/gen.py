@@ -67,6 +67,8 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
                          fingerprints=stored is not None)
     if stored is not None:
         check_tag(stored, config.base_model, frozen, config.resolution)
+        if not config.online:  # every prompt's text is in the shards; on-policy draws encode their prompts
+            frozen.release_text_encoders()
     branch = frozen.create_branch(config, manifest.vocab, base_reference(config.base_model)).to(device)
     objective = GroupDPOObjective(frozen, config, reward if config.positives == "reward" else None,
                                   accelerator.autocast)

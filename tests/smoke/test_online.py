@@ -32,6 +32,9 @@ def test_the_logged_share_of_calls_is_spread_evenly():
     assert not any(OnlineObjective(None, None, 0.0).logged(call) for call in range(1, 100))
     assert all(OnlineObjective(None, None, 1.0).logged(call) for call in range(1, 100))
     assert sum(OnlineObjective(None, None, 0.3).logged(call) for call in range(1, 101)) == 30
+    # a warm-up of 5 calls on the logs, then the same spread counted from its end
+    warm = OnlineObjective(None, None, 0.25, warmup=5)
+    assert [call for call in range(1, 18) if warm.logged(call)] == [1, 2, 3, 4, 5, 9, 13, 17]
 
 
 @pytest.mark.slow
