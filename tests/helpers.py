@@ -20,7 +20,7 @@ from perfusion_cli.models.sd3_architecture import write_random_sd3 as _write_sd3
 # models or the optimisation settings the recipe chose.
 SHRINK = {"train-rm": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
           "train-gen": {"max_steps": 2, "batch_size": 2},
-          "train-gen-online": {"max_steps": 2, "sample_steps": 2, "probe_pairs": 2},
+          "train-gen-online": {"max_steps": 2, "online_warmup": 0, "sample_steps": 2, "probe_pairs": 2},
           "generate": {"n": 2, "steps": 3},
           "eval-gen": {"max_pairs": 4, "n_per_prompt": 1, "steps": 3},
           "bench": {"steps": 2, "repeats": 1, "batch_size": 2}}
