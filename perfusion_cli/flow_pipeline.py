@@ -36,7 +36,7 @@ class FlowPerFusionPipeline:
         branch.attach(frozen.sd.transformer)
 
     @classmethod
-    def for_sampling(cls, frozen: FrozenTransformer, branch, eta: float = 0.0) -> "FlowPerFusionPipeline":
+    def for_sampling(cls, frozen: FrozenTransformer, branch) -> "FlowPerFusionPipeline":
         """A run's frozen parts and its adapter: what ``train-gen --online`` draws its groups with (Euler steps from
         each candidate's noise, or the stochastic flow step where the call's ``eta`` > 0)."""
         return cls(frozen, branch)

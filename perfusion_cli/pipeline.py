@@ -122,9 +122,9 @@ class PerFusionPipeline(DiffusionPipeline):
         return pipeline.to(device)
 
     @classmethod
-    def for_sampling(cls, frozen, branch, eta: float = 0.0) -> "PerFusionPipeline":
-        """A run's frozen parts (``FrozenSD``) and its branch with a DDIM scheduler (η > 0 makes its steps
-        stochastic): what ``train-gen --online`` draws its groups with."""
+    def for_sampling(cls, frozen, branch) -> "PerFusionPipeline":
+        """A run's frozen parts (``FrozenSD``) and its branch with a DDIM scheduler (a call's ``eta`` > 0 makes its
+        steps stochastic): what ``train-gen --online`` draws its groups with."""
         sd = frozen.sd
         scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
         pipeline = cls(sd.vae, sd.text_encoder, sd.tokenizer, sd.unet, scheduler, branch, sd.text_encoder_2,

@@ -25,7 +25,7 @@ def load_pipeline(run_dir: str | Path, device: str | torch.device = "cpu", dtype
     return PerFusionPipeline.from_branch(branch, folder, device, dtype)
 
 
-def sampling_pipeline(frozen, branch, eta: float = 0.0):
+def sampling_pipeline(frozen, branch):
     """A training run's frozen parts and branch as the pipeline of their family, for drawing on-policy groups."""
     family = FlowPerFusionPipeline if isinstance(branch, JointAttentionAdapter) else PerFusionPipeline
-    return family.for_sampling(frozen, branch, eta)
+    return family.for_sampling(frozen, branch)

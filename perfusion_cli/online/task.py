@@ -21,7 +21,7 @@ def make_online(task: TrainTask, config: GenTrainConfig, frozen, branch, reward,
                 accelerator) -> None:
     """Turn the offline task into the online one: the loss, the guard and their checkpoint state. ``frozen`` (a
     U-Net's or a flow transformer's parts) and the branch make the pipeline that draws the groups."""
-    pipeline = sampling_pipeline(frozen, branch, config.sample_eta)
+    pipeline = sampling_pipeline(frozen, branch)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
                              accelerator.unwrap_model, warmup=config.online_warmup * config.grad_accum)
