@@ -201,6 +201,12 @@ class GenTrainConfig(TrainLoopConfig):
     online: bool = False
     online_mix: float = bounded(0.0, ge=0, le=1)
     online_warmup: int = bounded(0, ge=0, le=MAX_STEPS)
+    # online_beta, online_kl_weight, online_sft_weight: β, κ and λ of the on-policy steps (None: the run's). The
+    # model's own draws are smooth: their denoising errors were a third of the logged images' on the tiny recipe,
+    # and so are the loss's margins; the logged steps keep the anchor off-policy logs need.
+    online_beta: Optional[float] = bounded(None, gt=0, le=1e8)
+    online_kl_weight: Optional[float] = bounded(None, ge=0, le=1e8)
+    online_sft_weight: Optional[float] = bounded(None, ge=0, le=1e8)
     sample_steps: int = bounded(8, ge=1, le=1000)
     sample_eta: float = bounded(0.0, ge=0, le=1)  # 0: each candidate's noise is its only randomness (docs)
     sample_guidance: float = bounded(3.0, ge=0, le=100)

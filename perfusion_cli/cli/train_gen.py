@@ -44,6 +44,14 @@ def train_gen_command(
         "--online-mix", help="With --online: the share of steps that train on the logged groups instead.")] = None,
     online_warmup: Annotated[Optional[int], typer.Option(
         "--online-warmup", help="With --online: the first N steps train on the logged groups only.")] = None,
+    online_beta: Annotated[Optional[float], typer.Option(
+        "--online-beta", help="With --online: β of the on-policy steps (default: --beta's).")] = None,
+    online_sft_weight: Annotated[Optional[float], typer.Option(
+        "--online-sft-weight", help="With --online: the SFT weight of the on-policy steps (default: --sft-weight's).")
+    ] = None,
+    online_kl_weight: Annotated[Optional[float], typer.Option(
+        "--online-kl-weight", help="With --online: the KL weight of the on-policy steps (default: --kl-weight's).")
+    ] = None,
     sample_steps: Annotated[Optional[int], typer.Option(
         "--sample-steps", help="With --online: DDIM steps per drawn candidate.")] = None,
     sample_eta: Annotated[Optional[float], typer.Option(

@@ -199,3 +199,13 @@ def load_reward_model(source: str | Path, device: torch.device | str = "cpu") ->
         module = PerFusionRM.from_pretrained(folder, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
     return RewardModel(module.to(device).eval(), tokenizer)
+
+
+def load_reward_for(source: str | Path, vocab: FeatureVocab, data_dir, device: torch.device | str,
+                    what: str) -> RewardModel:
+    """``load_reward_model`` for the data in ``data_dir``: a trained run must know its merchant vocabulary
+    (a zero-shot model reads no merchant features)."""
+    model = load_reward_model(source, device)
+    if model.module.config.plugin:
+        model.vocab.require_same(vocab, what, data_dir)
+    return model

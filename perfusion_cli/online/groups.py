@@ -73,12 +73,14 @@ class OnlineGroups:
 
 class OnlineObjective:
     """The loss of one call: the on-policy group of the batch's pairs, or on ``online_mix`` of the calls the
-    logged groups themselves; the first ``warmup`` calls all train on the logs (``online_warmup`` steps)."""
+    logged groups themselves; the first ``warmup`` calls all train on the logs (``online_warmup`` steps).
+    ``drawn``: the loss of the on-policy groups when it differs from the logged ones' (``online_beta``, ``online_kl_weight``, ``online_sft_weight``)."""
 
     def __init__(self, groups: OnlineGroups, objective: GroupDPOObjective, mix: float, unwrap=lambda model: model,
-                 warmup: int = 0):
+                 warmup: int = 0, drawn: GroupDPOObjective | None = None):
         self.groups = groups
         self.objective = objective
+        self.drawn = drawn or objective
         self.mix = mix
         self.unwrap = unwrap  # the branch itself from its DDP wrapper (sampling needs its methods)
         self.warmup = warmup
@@ -97,7 +99,7 @@ class OnlineObjective:
             return loss, {**logs, "online": 0.0}
         groups, drawn = self.groups(self.unwrap(policy), batch)
         started = time.perf_counter()
-        loss, logs = self.objective(policy, groups)
+        loss, logs = self.drawn(policy, groups)
         return loss, {**logs, **drawn, "loss_seconds": time.perf_counter() - started, "online": 1.0}
 
     def state(self) -> dict:

@@ -27,7 +27,7 @@ from perfusion_cli.evaluation.gen import EvalPair, held_out_pairs, image_seed, s
 from perfusion_cli.evaluation.quality import INTEGRITY
 from perfusion_cli.evaluation.scores import ClipScorer
 from perfusion_cli.models.backbones import is_tiny
-from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.models.reward import load_reward_for
 from perfusion_cli.pipeline import PerFusionPipeline
 from perfusion_cli.training.loop import ProbeResult
 
@@ -107,9 +107,8 @@ def build_guard(config: GenTrainConfig, pipeline: PerFusionPipeline, branch, rew
         if truth is not None:
             judges["oracle"] = ("oracle", truth)
     if config.judge:
-        judge = load_reward_model(config.judge, device)
-        judge.vocab.require_same(manifest.vocab, "judge reward model", manifest.data_dir)
-        judges["judge_reward"] = ("perfusionrm", judge)
+        judges["judge_reward"] = ("perfusionrm", load_reward_for(config.judge, manifest.vocab, manifest.data_dir,
+                                                                 device, "judge reward model"))
     judges.update({metric: (metric, metric) for metric in INTEGRITY})
     judges["clip"] = ("clip", ClipScorer(config.judge_clip or ("tiny" if is_tiny(config.base_model) else DEFAULT_CLIP),
                                          device))

@@ -4,6 +4,7 @@ groups, a guard probes between steps, and the checkpoint keeps both one's state.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from perfusion_cli.config import GenTrainConfig
@@ -23,8 +24,11 @@ def make_online(task: TrainTask, config: GenTrainConfig, frozen, branch, reward,
     U-Net's or a flow transformer's parts) and the branch make the pipeline that draws the groups."""
     pipeline = sampling_pipeline(frozen, branch)
     groups = OnlineGroups(pipeline, reward, config, frozen.text)
+    own = {key: value for key, value in (("beta", config.online_beta), ("kl_weight", config.online_kl_weight),
+                                         ("sft_weight", config.online_sft_weight)) if value is not None}
+    drawn = GroupDPOObjective(frozen, replace(config, **own), None, accelerator.autocast) if own else None
     online = OnlineObjective(groups, GroupDPOObjective(frozen, config, None, accelerator.autocast), config.online_mix,
-                             accelerator.unwrap_model, warmup=config.online_warmup * config.grad_accum)
+                             accelerator.unwrap_model, warmup=config.online_warmup * config.grad_accum, drawn=drawn)
     guard = build_guard(config, pipeline, branch, reward, manifest, accelerator.device)
 
     def load(state: dict) -> None:

@@ -22,7 +22,7 @@ from perfusion_cli.io import atomic_dir
 from perfusion_cli.latents import check_tag
 from perfusion_cli.models.backbones import base_reference
 from perfusion_cli.models.families import load_frozen
-from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.models.reward import load_reward_for
 from perfusion_cli.objective import GroupDPOObjective
 from perfusion_cli.progress import Progress
 from perfusion_cli.training.loop import TrainTask, run_training, start_run
@@ -59,8 +59,7 @@ def train_generator(config: GenTrainConfig, data_dir: Path, run_dir: Path, resum
     folder, accelerator = start_run(config, run_dir, resume, overwrite)
     device = accelerator.device
     if needs_reward and reward is None:
-        reward = load_reward_model(config.reward, device)
-        reward.vocab.require_same(manifest.vocab, "reward model", data_dir)
+        reward = load_reward_for(config.reward, manifest.vocab, data_dir, device, "reward model")
     stored = manifest.raw.get("latents") if config.stored_latents else None
     frozen = load_frozen(config.base_model, device, config.mixed_precision, attention=config.attention,
                          share_encoder=config.share_encoder, cache=config.cache_latents, resolution=config.resolution,

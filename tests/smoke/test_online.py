@@ -37,6 +37,20 @@ def test_the_logged_share_of_calls_is_spread_evenly():
     assert [call for call in range(1, 18) if warm.logged(call)] == [1, 2, 3, 4, 5, 9, 13, 17]
 
 
+def test_drawn_groups_train_with_their_own_loss():
+    """``online_beta`` / ``online_kl_weight`` / ``online_sft_weight``: the on-policy steps' loss, the logs' untouched."""
+    def loss(value):
+        return lambda policy, groups: (torch.tensor(value), {"groups": groups})
+
+    objective = OnlineObjective(lambda policy, batch: (f"drawn for {batch}", {"reward": 0.5}), loss(1.0), 0.5,
+                                drawn=loss(2.0))
+    calls = [objective(None, "batch") for _ in range(4)]
+    assert [(value.item(), logs["groups"], logs["online"]) for value, logs in calls] == [
+        (2.0, "drawn for batch", 1.0), (1.0, "batch", 0.0), (2.0, "drawn for batch", 1.0), (1.0, "batch", 0.0)]
+    same = OnlineObjective(lambda policy, batch: ("drawn", {}), loss(1.0), 0.0)
+    assert same(None, "batch")[0].item() == 1.0  # without its own settings a drawn group takes the run's loss
+
+
 @pytest.mark.slow
 def test_online_run_killed_then_resumed_repeats_the_uninterrupted_one(tmp_path, market):
     """Weights, losses, rewards and the guard's probes step for step: the sampler's draws, the mix of logged
@@ -46,6 +60,7 @@ def test_online_run_killed_then_resumed_repeats_the_uninterrupted_one(tmp_path, 
     workspace_recipe(tmp_path / "perfusion.toml")
     _run(tmp_path, "train-rm")  # the reward: <workspace>/runs/rm
     common = ["--online", "--online-mix", "0.3", "--sample-steps", "3", "--sample-eta", "0.5",  # noise in each step
+              "--online-beta", "2000", "--online-kl-weight", "7",  # the drawn steps' own loss (its state: none)
               "--probe-every", "3", "--probe-pairs", "3",
               "--max-steps", "8", "--checkpoint-every", "4"]
     _run(tmp_path, "train-gen", "--out", tmp_path / "straight", *common)
@@ -66,6 +81,8 @@ def test_online_run_killed_then_resumed_repeats_the_uninterrupted_one(tmp_path, 
     assert rows(killed) == straight
     assert _losses(killed) == _losses(tmp_path / "straight")
     assert [row["online"] for row in straight if "loss" in row] == [1, 1, 1, 0, 1, 1, 0, 1]  # mix 0.3: calls 4 and 7
+    drawn = [row for row in straight if row.get("online") == 1]
+    assert all(row["kl_term"] == pytest.approx(7 * row["kl"], rel=1e-4, abs=1e-12) for row in drawn)  # κ 7 on draws
     assert [row["step"] for row in straight if row.get("split") == "probe"] == [0, 3, 6, 8]
     assert all("reward" in row and "oracle" in row and "clip" in row for row in straight if row.get("split"))
     a, b = _weights(tmp_path / "straight"), _weights(killed)

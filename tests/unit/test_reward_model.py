@@ -12,7 +12,7 @@ from perfusion_cli.errors import VocabularyMismatch
 from perfusion_cli.losses import plackett_luce_loss
 from perfusion_cli.models.backbones import clip_pixels, tokenize
 from perfusion_cli.models.merchant import CrossNetwork, MerchantEncoder
-from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_model
+from perfusion_cli.models.reward import PerFusionRM, RewardModel, load_reward_for, load_reward_model
 from perfusion_cli.models.towers import load_towers
 
 VOCAB = FeatureVocab([Feature("merchant_id", "categorical", ["a", "b", "c", "d"]),
@@ -111,6 +111,18 @@ def test_zero_shot_scores_equal_plain_clip(towers_dir):
     prompts, images, features, valid = _inputs()
     expected = _clip_scores(model.module.clip, model.tokenizer, prompts, images)
     assert torch.allclose(model.score(prompts, images, features, valid)[valid], expected[valid], atol=1e-5)
+
+
+def test_a_zero_shot_judge_or_reward_reads_any_data_and_a_trained_one_only_its_own(tiny_clip_dir, tmp_path):
+    """``train-gen --judge zero-shot:BASE`` (or ``--reward``): a zero-shot model reads no merchant features, so no
+    vocabulary can be wrong for it; it used to be refused as trained on another vocabulary."""
+    other = FeatureVocab([*VOCAB.features[:2], Feature("price", "numeric", boundaries=[1, 3])])
+    assert not load_reward_for(f"zero-shot:{tiny_clip_dir}", other, "data/", "cpu", "judge").module.config.plugin
+    _model(tiny_clip_dir).save(tmp_path / "rm")
+    assert load_reward_for(tmp_path / "rm", VOCAB, "data/", "cpu", "judge reward model").vocab == VOCAB
+    with pytest.raises(VocabularyMismatch, match="judge reward model was trained on data with a different merchant "
+                                                 "feature vocabulary than data/"):
+        load_reward_for(tmp_path / "rm", other, "data/", "cpu", "judge reward model")
 
 
 def _loss_and_gradients(folder, checkpointing: bool):
