@@ -74,7 +74,8 @@ class OnlineGroups:
 class OnlineObjective:
     """The loss of one call: the on-policy group of the batch's pairs, or on ``online_mix`` of the calls the
     logged groups themselves; the first ``warmup`` calls all train on the logs (``online_warmup`` steps).
-    ``drawn``: the loss of the on-policy groups when it differs from the logged ones' (``online_beta``, ``online_kl_weight``, ``online_sft_weight``)."""
+    ``drawn``: the loss of the on-policy groups when it differs from the logged ones' (``online_beta``,
+    ``online_kl_weight``, ``online_sft_weight``)."""
 
     def __init__(self, groups: OnlineGroups, objective: GroupDPOObjective, mix: float, unwrap=lambda model: model,
                  warmup: int = 0, drawn: GroupDPOObjective | None = None):

@@ -38,7 +38,7 @@ def test_the_logged_share_of_calls_is_spread_evenly():
 
 
 def test_drawn_groups_train_with_their_own_loss():
-    """``online_beta`` / ``online_kl_weight`` / ``online_sft_weight``: the on-policy steps' loss, the logs' untouched."""
+    """``online_beta`` / ``online_kl_weight`` / ``online_sft_weight``: the on-policy steps' own loss."""
     def loss(value):
         return lambda policy, groups: (torch.tensor(value), {"groups": groups})
 
