@@ -34,7 +34,7 @@ from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import ConfigError, DataError
 from perfusion_cli.io import atomic_dir
 from perfusion_cli.models.backbones import tokenize
-from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.models.reward import load_reward_for
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress
@@ -127,8 +127,7 @@ class Designer:
         self.run_code = run_of(run_dir).code()  # the commit that trained the generator (run.json)
         self.reward = None
         if config.reward:
-            self.reward = load_reward_model(config.reward, device)
-            self.reward.vocab.require_same(self.manifest.vocab, "reward model", data_dir)
+            self.reward = load_reward_for(config.reward, self.manifest.vocab, data_dir, device, "reward model")
 
     @torch.no_grad()
     def condition(self, merchant: str, profile_pairs: list[str] | None = None, profile: dict | None = None,

@@ -32,7 +32,7 @@ from perfusion_cli.evaluation.report import write_report
 from perfusion_cli.evaluation.scores import AestheticHead, AestheticScorer, ClipScorer
 from perfusion_cli.model_card import record_evaluation
 from perfusion_cli.models.backbones import is_tiny
-from perfusion_cli.models.reward import load_reward_model
+from perfusion_cli.models.reward import load_reward_for
 from perfusion_cli.pipeline import PerFusionPipeline, to_pil
 from perfusion_cli.pipelines import load_pipeline
 from perfusion_cli.progress import NullProgress, Progress
@@ -121,9 +121,8 @@ def _scorers(config: EvalGenConfig, base_model: str, device, manifest: Manifest)
         reasons["aesthetic"] = "needs the CLIP model, which did not load"
     if config.reward:
         try:
-            reward = load_reward_model(config.reward, device)
-            reward.vocab.require_same(manifest.vocab, "reward model", manifest.data_dir)
-            scorers["perfusionrm"] = reward
+            scorers["perfusionrm"] = load_reward_for(config.reward, manifest.vocab, manifest.data_dir, device,
+                                                     "reward model")
         except PerfusionError as exc:
             reasons["perfusionrm"] = str(exc)
     else:

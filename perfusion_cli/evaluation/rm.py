@@ -9,7 +9,7 @@ from perfusion_cli.data.manifest import load_manifest
 from perfusion_cli.environment import pick_device
 from perfusion_cli.errors import DataError
 from perfusion_cli.model_card import record_evaluation
-from perfusion_cli.models.reward import ZERO_SHOT, load_reward_model
+from perfusion_cli.models.reward import load_reward_for
 from perfusion_cli.progress import NullProgress, Progress
 from perfusion_cli.reward_scoring import ranking_metrics, score_split
 
@@ -18,9 +18,7 @@ def evaluate_reward_model(source: str, data_dir: Path, config: EvalRMConfig, pro
     progress = progress or NullProgress()
     manifest = load_manifest(data_dir)
     device = pick_device(config.device)
-    model = load_reward_model(source, device)
-    if not str(source).startswith(ZERO_SHOT):
-        model.vocab.require_same(manifest.vocab, "reward model", data_dir)
+    model = load_reward_for(source, manifest.vocab, data_dir, device, "reward model")
     progress.start(f"scoring {config.split} with {source}", manifest.groups(config.split))
     scores = score_split(model, data_dir, config.split, batch_size=config.batch_size, device=device,
                          skip_bad_shards=config.skip_bad_shards, progress=progress)

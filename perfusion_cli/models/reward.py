@@ -206,6 +206,6 @@ def load_reward_for(source: str | Path, vocab: FeatureVocab, data_dir, device: t
     """``load_reward_model`` for the data in ``data_dir``: a trained run must know its merchant vocabulary
     (a zero-shot model reads no merchant features)."""
     model = load_reward_model(source, device)
-    if model.module.config.plugin:
+    if not str(source).startswith(ZERO_SHOT):
         model.vocab.require_same(vocab, what, data_dir)
     return model
